@@ -1,0 +1,55 @@
+# The two commands: `make demo` (the whole nightly pipeline on the embedded default data) and
+# `make test` (the test suite; .ci/run runs exactly this). Both create the environment first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT := 60
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export RECSYS_DATA_DIR ?= $(CURDIR)/data
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: venv airflow-db demo test test-fast airflow mlflow-ui lock lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt -c constraints.txt
+	touch $@
+
+airflow-db: venv
+	@mkdir -p $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+
+demo: airflow-db
+	$(PY) -m include.recsys.demo $(DEMO_ARGS)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+airflow: airflow-db
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
+
+mlflow-ui: venv
+	@mkdir -p $(RECSYS_DATA_DIR)/mlflow
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RECSYS_DATA_DIR)/mlflow/mlflow.db \
+		--default-artifact-root $(RECSYS_DATA_DIR)/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+lock: venv
+	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 -o constraints.txt --quiet
+
+clean:
+	rm -rf $(RECSYS_DATA_DIR) $(AIRFLOW_HOME)

@@ -1,0 +1,19 @@
+"""Test-wide setup: the project root is importable, Airflow and MLflow never touch ~/."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+_tmp = Path(tempfile.mkdtemp(prefix="recsys-tests-"))
+os.environ.setdefault("AIRFLOW_HOME", str(_tmp / "airflow"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("RECSYS_DATA_DIR", str(_tmp / "data"))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

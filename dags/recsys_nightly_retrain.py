@@ -1,0 +1,162 @@
+"""
+### Nightly recommender retraining
+
+Every night (or when triggered by hand with the form) this DAG:
+
+1. **snapshot**: reads the interactions of the training window ending at the run's data
+   interval end, keeps active users, drops exact duplicates, writes a snapshot + id maps;
+2. **validate_input**: a Great Expectations suite on the snapshot (bad data fails, no retries);
+3. **split**: a leak-free time-based holdout;
+4. **train**: implicit ALS, tracked in MLflow (one MLflow run per DAG run);
+5. **evaluate**: candidate vs the current `champion` vs popularity on the same holdout;
+6. **gate**: floors, must beat popularity, no regression vs champion -> PASS / FAIL / SKIPPED;
+7. **should_publish**: stops here on `dry_run`;
+8. **register**: the candidate enters the MLflow registry as `challenger`;
+9. **precompute**: top-N for every user + a popularity fallback into a new table version;
+10. **publish**: CURRENT points at the new version atomically, then `champion` moves.
+
+A FAIL, bad input or any error leaves yesterday's table and champion served and alerts Slack
+(connection `slack_alerts`). The work lives in `include/recsys/`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from include.recsys.alerts import task_failure_callback
+from include.recsys.config import PARAM_FIELDS, param_specs
+
+DAG_ID = "recsys_nightly_retrain"
+
+default_args = {
+    "owner": "ml-platform",
+    "retries": int(os.environ.get("RECSYS_TASK_RETRIES", "2")),
+    "retry_delay": timedelta(seconds=int(os.environ.get("RECSYS_RETRY_DELAY_S", "60"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=15),
+    "execution_timeout": timedelta(hours=1),
+    "on_failure_callback": [task_failure_callback],
+}
+
+
+def _context(ctx: dict[str, Any]):
+    """Config (env defaults + the run's params) and the RunContext of this task."""
+    from include.recsys.config import load_config
+    from include.recsys.pipeline import RunContext
+
+    params = ctx.get("params") or {}
+    cfg = load_config({k: params[k] for k in PARAM_FIELDS if k in params})
+    start = ctx.get("data_interval_start") or ctx.get("logical_date") or ctx["dag_run"].run_after
+    end = ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
+    rc = RunContext(
+        dag_id=ctx["dag"].dag_id,
+        run_id=ctx["run_id"],
+        interval_start=start,
+        interval_end=end,
+        try_number=ctx["ti"].try_number,
+    )
+    return cfg, rc
+
+
+def _stage(name: str, ctx: dict[str, Any], *args: Any) -> Any:
+    """Run ``include.recsys.pipeline.<name>`` for this task (imported here: parsing stays fast).
+
+    Errors that a retry cannot fix (bad input, failed validation, failed gate) fail the task
+    at once; anything else is retried with backoff.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.recsys import pipeline
+    from include.recsys.data import SourceError
+    from include.recsys.gate import GateFailed
+    from include.recsys.validate import DataValidationError
+
+    cfg, rc = _context(ctx)
+    try:
+        return getattr(pipeline, name)(cfg, rc, *args)
+    except (SourceError, DataValidationError, GateFailed) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronDataIntervalTimetable(os.environ.get("RECSYS_SCHEDULE", "0 0 * * *"), timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=6),
+    default_args=default_args,
+    params={name: Param(**spec) for name, spec in param_specs().items()},
+    tags=["recsys", "ml", "nightly"],
+    doc_md=__doc__,
+)
+def recsys_nightly_retrain():
+    @task(execution_timeout=timedelta(minutes=30))
+    def snapshot(**ctx) -> dict:
+        return _stage("snapshot", ctx)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def validate_input(snap: dict, **ctx) -> dict:
+        return _stage("validate_input", ctx, snap)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def split(snap: dict, **ctx) -> dict:
+        return _stage("split", ctx, snap)
+
+    @task(execution_timeout=timedelta(hours=2))
+    def train(parts: dict, snap: dict, **ctx) -> dict:
+        return _stage("train", ctx, parts, snap)
+
+    @task(execution_timeout=timedelta(hours=1))
+    def evaluate(parts: dict, model: dict, **ctx) -> dict:
+        return _stage("evaluate", ctx, parts, model)
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def gate(ev: dict, model: dict, **ctx) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        verdict = _stage("gate", ctx, ev, model)
+        if verdict["verdict"] != "PASS":
+            raise AirflowSkipException(f"gate {verdict['verdict']}: nothing will be published")
+        return verdict
+
+    @task.short_circuit(execution_timeout=timedelta(minutes=5))
+    def should_publish(verdict: dict, **ctx) -> bool:
+        cfg, _ = _context(ctx)
+        if cfg.dry_run:
+            print(f"dry_run: gate {verdict['verdict']}, nothing is registered or published")
+        return not cfg.dry_run
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def register(model: dict, **ctx) -> dict:
+        return _stage("register", ctx, model)
+
+    @task(execution_timeout=timedelta(hours=2))
+    def precompute(snap: dict, model: dict, reg: dict, ev: dict, verdict: dict, **ctx) -> dict:
+        return _stage("precompute", ctx, snap, model, reg, ev, verdict)
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def publish(pre: dict, reg: dict, model: dict, **ctx) -> dict:
+        return _stage("publish", ctx, pre, reg, model)
+
+    snap = snapshot()
+    checked = validate_input(snap)
+    parts = split(snap)
+    checked >> parts
+    model = train(parts, snap)
+    ev = evaluate(parts, model)
+    verdict = gate(ev, model)
+    go = should_publish(verdict)
+    reg = register(model)
+    go >> reg
+    pre = precompute(snap, model, reg, ev, verdict)
+    publish(pre, reg, model)
+
+
+nightly_dag = recsys_nightly_retrain()

@@ -1,0 +1,207 @@
+"""One typed configuration for the whole pipeline.
+
+Defaults come from the code, then from ``RECSYS_*`` environment variables (e.g.
+``RECSYS_DATA_DIR``, ``RECSYS_FACTORS``), then from run-time overrides (the DAG's ``Param`` form).
+Every stage receives the same :class:`PipelineConfig`; what was used is logged to MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+#: The fields a person may override when triggering a run by hand (the DAG's Param form).
+PARAM_FIELDS: tuple[str, ...] = (
+    "factors",
+    "regularization",
+    "alpha",
+    "iterations",
+    "seed",
+    "top_n",
+    "window_days",
+    "holdout_days",
+    "dry_run",
+    "source_path",
+)
+
+
+class PipelineConfig(BaseSettings):
+    """Settings of one nightly run. Field docs are shown in the Airflow trigger form."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="forbid", validate_default=True)
+
+    # --- storage -------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "data",
+        description="Root of the local lake: source data, per-run work folders, published tables.",
+    )
+    source_path: str = Field(
+        default="",
+        description="Interaction source (folder of date-partitioned Parquet, a CSV file or a "
+        "MovieLens ratings.csv). Empty: <data_dir>/lake/interactions.",
+    )
+    source_format: Literal["parquet", "csv", "movielens"] = Field(
+        default="parquet", description="Format of the interaction source."
+    )
+    recommendations_dir: str = Field(
+        default="", description="Where versions and CURRENT live. Empty: <data_dir>/recommendations."
+    )
+    keep_versions: PositiveInt = Field(
+        default=5, description="Published versions kept on disk (CURRENT and its predecessor always)."
+    )
+
+    # --- snapshot ------------------------------------------------------------------------
+    window_days: PositiveInt = Field(
+        default=56, le=3650, description="Training window length, ending at the data interval end."
+    )
+    active_days: PositiveInt = Field(
+        default=28, description="A user is active with >= active_min_events in the last active_days."
+    )
+    active_min_events: PositiveInt = Field(
+        default=3, description="Minimum events in the activity period for a user to be kept."
+    )
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 3.0, "purchase": 5.0},
+        description="Confidence weight per event type (unlisted types weigh 1; an explicit "
+        "weight/rating column wins).",
+    )
+
+    # --- split ---------------------------------------------------------------------------
+    holdout_days: PositiveInt = Field(
+        default=7, description="The last holdout_days of the window are held out for evaluation."
+    )
+
+    # --- model ---------------------------------------------------------------------------
+    factors: PositiveInt = Field(default=32, le=1024, description="ALS latent factors.")
+    regularization: float = Field(default=1.0, ge=0.0, le=100.0, description="ALS L2 penalty.")
+    alpha: float = Field(
+        default=2.0, gt=0.0, le=1000.0, description="Confidence scaling: c = 1 + alpha * weight."
+    )
+    iterations: PositiveInt = Field(default=15, le=500, description="ALS sweeps.")
+    seed: int = Field(default=42, ge=0, description="Random seed for ALS initialisation.")
+    num_threads: int = Field(default=0, ge=0, description="ALS threads (0: all cores).")
+
+    # --- evaluation and gate -------------------------------------------------------------
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20], description="Cut-offs k.")
+    gate_metric: str = Field(default="ndcg@10", description="Metric the gate judges.")
+    gate_min_metric: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Absolute floor for the gate metric."
+    )
+    gate_min_lift_over_popularity: float = Field(
+        default=0.0, ge=-1.0, description="Candidate must exceed popularity by this relative lift."
+    )
+    gate_max_regression: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Tolerated relative drop vs the champion."
+    )
+    gate_min_users: PositiveInt = Field(
+        default=20, description="Fewer evaluated users than this: verdict SKIPPED."
+    )
+
+    # --- serving table -------------------------------------------------------------------
+    top_n: PositiveInt = Field(default=20, le=1000, description="Recommendations per user.")
+    score_block_size: PositiveInt = Field(
+        default=4096, description="Users scored per GEMM block (bounds memory)."
+    )
+    dry_run: bool = Field(default=False, description="Evaluate and gate, never publish.")
+
+    # --- MLflow --------------------------------------------------------------------------
+    mlflow_tracking_uri: str = Field(
+        default="", description="Tracking + registry URI. Empty: sqlite:///<data_dir>/mlflow/mlflow.db."
+    )
+    mlflow_experiment: str = Field(default="recsys-nightly", description="MLflow experiment.")
+    model_name: str = Field(default="recsys_als", description="Registered model name.")
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_sorted(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("ks must name at least one cut-off")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        if self.holdout_days >= self.window_days:
+            raise ValueError(
+                f"holdout_days ({self.holdout_days}) must be smaller than window_days "
+                f"({self.window_days})"
+            )
+        metric = self.gate_metric.split("@")
+        if len(metric) != 2 or not metric[1].isdigit() or int(metric[1]) not in self.ks:
+            raise ValueError(f"gate_metric {self.gate_metric!r} must be '<metric>@k' with k in ks {self.ks}")
+        return self
+
+    # --- derived locations ---------------------------------------------------------------
+    @property
+    def source(self) -> Path:
+        return Path(self.source_path) if self.source_path else self.data_dir / "lake" / "interactions"
+
+    @property
+    def recommendations_root(self) -> Path:
+        return (
+            Path(self.recommendations_dir)
+            if self.recommendations_dir
+            else self.data_dir / "recommendations"
+        )
+
+    @property
+    def runs_root(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.data_dir / "mlflow" / "artifacts"
+
+    @property
+    def max_k(self) -> int:
+        return max(self.ks)
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> PipelineConfig:
+        """Return a copy with the non-null overrides applied and validated again."""
+        if not overrides:
+            return self
+        unknown = set(overrides) - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {sorted(unknown)}")
+        data = self.model_dump()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return type(self).model_validate(data)
+
+    def params_for_mlflow(self) -> dict[str, str]:
+        """Flat string params for ``mlflow.log_params`` (paths and URIs left out)."""
+        skip = {"data_dir", "mlflow_tracking_uri", "recommendations_dir"}
+        return {k: str(v) for k, v in self.model_dump().items() if k not in skip}
+
+
+def load_config(overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Config from defaults + environment, then the given overrides (e.g. DAG params)."""
+    return PipelineConfig().with_overrides(overrides)
+
+
+def param_specs() -> dict[str, dict[str, Any]]:
+    """JSON-schema specs (type, bounds, description, current default) of the overridable fields.
+
+    The DAG turns each into an Airflow ``Param``, so the trigger form shows the same bounds
+    and help text that the config validates.
+    """
+    props = PipelineConfig.model_json_schema()["properties"]
+    current = PipelineConfig()
+    keys = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "description")
+    return {
+        name: {
+            "default": getattr(current, name),
+            **{k: props[name][k] for k in keys if k in props[name]},
+            "title": props[name].get("title", name),
+        }
+        for name in PARAM_FIELDS
+    }
