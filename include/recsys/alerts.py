@@ -479,6 +479,37 @@ def _error_excerpt(exc: Any) -> tuple[str, str]:
     return error_type, _truncate(_redact(message).strip(), EXCERPT_CHARS, tail=True)
 
 
+def _domain_payload(exc: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """A rule table for a failed gate or failed input validation (the exception's cause).
+
+    The DAG raises ``AirflowFailException(...) from GateFailed | DataValidationError``; the
+    cause carries the rules / checks. Anything else returns None (generic failure message).
+    """
+    cause = getattr(exc, "__cause__", None) or exc
+    result = getattr(cause, "result", None)  # GateFailed
+    if result is not None and hasattr(result, "rules"):
+        reasons = [
+            {"rule": r.name, "observed": r.observed, "bound": r.bound, "passed": r.passed}
+            for r in result.rules
+        ]
+        return gate_blocks(dag_id=dag_id, run_id=run_id, verdict=result.verdict, reasons=reasons)
+    report = getattr(cause, "report", None)  # DataValidationError
+    if report is not None and hasattr(report, "errors"):
+        reasons = [
+            {
+                "rule": f"{r.get('column') or 'table'}: {r.get('check') or r.get('expectation_type')}",
+                "observed": r.get("unexpected_count", r.get("observed_value")),
+                "bound": r.get("severity"),
+                "passed": False,
+            }
+            for r in report.errors
+        ]
+        return gate_blocks(
+            dag_id=dag_id, run_id=run_id, verdict="INPUT VALIDATION FAILED", reasons=reasons
+        )
+    return None
+
+
 def task_failure_callback(context: Mapping[str, Any]) -> None:
     """``on_failure_callback`` that posts one Slack message per failed task.
 
@@ -496,18 +527,21 @@ def task_failure_callback(context: Mapping[str, Any]) -> None:
         task_id = _get(ti, "task_id") or _get(ctx.get("task"), "task_id") or "unknown_task"
         run_id = ctx.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id") or "unknown_run"
         logical_date = ctx.get("logical_date") or _get(dag_run, "logical_date")
-        error_type, excerpt = _error_excerpt(ctx.get("exception"))
+        exc = ctx.get("exception")
+        error_type, excerpt = _error_excerpt(exc)
         log_url = _get(ti, "log_url")
-        payload = failure_blocks(
-            dag_id=str(dag_id),
-            task_id=str(task_id),
-            run_id=str(run_id),
-            try_number=_get(ti, "try_number"),
-            logical_date=logical_date,
-            error_type=error_type,
-            error_excerpt=excerpt,
+        payload = _domain_payload(exc, str(dag_id), str(run_id))
+        if payload is None:
+            payload = failure_blocks(
+                dag_id=str(dag_id),
+                task_id=str(task_id),
+                run_id=str(run_id),
+                try_number=_get(ti, "try_number"),
+                logical_date=logical_date,
+                error_type=error_type,
+                error_excerpt=excerpt,
             log_url=log_url if isinstance(log_url, str) else None,
-        )
+            )
         send_slack(payload, os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID)
     except Exception:
         log.exception("task_failure_callback failed; alert not sent")

@@ -163,7 +163,8 @@ def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, S
     raw = read_source(cfg, window)
     rows_read = len(raw)
     df = add_weights(raw, cfg.event_weights)
-    df = df.drop_duplicates(subset=["user_id", "item_id", "event_ts"], ignore_index=True)
+    # exact duplicates only: a view and a click of one item in the same second are two events
+    df = df.drop_duplicates(ignore_index=True)
     dups = rows_read - len(df)
     before = len(df)
     df = keep_active_users(df, window, cfg.active_days, cfg.active_min_events)

@@ -3,7 +3,7 @@
 Layout under the recommendations root::
 
     version=<id>/part-00000.parquet ...   sorted by user_id
-    version=<id>/fallback.parquet         the list served to users the table does not know
+    version=<id>/_fallback.parquet         the list served to users the table does not know
     version=<id>/_manifest.json           written last inside the staging folder
     CURRENT                               the served version id (one line)
     _history.jsonl                        append-only log of every CURRENT move
@@ -113,7 +113,7 @@ def write_version(
         pq.write_table(chunk, path, row_group_size=row_group_rows, compression="zstd")
         _fsync_file(path)
         files.append({"path": path.name, "rows": chunk.num_rows, "sha256": file_sha256(path)})
-    fb_path = staging / "fallback.parquet"
+    fb_path = staging / "_fallback.parquet"
     fallback.to_parquet(fb_path, index=False)
     _fsync_file(fb_path)
     manifest = {

@@ -73,7 +73,7 @@ class RecommendationStore:
             else pd.DataFrame()
         )
         if rows.empty:
-            rows = pd.read_parquet(folder / "fallback.parquet")[["rank", "item_id", "score"]]
+            rows = pd.read_parquet(folder / "_fallback.parquet")[["rank", "item_id", "score"]]
             rows["source"] = "fallback"
         rows = rows.sort_values("rank", ignore_index=True)
         return rows.head(n) if n else rows

@@ -133,6 +133,12 @@ def topn_dense(
         scores[rows, block.indices] = -np.inf
         if k < n_items:
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            # argpartition picks arbitrarily among items tied with the k-th score; rows with
+            # such a tie take their top k from a stable sort (lower item index first)
+            kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+            tied = (scores >= kth[:, None]).sum(axis=1) > k
+            if tied.any():
+                part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
         else:
             part = np.broadcast_to(np.arange(n_items), (hi - lo, n_items))
         top_scores = np.take_along_axis(scores, part, axis=1)

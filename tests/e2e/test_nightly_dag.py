@@ -1,0 +1,166 @@
+"""End to end: the real DAG through ``dag.test()`` on small generated data, real MLflow
+(SQLite tracking + registry), real GX, real Parquet, and a fake Slack webhook on 127.0.0.1.
+
+The runs share one lake and registry and build on each other, in order:
+first publish -> second run judged against the first champion -> gate FAIL -> bad source
+-> dry run. After every failure the previously published table must still be served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.fakes.slack_server import FakeSlack
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_END = "2026-11-20"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    slack = FakeSlack()
+    e = {
+        **os.environ,
+        "AIRFLOW_HOME": str(base / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(ROOT),
+        "RECSYS_DATA_DIR": str(base / "data"),
+        "RECSYS_TASK_RETRIES": "1",
+        "RECSYS_RETRY_DELAY_S": "1",
+        "AIRFLOW_CONN_SLACK_ALERTS": slack.conn_json(),
+        "RECSYS_SLACK_CONN_ID": "slack_alerts",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=e, check=True, capture_output=True
+    )
+    yield {"env": e, "base": base, "slack": slack, "data": base / "data"}
+    slack.stop()
+
+
+def run_demo(env, *args: str, extra_env: dict | None = None) -> dict:
+    out = env["base"] / f"result-{len(list(env['base'].glob('result-*')))}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "include.recsys.demo", "--preset", "tiny", "--data-end", DATA_END,
+         "--json", str(out), *args],
+        env={**env["env"], **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.exists(), f"demo wrote no result\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    result = json.loads(out.read_text())
+    result["stdout"] = proc.stdout
+    result["returncode"] = proc.returncode
+    return result
+
+
+def current(env) -> str | None:
+    p = env["data"] / "recommendations" / "CURRENT"
+    return p.read_text().strip() if p.exists() else None
+
+
+def champion_version(env) -> str | None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{env['data'] / 'mlflow' / 'mlflow.db'}")
+    try:
+        return str(client.get_model_version_by_alias("recsys_als", "champion").version)
+    except Exception:
+        return None
+
+
+def test_first_run_publishes_a_complete_table(env):
+    r = run_demo(env)
+    assert r["state"] == "success", r["stdout"][-3000:]
+    assert r["returncode"] == 0
+    assert set(r["tasks"].values()) == {"success"}
+    version = current(env)
+    assert version and version in r["stdout"]
+    folder = env["data"] / "recommendations" / f"version={version}"
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    table = pd.read_parquet(sorted(folder.glob("part-*.parquet")))
+    n = manifest["top_n"]
+    # every snapshot user has exactly N distinct ranked items, none already seen
+    per_user = table.groupby("user_id")["item_id"].agg(["count", "nunique"])
+    assert (per_user["count"] == n).all() and (per_user["nunique"] == n).all()
+    assert (table.groupby("user_id")["rank"].apply(lambda s: sorted(s) == list(range(1, n + 1)))).all()
+    assert table["user_id"].is_monotonic_increasing
+    run_dir = next((env["data"] / "runs").glob(f"*/{r['run_id'].replace(':', '_').replace('+', '_')}"))
+    snap = pd.read_parquet(run_dir / "snapshot" / "interactions.parquet", columns=["user_id", "item_id"])
+    assert per_user.shape[0] == snap["user_id"].nunique()
+    seen = pd.MultiIndex.from_frame(snap.drop_duplicates())
+    assert not pd.MultiIndex.from_frame(table[["user_id", "item_id"]]).isin(seen).any()
+    assert manifest["rows"] == len(table) and manifest["gate"]["verdict"] == "PASS"
+    assert manifest["mlflow_run_id"] == r["summary"]["mlflow_run_id"]
+    assert champion_version(env) == manifest["model_version"] == "1"
+    assert "input validation : PASSED" in r["stdout"]
+    assert env["slack"].requests == []  # success sends nothing by default
+
+
+def test_second_run_is_judged_against_the_champion(env):
+    first = current(env)
+    r = run_demo(env)
+    assert r["state"] == "success", r["stdout"][-3000:]
+    ev = r["summary"]["evaluation"]
+    assert ev["champion_version"] == "1"
+    assert "champion" in ev["metrics"]
+    rules = {x["name"]: x for x in r["summary"]["gate"]["rules"]}
+    assert rules["no_regression"]["bound"] is not None and "champion" in rules["no_regression"]["note"]
+    assert current(env) != first
+    assert champion_version(env) == "2"
+    # the previous version is kept for rollback
+    assert (env["data"] / "recommendations" / f"version={first}" / "_manifest.json").exists()
+
+
+def test_gate_failure_publishes_nothing_and_alerts(env):
+    before, champ = current(env), champion_version(env)
+    n_alerts = len(env["slack"].requests)
+    r = run_demo(env, extra_env={"RECSYS_GATE_MIN_METRIC": "0.99"})
+    assert r["state"] == "failed"
+    assert r["tasks"]["gate"] == "failed"
+    assert r["tasks"]["publish"] in ("upstream_failed", "skipped")
+    assert r["summary"]["gate"]["verdict"] == "FAIL"
+    assert current(env) == before and champion_version(env) == champ
+    assert env["slack"].wait_for(n_alerts + 1)
+    msgs = env["slack"].payloads[n_alerts:]
+    assert len(msgs) == 1  # one message per failure, not per retry
+    text = json.dumps(msgs[0])
+    assert "Gate FAIL" in text and "floor" in text  # the rule table, not just a traceback
+    assert "recsys_nightly_retrain" in text and r["run_id"] in text
+
+
+def test_bad_source_fails_clearly_and_keeps_the_table(env):
+    before = current(env)
+    n_alerts = len(env["slack"].requests)
+    r = run_demo(env, "--conf", json.dumps({"source_path": "/nonexistent/interactions"}))
+    assert r["state"] == "failed"
+    assert r["tasks"]["snapshot"] == "failed"
+    assert current(env) == before
+    assert env["slack"].wait_for(n_alerts + 1)
+    msgs = env["slack"].payloads[n_alerts:]
+    assert len(msgs) == 1  # a data error is not retried
+    text = json.dumps(msgs[0])
+    assert "snapshot" in text and "/nonexistent/interactions" in text and "does not exist" in text
+    assert r["run_id"] in text and "recsys_nightly_retrain" in text
+
+
+def test_dry_run_evaluates_but_never_publishes(env):
+    before, champ = current(env), champion_version(env)
+    r = run_demo(env, "--conf", json.dumps({"dry_run": True, "factors": 8}))
+    assert r["state"] == "success"
+    assert r["tasks"]["gate"] == "success"
+    assert r["tasks"]["register"] == "skipped" and r["tasks"]["publish"] == "skipped"
+    assert current(env) == before and champion_version(env) == champ
+    assert r["summary"]["gate"]["verdict"] == "PASS"

@@ -1,0 +1,281 @@
+"""Unit tests for ``include.recsys.publish``: versions, manifest, CURRENT, cleanup, rollback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.recsys import publish as pub
+from include.recsys.publish import (
+    PublishError,
+    cleanup,
+    file_sha256,
+    history,
+    list_versions,
+    point_current,
+    read_current,
+    read_manifest,
+    rollback,
+    version_dir,
+    write_version,
+)
+from include.recsys.reader import RecommendationStore
+
+USERS = ["u1", "u2", "u3"]
+TOP_N = 4
+
+
+def _table(tag: str, users=USERS, n: int = TOP_N) -> pd.DataFrame:
+    """n rows per user; every item id carries the version tag so a read can tell its version."""
+    rows = [
+        (u, r, f"{tag}:item{r}", float(n - r), "model", "recsys_als", tag)
+        for u in users
+        for r in range(1, n + 1)
+    ]
+    df = pd.DataFrame(rows, columns=pub.TABLE_COLUMNS)
+    df["rank"] = df["rank"].astype(np.int16)
+    df["score"] = df["score"].astype(np.float32)
+    return df.sample(frac=1.0, random_state=0)  # write_version must sort it
+
+
+def _fallback(tag: str, n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, n + 1, dtype=np.int16),
+            "item_id": [f"{tag}:pop{r}" for r in range(1, n + 1)],
+            "score": np.linspace(1.0, 0.5, n).astype(np.float32),
+        }
+    )
+
+
+def _write(root, version: str, **kw):
+    return write_version(
+        root, version, _table(version), _fallback(version), {"model_version": version, **kw}
+    )
+
+
+def _publish(root, version: str) -> bool:
+    _write(root, version)
+    return point_current(root, version)
+
+
+# --- write_version / point_current / read_current ------------------------------------------
+
+
+def test_write_point_read(tmp_path) -> None:
+    root = tmp_path / "recs"
+    assert read_current(root) is None
+    folder = _write(root, "v1", model_name="recsys_als", extra={"a": 1})
+    assert folder == version_dir(root, "v1") and folder.name == "version=v1"
+    assert read_current(root) is None  # written, not served
+    assert point_current(root, "v1") is True
+    assert read_current(root) == "v1"
+    assert (root / "CURRENT").read_text() == "v1\n"
+    assert not list(root.glob(".CURRENT*")) and not list(root.glob(".staging-*"))
+    h = history(root)
+    assert len(h) == 1
+    assert h[0]["version"] == "v1" and h[0]["previous"] is None
+    assert h[0]["reason"] == "publish" and h[0]["model_version"] == "v1"
+
+    # one file read on its own (a list of paths would make pyarrow add a hive "version" column)
+    table = pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("part-*.parquet"))])
+    assert list(table.columns) == pub.TABLE_COLUMNS
+    assert list(zip(table["user_id"], table["rank"])) == [(u, r) for u in USERS for r in range(1, TOP_N + 1)]
+    fb = pd.read_parquet(folder / "_fallback.parquet")
+    assert fb["item_id"].tolist() == ["v1:pop1", "v1:pop2", "v1:pop3"]
+
+
+def test_manifest_written(tmp_path) -> None:
+    root = tmp_path / "recs"
+    folder = write_version(
+        root, "v1", _table("v1"), _fallback("v1"), {"model_version": "7", "extra": {"a": 1}},
+        rows_per_part=5, row_group_rows=2,
+    )
+    m = read_manifest(root, "v1")
+    assert m == json.loads((folder / "_manifest.json").read_text())
+    assert m["version"] == "v1" and m["schema_version"] == pub.SCHEMA_VERSION
+    assert m["model_version"] == "7" and m["extra"] == {"a": 1}
+    assert m["columns"] == pub.TABLE_COLUMNS
+    assert m["rows"] == 12 and m["users"] == 3
+    assert pd.Timestamp(m["created_at"]).tzinfo is not None
+    # 12 rows in parts of 5 -> 3 parts, checksums match the files
+    assert [f["path"] for f in m["files"]] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [f["rows"] for f in m["files"]] == [5, 5, 2]
+    for f in m["files"]:
+        assert f["sha256"] == file_sha256(folder / f["path"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["_manifest.json", "_fallback.parquet", *[f["path"] for f in m["files"]]]
+    )
+
+
+def test_write_version_rejects_missing_columns(tmp_path) -> None:
+    with pytest.raises(PublishError, match="model_version"):
+        write_version(tmp_path, "v1", _table("v1").drop(columns="model_version"), _fallback("v1"), {})
+    assert not version_dir(tmp_path, "v1").exists()
+
+
+def test_rewrite_of_served_version_refused(tmp_path) -> None:
+    _publish(tmp_path, "v1")
+    before = read_manifest(tmp_path, "v1")
+    with pytest.raises(PublishError, match="served"):
+        write_version(tmp_path, "v1", _table("other"), _fallback("other"), {})
+    assert read_manifest(tmp_path, "v1") == before
+    assert not list(tmp_path.glob(".staging-*"))
+
+
+def test_rewrite_of_unserved_version_replaces_it(tmp_path) -> None:
+    _write(tmp_path, "v1")
+    write_version(tmp_path, "v1", _table("retry", users=["u9"]), _fallback("retry"), {"model_version": "r"})
+    m = read_manifest(tmp_path, "v1")
+    assert m["model_version"] == "r" and m["users"] == 1
+    assert len(list(tmp_path.glob("version=*"))) == 1
+
+
+def test_point_current_refuses_incomplete_version(tmp_path) -> None:
+    _publish(tmp_path, "v1")
+    broken = version_dir(tmp_path, "v2")
+    broken.mkdir()
+    _table("v2").to_parquet(broken / "part-00000.parquet")  # data but no manifest
+    with pytest.raises(PublishError, match="no manifest"):
+        point_current(tmp_path, "v2")
+    with pytest.raises(PublishError):
+        point_current(tmp_path, "never-written")
+    assert read_current(tmp_path) == "v1"
+    assert len(history(tmp_path)) == 1
+
+
+def test_second_point_current_is_a_no_op(tmp_path) -> None:
+    _write(tmp_path, "v1")
+    assert point_current(tmp_path, "v1") is True
+    mtime = (tmp_path / "CURRENT").stat().st_mtime_ns
+    assert point_current(tmp_path, "v1") is False
+    assert len(history(tmp_path)) == 1
+    assert (tmp_path / "CURRENT").stat().st_mtime_ns == mtime
+
+
+def test_list_versions_oldest_first_with_current_flag(tmp_path) -> None:
+    for v in ("b", "a", "c"):  # creation order differs from name order
+        _write(tmp_path, v)
+    point_current(tmp_path, "a")
+    version_dir(tmp_path, "zz-incomplete").mkdir()
+    vs = list_versions(tmp_path)
+    assert [v["version"] for v in vs] == ["b", "a", "c"]
+    assert [v["current"] for v in vs] == [False, True, False]
+    assert vs[0]["rows"] == 12 and vs[0]["users"] == 3 and vs[0]["model_version"] == "b"
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+
+def test_cleanup(tmp_path) -> None:
+    _publish(tmp_path, "v1")
+    _publish(tmp_path, "v2")  # CURRENT v2, predecessor v1: both old, both protected
+    for v in ("v3", "v4", "v5", "v6"):
+        _write(tmp_path, v)
+    (tmp_path / ".staging-v7-999").mkdir()
+    (tmp_path / ".staging-v7-999" / "part-00000.parquet").write_bytes(b"half")
+    incomplete = version_dir(tmp_path, "v0")
+    incomplete.mkdir()
+    (incomplete / "part-00000.parquet").write_bytes(b"half")
+
+    removed = cleanup(tmp_path, keep=2)
+    assert sorted(removed) == sorted([".staging-v7-999", "version=v0", "version=v3", "version=v4"])
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert left == ["version=v1", "version=v2", "version=v5", "version=v6"]
+    assert read_current(tmp_path) == "v2"
+    assert cleanup(tmp_path, keep=2) == []  # idempotent
+
+
+def test_cleanup_keep_one_still_keeps_current_and_predecessor(tmp_path) -> None:
+    for v in ("v1", "v2", "v3"):
+        _publish(tmp_path, v)
+    assert cleanup(tmp_path, keep=1) == ["version=v1"]
+    assert [v["version"] for v in list_versions(tmp_path)] == ["v2", "v3"]
+    # after a rollback to v2 the newest (v3) is the predecessor: still protected
+    rollback(tmp_path)
+    _write(tmp_path, "v4")
+    assert cleanup(tmp_path, keep=1) == []
+    assert [v["version"] for v in list_versions(tmp_path)] == ["v2", "v3", "v4"]
+
+
+# --- rollback -------------------------------------------------------------------------------
+
+
+def test_rollback_moves_current_back_and_records_it(tmp_path) -> None:
+    for v in ("v1", "v2", "v3"):
+        _publish(tmp_path, v)
+    assert rollback(tmp_path) == "v2"
+    assert read_current(tmp_path) == "v2"
+    last = history(tmp_path)[-1]
+    assert (last["version"], last["previous"], last["reason"]) == ("v2", "v3", "rollback")
+    assert len(history(tmp_path)) == 4
+    assert rollback(tmp_path, to="v1") == "v1"
+    assert read_current(tmp_path) == "v1"
+    assert history(tmp_path)[-1]["previous"] == "v2"
+
+
+def test_rollback_without_previous_refused(tmp_path) -> None:
+    with pytest.raises(PublishError, match="no previous version"):
+        rollback(tmp_path)
+    _publish(tmp_path, "v1")
+    with pytest.raises(PublishError, match="no previous version"):
+        rollback(tmp_path)
+    assert read_current(tmp_path) == "v1"
+
+
+def test_rollback_to_incomplete_version_refused(tmp_path) -> None:
+    _publish(tmp_path, "v1")
+    with pytest.raises(PublishError):
+        rollback(tmp_path, to="gone")
+    assert read_current(tmp_path) == "v1"
+
+
+# --- readers during publishes ---------------------------------------------------------------
+
+
+def test_reader_sees_exactly_one_version_per_read_during_publishes(tmp_path) -> None:
+    root = tmp_path / "recs"
+    store = RecommendationStore(root)
+    n_publishes = 20
+    _publish(root, "v000")
+    done = threading.Event()
+    errors: list[BaseException] = []
+    seen_versions: list[str] = []
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                rows = store.for_user("u2")
+                tags = {i.split(":")[0] for i in rows["item_id"]}
+                assert len(tags) == 1, tags
+                assert rows["rank"].tolist() == list(range(1, TOP_N + 1))
+                assert set(rows["source"]) == {"model"}
+                fb = store.for_user("nobody")
+                assert len({i.split(":")[0] for i in fb["item_id"]}) == 1
+                assert set(fb["source"]) == {"fallback"}
+                table = store.table()
+                assert table["model_version"].nunique() == 1 and len(table) == len(USERS) * TOP_N
+                seen_versions.append(tags.pop())
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        for j in range(1, n_publishes + 1):
+            assert _publish(root, f"v{j:03d}")
+            time.sleep(0.003)
+    finally:
+        done.set()
+        t.join(timeout=30)
+    assert not t.is_alive()
+    assert not errors, repr(errors[0])
+    assert seen_versions, "the reader never completed a read"
+    assert seen_versions == sorted(seen_versions)  # CURRENT only moves forward
+    assert read_current(root) == f"v{n_publishes:03d}"
+    assert len(history(root)) == n_publishes + 1
