@@ -55,11 +55,11 @@ def _context(ctx: dict[str, Any]):
     start = ctx.get("data_interval_start") or ctx.get("logical_date") or ctx["dag_run"].run_after
     end = ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
     rc = RunContext(
-        dag_id=ctx["dag"].dag_id,
-        run_id=ctx["run_id"],
+        dag_id=getattr(ctx.get("dag"), "dag_id", DAG_ID),
+        run_id=ctx.get("run_id") or ctx["dag_run"].run_id,
         interval_start=start,
         interval_end=end,
-        try_number=ctx["ti"].try_number,
+        try_number=getattr(ctx.get("ti"), "try_number", 1) or 1,
     )
     return cfg, rc
 
@@ -84,6 +84,22 @@ def _stage(name: str, ctx: dict[str, Any], *args: Any) -> Any:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def _end_mlflow_run(status: str):
+    def callback(context: dict[str, Any]) -> None:
+        """Close the run's MLflow run when the DAG run ends; never fails the DAG run."""
+        import logging
+
+        try:
+            from include.recsys import pipeline
+
+            cfg, rc = _context(context)
+            pipeline.end_mlflow_run(cfg, rc, status)
+        except Exception:  # MLflow down must not turn a finished run into an error
+            logging.getLogger(__name__).exception("could not close the MLflow run")
+
+    return callback
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable(os.environ.get("RECSYS_SCHEDULE", "0 0 * * *"), timezone="UTC"),
@@ -94,6 +110,8 @@ def _stage(name: str, ctx: dict[str, Any], *args: Any) -> Any:
     default_args=default_args,
     params={name: Param(**spec) for name, spec in param_specs().items()},
     tags=["recsys", "ml", "nightly"],
+    on_success_callback=_end_mlflow_run("FINISHED"),
+    on_failure_callback=_end_mlflow_run("FAILED"),
     doc_md=__doc__,
 )
 def recsys_nightly_retrain():

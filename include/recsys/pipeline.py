@@ -296,9 +296,13 @@ def precompute(
     verdict: dict[str, Any],
 ) -> dict[str, Any]:
     """Top-N for every user of the snapshot + the fallback list -> an unpublished version."""
-    from include.recsys.publish import write_version
+    from include.recsys.publish import read_current, version_dir, write_version
     from include.recsys.recommend import ModelBundle, recommend
 
+    root = cfg.recommendations_root
+    if read_current(root) == rc.version:  # a rerun after this run already published
+        log.info("version %s is already served; not recomputing it", rc.version)
+        return {"version": rc.version, "path": str(version_dir(root, rc.version)), "rows": None, "users": None}
     bundle = ModelBundle.load(model["bundle"])
     df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
     users = pd.Index(pd.unique(df["user_id"])).sort_values()
@@ -331,7 +335,7 @@ def precompute(
         "metrics": ev["metrics"]["candidate"],
         "gate": {"verdict": verdict["verdict"], "metric": verdict["metric"]},
     }
-    folder = write_version(cfg.recommendations_root, rc.version, table, fallback, manifest)
+    folder = write_version(root, rc.version, table, fallback, manifest)
     return {"version": rc.version, "path": str(folder), "rows": len(table), "users": len(users)}
 
 
@@ -350,7 +354,16 @@ def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[
         tags={"published_version": pre["version"], "champion_version": reg["model_version"]},
         artifacts={"table": Path(pre["path"]) / "_manifest.json"},
     )
+    registry.end_run(cfg, model["mlflow_run_id"])
     return {"version": pre["version"], "path": pre["path"], "moved": moved, "removed": removed}
+
+
+def end_mlflow_run(cfg: PipelineConfig, rc: RunContext, status: str) -> None:
+    """Mark this DAG run's MLflow run FINISHED / FAILED (called when the DAG run ends)."""
+    from include.recsys import registry
+
+    run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
+    registry.end_run(cfg, run_id, status)
 
 
 def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
@@ -383,6 +396,10 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     return summary
 
 
+def _num(x: Any) -> str:
+    return "n/a" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+
 def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None) -> str:
     """Human-readable lines for a summary dict (the demo's output)."""
     lines = [f"run {summary.get('run_id')} (data interval end {summary.get('interval_end')})"]
@@ -396,11 +413,15 @@ def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None
         lines.append(header)
         for k in keys:
             lines.append(f"  {k:<14}" + "".join(f"{metrics[n].get(k, float('nan')):>12.4f}" for n in metrics))
+        lines.append(f"  (users evaluated: {metrics['candidate'].get('n_users_evaluated')})")
     g = summary.get("gate") or {}
     if g:
         lines.append(f"  gate             : {g.get('verdict')} on {g.get('metric')}")
         for r in g.get("rules", []):
-            lines.append(f"    {'ok  ' if r['passed'] else 'FAIL'} {r['name']:<17} observed={r['observed']} bound={r['bound']} {r.get('note', '')}")
+            lines.append(
+                f"    {'ok  ' if r['passed'] else 'FAIL'} {r['name']:<17} observed={_num(r['observed'])} "
+                f"bound={_num(r['bound'])} {r.get('note', '')}".rstrip()
+            )
     p = summary.get("published") or {}
     lines.append(f"  published        : {p.get('version', 'nothing')}" + (f" at {p['path']}" if p.get("path") else ""))
     lines.append(f"  MLflow run       : {summary.get('mlflow_run_id', 'n/a')}")

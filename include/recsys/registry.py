@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,9 @@ def register_model(cfg: PipelineConfig, run_id: str, bundle_dir: Path) -> str:
         {"user_id": example["user_id"], "rank": [1, 1], "item_id": list(bundle.item_ids[:2]),
          "score": [0.5, 0.4], "source": ["model", "model"]}
     )
-    signature = infer_signature(example, sample_out, params={"n": 10})
+    with warnings.catch_warnings():  # rank is a non-null int by contract; MLflow's hint is noise
+        warnings.filterwarnings("ignore", message=".*Integer columns in Python.*")
+        signature = infer_signature(example, sample_out, params={"n": 10})
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -142,6 +145,7 @@ def register_model(cfg: PipelineConfig, run_id: str, bundle_dir: Path) -> str:
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(PROJECT_ROOT / "include")],
             signature=signature,
+            input_example=(example, {"n": 10}),
             pip_requirements=_pip_requirements(),
             registered_model_name=cfg.model_name,
         )
