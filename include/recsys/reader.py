@@ -50,18 +50,20 @@ class RecommendationStore:
     def table(self, version: str | None = None) -> pd.DataFrame:
         """The whole table of a version (default: the served one)."""
         folder = publish.version_dir(self.root, version or self.current_version())
-        return pd.read_parquet(sorted(folder.glob("part-*.parquet")))
+        # partitioning=None: no extra hive column from the "version=<id>" folder name
+        return pd.read_parquet(sorted(folder.glob("part-*.parquet")), partitioning=None)
 
     def for_user(self, user_id: Any, n: int | None = None, version: str | None = None) -> pd.DataFrame:
         """Ranked recommendations of one user; the version's fallback list if the user is unknown."""
+        import pyarrow as pa
         import pyarrow.dataset as ds
 
         version = version or self.current_version()
         folder = publish.version_dir(self.root, version)
         dataset = ds.dataset(sorted(folder.glob("part-*.parquet")), format="parquet")
         id_type = dataset.schema.field("user_id").type
-        try:
-            key = ds.scalar(user_id).cast(id_type)
+        try:  # cast now: an expression's cast would only fail later, inside the scan
+            key = ds.scalar(pa.scalar(user_id).cast(id_type))
         except Exception:  # e.g. "abc" for an integer id column: certainly unknown
             key = None
         rows = (

@@ -88,7 +88,7 @@ def test_manifest_and_versions(root) -> None:
 
 def test_table(root) -> None:
     t = RecommendationStore(root).table()
-    assert set(pub.TABLE_COLUMNS) <= set(t.columns)
+    assert list(t.columns) == pub.TABLE_COLUMNS
     assert len(t) == 15 and set(t["model_version"]) == {"2"}
     assert list(zip(t["user_id"], t["rank"]))[:5] == [("u1", r) for r in range(1, 6)]
 
@@ -121,6 +121,9 @@ def test_cli_integer_user(tmp_path, capsys) -> None:
     pub.point_current(r, "v1")
     assert main(["--root", str(r), "user", "5"]) == 0
     assert "item-5-1" in capsys.readouterr().out
+    assert main(["--root", str(r), "user", "abc"]) == 0  # cannot be an int id: fallback
+    out = capsys.readouterr().out
+    assert "pop1" in out and "fallback" in out
 
 
 def test_cli_manifest_and_versions(root, capsys) -> None:
@@ -152,14 +155,19 @@ def test_cli_unknown_version_is_an_error(root, capsys) -> None:
 def test_table_readable_by_duckdb(root) -> None:
     duckdb = pytest.importorskip("duckdb")
     folder = pub.version_dir(root, "v2")
-    glob = str(folder / "*.parquet").replace("'", "''")
-    # fallback.parquet has other columns: read the table parts only
+    # the served table is the part files (README: DuckDB reads version=<id>/part-*.parquet)
     parts = str(folder / "part-*.parquet").replace("'", "''")
-    assert duckdb.sql(f"select count(*) from read_parquet('{parts}')").fetchone()[0] == 15
+    assert duckdb.sql(f"select count(*) from read_parquet('{parts}')").fetchall() == [(15,)]
     got = duckdb.sql(
-        f"select item_id from read_parquet('{parts}') where user_id = 'u2' order by rank limit 2"
+        f"select item_id, source from read_parquet('{parts}') where user_id = 'u2' order by rank limit 2"
     ).fetchall()
-    assert got == [("item-u2-1",), ("item-u2-2",)]
-    # the whole folder (parts + fallback) still reads with union_by_name
-    total = duckdb.sql(f"select count(*) from read_parquet('{glob}', union_by_name=true)").fetchone()[0]
-    assert total == 15 + len(FALLBACK)
+    assert got == [("item-u2-1", "model"), ("item-u2-2", "model")]
+    described = duckdb.sql(f"describe select * from read_parquet('{parts}', hive_partitioning=false)")
+    cols = [r[0] for r in described.fetchall()]
+    assert cols == pub.TABLE_COLUMNS
+
+
+def test_version_folder_reads_as_the_table_in_pandas(root) -> None:
+    # README: "_"-prefixed files (manifest, fallback) are skipped when the folder is read
+    df = pd.read_parquet(pub.version_dir(root, "v2"))
+    assert list(df.columns) == pub.TABLE_COLUMNS and len(df) == 15

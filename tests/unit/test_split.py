@@ -82,4 +82,5 @@ def test_everything_after_cutoff_raises() -> None:
 def test_nothing_after_cutoff_gives_empty_holdout() -> None:
     train, holdout, stats = time_split(_events([("a", "x", "2024-01-01")]), CUTOFF)
     assert len(train) == 1 and holdout.empty
-    assert (stats.holdout_rows, stats.holdout_pairs_new, stats.holdout_users_warm, stats.holdout_users_cold) == (0, 0, 0, 0)
+    counts = (stats.holdout_rows, stats.holdout_pairs_new, stats.holdout_users_warm, stats.holdout_users_cold)
+    assert counts == (0, 0, 0, 0)
