@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv airflow-db demo test test-fast airflow mlflow-ui lock lint clean
+.PHONY: venv airflow-db demo test test-fast airflow mlflow-ui mlflow-server browser serve bench lock lint clean
 
 venv: $(VENV)/.installed
 
@@ -40,15 +40,37 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e and not ui" $(PYTEST_ARGS)
 
 airflow: airflow-db
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
+
+serve: venv
+	$(PY) -m include.recsys.serve --host 127.0.0.1 --port $${SERVE_PORT:-8000}
+
+bench: venv
+	$(PY) -m bench.scoring --out bench/results
+	$(PY) -m bench.reader
 
 mlflow-ui: venv
 	@mkdir -p $(RECSYS_DATA_DIR)/mlflow
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RECSYS_DATA_DIR)/mlflow/mlflow.db \
 		--default-artifact-root $(RECSYS_DATA_DIR)/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+# MLflow tracking server (what docker-compose runs), local: SQLite store (the same DB as the
+# local mode) + artifacts served from data/mlflow. Point Airflow at it with
+#   RECSYS_MLFLOW_TRACKING_URI=http://127.0.0.1:5000 make airflow
+MLFLOW_PORT ?= 5000
+mlflow-server: venv
+	@mkdir -p $(RECSYS_DATA_DIR)/mlflow/artifacts
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 2 \
+		--backend-store-uri sqlite:///$(RECSYS_DATA_DIR)/mlflow/mlflow.db \
+		--serve-artifacts --default-artifact-root mlflow-artifacts:/ \
+		--artifacts-destination $(RECSYS_DATA_DIR)/mlflow/artifacts
+
+# headless Chromium + chromedriver (Debian packages) for the browser test in tests/ui
+browser:
+	.ci/install-browser
 
 lock: venv
 	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 -o constraints.txt --quiet

@@ -6,13 +6,18 @@ Every night (or when triggered by hand with the form) this DAG:
 1. **snapshot**: reads the interactions of the training window ending at the run's data
    interval end, keeps active users, drops exact duplicates, writes a snapshot + id maps;
 2. **validate_input**: a Great Expectations suite on the snapshot (bad data fails, no retries);
+   after precompute, **validate_output** checks the top-N table (N distinct unseen catalog items
+   per user, ranks, scores, coverage, change vs CURRENT) before publish may serve it;
 3. **split**: a leak-free time-based holdout;
 4. **train**: implicit ALS, tracked in MLflow (one MLflow run per DAG run);
 5. **evaluate**: candidate vs the current `champion` vs popularity on the same holdout;
 6. **gate**: floors, must beat popularity, no regression vs champion -> PASS / FAIL / SKIPPED;
 7. **should_publish**: stops here on `dry_run`;
 8. **register**: the candidate enters the MLflow registry as `challenger`;
-9. **precompute**: top-N for every user + a popularity fallback into a new table version;
+9. **plan_shards -> score_shard (mapped, one task per user shard) -> assemble_version**: top-N
+   for every user, seen items filtered, a popularity fallback; parts + manifest form a new,
+   not yet served table version (`RECSYS_SHARDS` shards; Celery/Kubernetes workers run them
+   in parallel);
 10. **publish**: CURRENT points at the new version atomically, then `champion` moves.
 
 A FAIL, bad input or any error leaves yesterday's table and champion served and alerts Slack
@@ -29,7 +34,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from include.recsys.alerts import task_failure_callback
+from include.recsys.alerts import dag_success_callback, task_failure_callback, task_retry_callback
 from include.recsys.config import PARAM_FIELDS, param_specs
 
 DAG_ID = "recsys_nightly_retrain"
@@ -42,6 +47,7 @@ default_args = {
     "max_retry_delay": timedelta(minutes=15),
     "execution_timeout": timedelta(hours=1),
     "on_failure_callback": [task_failure_callback],
+    "on_retry_callback": [task_retry_callback],  # logs the attempt; Slack only hears of final failures
 }
 
 
@@ -110,7 +116,7 @@ def _end_mlflow_run(status: str):
     default_args=default_args,
     params={name: Param(**spec) for name, spec in param_specs().items()},
     tags=["recsys", "ml", "nightly"],
-    on_success_callback=_end_mlflow_run("FINISHED"),
+    on_success_callback=[_end_mlflow_run("FINISHED"), dag_success_callback],  # summary: opt-in
     on_failure_callback=_end_mlflow_run("FAILED"),
     doc_md=__doc__,
 )
@@ -141,6 +147,9 @@ def recsys_nightly_retrain():
 
         verdict = _stage("gate", ctx, ev, model)
         if verdict["verdict"] != "PASS":
+            from include.recsys.alerts import send_gate_verdict  # SKIPPED fails nothing: say so
+
+            send_gate_verdict(verdict, dag_id=DAG_ID, run_id=ctx["run_id"], mlflow_run_id=model.get("mlflow_run_id"))
             raise AirflowSkipException(f"gate {verdict['verdict']}: nothing will be published")
         return verdict
 
@@ -155,9 +164,23 @@ def recsys_nightly_retrain():
     def register(model: dict, **ctx) -> dict:
         return _stage("register", ctx, model)
 
-    @task(execution_timeout=timedelta(hours=2))
-    def precompute(snap: dict, model: dict, reg: dict, ev: dict, verdict: dict, **ctx) -> dict:
-        return _stage("precompute", ctx, snap, model, reg, ev, verdict)
+    @task(execution_timeout=timedelta(minutes=10))
+    def plan_shards(snap: dict, **ctx) -> list:
+        return _stage("plan_shards", ctx, snap)
+
+    @task(execution_timeout=timedelta(hours=2), max_active_tis_per_dagrun=16)
+    def score_shard(shard: dict, snap: dict, model: dict, reg: dict, **ctx) -> dict:
+        return _stage("score_shard", ctx, snap, model, reg, shard)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def assemble_version(
+        snap: dict, model: dict, reg: dict, ev: dict, verdict: dict, parts: list, **ctx
+    ) -> dict:
+        return _stage("assemble_version", ctx, snap, model, reg, ev, verdict, list(parts))
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def validate_output(snap: dict, pre: dict, **ctx) -> dict:
+        return _stage("validate_output", ctx, snap, pre)
 
     @task(execution_timeout=timedelta(minutes=10))
     def publish(pre: dict, reg: dict, model: dict, **ctx) -> dict:
@@ -165,16 +188,21 @@ def recsys_nightly_retrain():
 
     snap = snapshot()
     checked = validate_input(snap)
-    parts = split(snap)
-    checked >> parts
-    model = train(parts, snap)
-    ev = evaluate(parts, model)
+    split_paths = split(snap)
+    checked >> split_paths
+    model = train(split_paths, snap)
+    ev = evaluate(split_paths, model)
     verdict = gate(ev, model)
     go = should_publish(verdict)
     reg = register(model)
     go >> reg
-    pre = precompute(snap, model, reg, ev, verdict)
-    publish(pre, reg, model)
+    shards = plan_shards(snap)
+    reg >> shards
+    part_files = score_shard.partial(snap=snap, model=model, reg=reg).expand(shard=shards)
+    pre = assemble_version(snap, model, reg, ev, verdict, part_files)
+    checked_out = validate_output(snap, pre)
+    published = publish(pre, reg, model)
+    checked_out >> published
 
 
 nightly_dag = recsys_nightly_retrain()

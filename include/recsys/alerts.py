@@ -31,6 +31,28 @@ Examples::
     # local fake server in tests
     AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "host": "http://127.0.0.1:PORT/services", "password": "T/B/X"}'
 
+Bot token (``chat.postMessage``)
+-------------------------------
+A connection of conn type ``slack`` (the provider's ``SlackHook``) holds a bot token
+(``xoxb-...``) as password; the channel is its extra ``channel`` (or ``$RECSYS_SLACK_CHANNEL``)
+and extra ``base_url`` may point at another API root (the tests' fake server)::
+
+    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slack", "password": "xoxb-<token>", "extra": {"channel": "#recsys-alerts"}}'
+
+Same guarantees as the webhook: no retries, a hard deadline, token never logged.
+
+What is posted
+--------------
+* a task failed for good: :func:`task_failure_callback` (one message; a failed gate or input
+  validation posts the rule table and the run card path instead); with
+  ``$RECSYS_MLFLOW_UI_URL`` set, a link to the MLflow run (its id comes from the ``train``
+  task's XCom; MLflow itself is never queried from a callback, so an MLflow outage cannot
+  slow the alert down);
+* a failed attempt that will be retried: nothing -- :func:`task_retry_callback` logs it;
+* gate SKIPPED: :func:`send_gate_verdict` from the gate task (nothing fails, so no callback);
+* DAG run succeeded: :func:`dag_success_callback`, only if ``$RECSYS_SLACK_NOTIFY_SUCCESS``;
+* stale / missing table: ``include.recsys.freshness`` (the hourly check DAG).
+
 Design decision: hook, not notifier
 -----------------------------------
 We wrap the provider's ``SlackWebhookHook`` rather than ``SlackWebhookNotifier``:
@@ -78,6 +100,11 @@ __all__ = [
     "gate_blocks",
     "send_slack",
     "task_failure_callback",
+    "task_retry_callback",
+    "send_gate_verdict",
+    "dag_success_callback",
+    "freshness_blocks",
+    "mlflow_run_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +113,12 @@ log = logging.getLogger(__name__)
 CONN_ID_ENV = "RECSYS_SLACK_CONN_ID"
 #: Connection id used when :data:`CONN_ID_ENV` is unset.
 DEFAULT_CONN_ID = "slack_alerts"
+#: Channel for bot-token (``chat.postMessage``) connections without an extra ``channel``.
+CHANNEL_ENV = "RECSYS_SLACK_CHANNEL"
+#: Base URL of the MLflow UI (e.g. ``http://127.0.0.1:5000``); unset: no MLflow link.
+MLFLOW_UI_ENV = "RECSYS_MLFLOW_UI_URL"
+#: ``true`` posts a summary when a DAG run succeeds (default ``false``: success is quiet).
+NOTIFY_SUCCESS_ENV = "RECSYS_SLACK_NOTIFY_SUCCESS"
 
 #: Characters of the error message kept in the alert (the tail).
 EXCERPT_CHARS = 500
@@ -277,6 +310,7 @@ def gate_blocks(
     verdict: str,
     reasons: Sequence[Mapping[str, Any]],
     report_path: str | None = None,
+    mlflow_url: str | None = None,
 ) -> dict[str, Any]:
     """Build the Slack payload for a quality-gate verdict or a data-validation failure.
 
@@ -285,7 +319,8 @@ def gate_blocks(
     :param verdict: e.g. ``"FAIL"``, ``"PASS"``, ``"VALIDATION_FAILED"``.
     :param reasons: Rule results, each a mapping with keys ``rule``, ``observed``,
         ``bound`` and ``passed`` (missing keys render as ``-``).
-    :param report_path: Where the full gate / validation report was written.
+    :param report_path: Where the full gate / validation report (the run card) was written.
+    :param mlflow_url: Link to the related MLflow run.
     :return: ``{"text": <notification fallback>, "blocks": [...]}`` with the rules
         rendered as a fixed-width table inside a mrkdwn code block.
     """
@@ -336,7 +371,74 @@ def gate_blocks(
                 "elements": [{"type": "mrkdwn", "text": f"Report: `{_mrkdwn_escape(str(report_path))}`"}],
             }
         )
+    actions = _link_buttons([("MLflow run", mlflow_url)])
+    if actions:
+        blocks.append(actions)
     return {"text": text, "blocks": blocks}
+
+
+def freshness_blocks(
+    *,
+    problems: Sequence[str],
+    current: str | None,
+    published_at: Any,
+    age_hours: float | None,
+    root: str,
+) -> dict[str, Any]:
+    """Build the Slack payload for a stale or missing recommendations table.
+
+    :param problems: One human sentence per failed freshness check.
+    :param current: The served version (``None``: nothing published).
+    :param published_at: When CURRENT last moved (datetime / str / ``None``).
+    :param age_hours: Hours since then (``None`` if unknown).
+    :param root: The recommendations root that was checked.
+    """
+    age = "n/a" if age_hours is None else f"{age_hours:.1f} h"
+    text = _truncate(
+        f":warning: Recommendations are stale: {'; '.join(problems)} (CURRENT {current or 'none'}, age {age})",
+        _FALLBACK_TEXT_MAX,
+    )
+    blocks: list[dict[str, Any]] = [
+        _header(":warning: Nightly recommendations are stale or missing"),
+        {
+            "type": "section",
+            "fields": [
+                _field("Served version", current or "none"),
+                _field("Published at", _fmt_date(published_at)),
+                _field("Age", age),
+                _field("Root", root),
+            ],
+        },
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": _truncate("\n".join(f"• {_mrkdwn_escape(p)}" for p in problems), _SECTION_TEXT_MAX),
+            },
+        },
+    ]
+    return {"text": text, "blocks": blocks}
+
+
+def success_blocks(
+    *, dag_id: str, run_id: str, logical_date: Any, published: str | None, details: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Build the optional success summary (sent only when ``$RECSYS_SLACK_NOTIFY_SUCCESS``)."""
+    text = _truncate(
+        f":large_green_circle: {dag_id} succeeded (run {run_id}): published {published or 'nothing'}",
+        _FALLBACK_TEXT_MAX,
+    )
+    fields = [
+        _field("DAG", dag_id),
+        _field("Run", run_id),
+        _field("Logical date", _fmt_date(logical_date)),
+        _field("Published", published or "nothing"),
+    ]
+    fields += [_field(k, _fmt_value(v)) for k, v in list(details.items())[:6]]
+    return {
+        "text": text,
+        "blocks": [_header(f":large_green_circle: {dag_id} succeeded"), {"type": "section", "fields": fields[:10]}],
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -352,22 +454,27 @@ def _payload_text(payload: Any) -> str:
 
 
 def send_slack(payload: dict[str, Any], conn_id: str, timeout: float = 5.0) -> bool:
-    """Post ``payload`` to the Slack incoming webhook of Airflow connection ``conn_id``.
+    """Post ``payload`` through the Slack connection ``conn_id`` (webhook or bot token).
 
-    Uses the Slack provider's ``SlackWebhookHook`` (URL from the connection only),
-    without retries.  Never raises: a missing connection, an unreachable or slow
-    server, or a non-200 answer is logged (without the webhook URL) and ``False``
-    is returned.  The call returns within about ``timeout`` seconds (socket
-    timeout plus a hard deadline of ``timeout + 1`` s).
+    * conn type ``slackwebhook``: the provider's ``SlackWebhookHook`` (URL from the connection).
+    * conn type ``slack`` (bot token ``xoxb-...`` as password): the provider's ``SlackHook``
+      (slack_sdk ``WebClient``) calls ``chat.postMessage``; the channel is the connection
+      extra ``channel`` or ``$RECSYS_SLACK_CHANNEL``; extra ``base_url`` overrides the API URL.
+
+    No retries. Never raises: a missing connection, an unreachable or slow server, or a
+    refusal (non-200, or ``"ok": false``) is logged (without URL or token) and ``False`` is
+    returned. The call returns within about ``timeout`` seconds (socket timeout plus a hard
+    deadline of ``timeout + 1`` s).
 
     :param payload: Slack message body, e.g. from :func:`failure_blocks`.
-    :param conn_id: Airflow connection id (conn type ``slackwebhook``).
+    :param conn_id: Airflow connection id (conn type ``slackwebhook`` or ``slack``).
     :param timeout: Seconds to wait for Slack.
-    :return: ``True`` if Slack answered HTTP 200.
+    :return: ``True`` if Slack accepted the message.
     """
     text = _payload_text(payload)
     try:
         from airflow.providers.common.compat.sdk import AirflowNotFoundException
+        from airflow.providers.slack.hooks.slack import SlackHook
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
     except Exception as exc:  # pragma: no cover - provider is a pinned dependency
         log.warning("Slack provider unavailable (%s); alert not sent: %s", type(exc).__name__, text)
@@ -387,21 +494,54 @@ def send_slack(payload: dict[str, Any], conn_id: str, timeout: float = 5.0) -> b
         )
         return False
 
-    # Everything that could identify the webhook, for redaction of error messages.
+    # Everything that could identify the webhook / token, for redaction of error messages.
     secrets = [s for s in (getattr(conn, "password", None), getattr(conn, "host", None)) if s]
+    bot = (getattr(conn, "conn_type", None) or "").lower() == "slack"
     outcome: dict[str, Any] = {}
 
     try:
-        hook = SlackWebhookHook(
-            slack_webhook_conn_id=conn_id,
-            timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
-            retry_handlers=[],
-            logger=_SDK_LOGGER,
-        )
-        # Resolve the connection and build the client in the calling thread: inside a
-        # task, connection look-ups go through the supervisor channel, which must not
-        # be used from a thread we may abandon.
-        hook.get_conn()
+        if bot:
+            try:
+                extra = dict(conn.extra_dejson or {})
+            except Exception:
+                extra = {}
+            if extra.get("base_url"):
+                secrets.append(str(extra["base_url"]))
+            channel = extra.get("channel") or os.environ.get(CHANNEL_ENV)
+            if not channel:
+                log.warning(
+                    "Slack connection '%s' (bot token) names no channel (extra 'channel' or $%s); "
+                    "alert not sent: %s",
+                    conn_id,
+                    CHANNEL_ENV,
+                    text,
+                )
+                return False
+            hook: Any = SlackHook(
+                slack_conn_id=conn_id,
+                timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
+                retry_handlers=[],
+                logger=_SDK_LOGGER,
+            )
+            client = hook.get_conn()  # WebClient, built here (see below)
+
+            def _send() -> Any:
+                # raises SlackApiError on "ok": false or a non-200 answer
+                return client.chat_postMessage(channel=channel, **dict(payload))
+        else:
+            hook = SlackWebhookHook(
+                slack_webhook_conn_id=conn_id,
+                timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
+                retry_handlers=[],
+                logger=_SDK_LOGGER,
+            )
+            # Resolve the connection and build the client in the calling thread: inside a
+            # task, connection look-ups go through the supervisor channel, which must not
+            # be used from a thread we may abandon.
+            hook.get_conn()
+
+            def _send() -> Any:
+                return hook.send_dict(payload)  # raises unless HTTP 200
     except Exception as exc:
         log.warning(
             "Slack connection '%s' is invalid (%s: %s); alert not sent: %s",
@@ -414,7 +554,7 @@ def send_slack(payload: dict[str, Any], conn_id: str, timeout: float = 5.0) -> b
 
     def _post() -> None:
         try:
-            resp = hook.send_dict(payload)  # raises unless HTTP 200
+            resp = _send()
             outcome["status"] = getattr(resp, "status_code", None)
         except BaseException as exc:  # noqa: BLE001 - must never escape the thread
             outcome["error"] = exc
@@ -479,20 +619,56 @@ def _error_excerpt(exc: Any) -> tuple[str, str]:
     return error_type, _truncate(_redact(message).strip(), EXCERPT_CHARS, tail=True)
 
 
-def _domain_payload(exc: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
+def mlflow_run_url(run_id: str | None) -> str | None:
+    """Link to an MLflow run in the UI at ``$RECSYS_MLFLOW_UI_URL`` (None when either is unknown).
+
+    Uses the UI's direct run route ``<base>/#/runs/<run_id>`` (no experiment id needed).
+    """
+    base = (os.environ.get(MLFLOW_UI_ENV) or "").strip().rstrip("/")
+    if not base or not run_id or not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", str(run_id)):
+        return None
+    return f"{base}/#/runs/{run_id}"
+
+
+def _mlflow_run_id_from_xcom(ti: Any) -> str | None:
+    """The DAG run's MLflow run id, from the ``train`` task's XCom (None before train ran).
+
+    Only attempted when ``$RECSYS_MLFLOW_UI_URL`` is set; never asks MLflow itself, so a
+    failure caused by an unreachable MLflow cannot slow the alert down.
+    """
+    if not os.environ.get(MLFLOW_UI_ENV) or ti is None or not hasattr(ti, "xcom_pull"):
+        return None
+    try:
+        value = ti.xcom_pull(task_ids="train")
+    except Exception:
+        return None
+    if isinstance(value, Mapping) and isinstance(value.get("mlflow_run_id"), str):
+        return value["mlflow_run_id"]
+    return None
+
+
+def _domain_payload(
+    exc: Any, dag_id: str, run_id: str, mlflow_url: str | None = None
+) -> dict[str, Any] | None:
     """A rule table for a failed gate or failed input validation (the exception's cause).
 
     The DAG raises ``AirflowFailException(...) from GateFailed | DataValidationError``; the
-    cause carries the rules / checks. Anything else returns None (generic failure message).
+    cause carries the rules / checks and, when the stage set it, ``report_path`` (the run card).
+    Anything else returns None (generic failure message).
     """
     cause = getattr(exc, "__cause__", None) or exc
+    report_path = getattr(cause, "report_path", None)
+    report_path = str(report_path) if report_path else None
     result = getattr(cause, "result", None)  # GateFailed
     if result is not None and hasattr(result, "rules"):
         reasons = [
             {"rule": r.name, "observed": r.observed, "bound": r.bound, "passed": r.passed}
             for r in result.rules
         ]
-        return gate_blocks(dag_id=dag_id, run_id=run_id, verdict=result.verdict, reasons=reasons)
+        return gate_blocks(
+            dag_id=dag_id, run_id=run_id, verdict=result.verdict, reasons=reasons,
+            report_path=report_path, mlflow_url=mlflow_url,
+        )
     report = getattr(cause, "report", None)  # DataValidationError
     if report is not None and hasattr(report, "errors"):
         reasons = [
@@ -505,9 +681,25 @@ def _domain_payload(exc: Any, dag_id: str, run_id: str) -> dict[str, Any] | None
             for r in report.errors
         ]
         return gate_blocks(
-            dag_id=dag_id, run_id=run_id, verdict="INPUT VALIDATION FAILED", reasons=reasons
+            dag_id=dag_id, run_id=run_id, verdict="INPUT VALIDATION FAILED", reasons=reasons,
+            report_path=report_path or getattr(report, "path", None), mlflow_url=mlflow_url,
         )
     return None
+
+
+def _conn_id() -> str:
+    return os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
+
+
+def _ids(ctx: Mapping[str, Any]) -> tuple[Any, str, str, str, Any]:
+    """(ti, dag_id, task_id, run_id, logical_date) from an Airflow context, all optional."""
+    ti = ctx.get("ti") or ctx.get("task_instance")
+    dag_run = ctx.get("dag_run")
+    dag_id = _get(ti, "dag_id") or _get(ctx.get("dag"), "dag_id") or _get(dag_run, "dag_id") or "unknown_dag"
+    task_id = _get(ti, "task_id") or _get(ctx.get("task"), "task_id") or "unknown_task"
+    run_id = ctx.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id") or "unknown_run"
+    logical_date = ctx.get("logical_date") or _get(dag_run, "logical_date")
+    return ti, str(dag_id), str(task_id), str(run_id), logical_date
 
 
 def task_failure_callback(context: Mapping[str, Any]) -> None:
@@ -515,34 +707,126 @@ def task_failure_callback(context: Mapping[str, Any]) -> None:
 
     Reads ``ti``/``task_instance``, ``dag``, ``task``, ``dag_run``, ``run_id``,
     ``logical_date`` and ``exception`` from the Airflow context (all optional),
-    builds :func:`failure_blocks` and sends it with :func:`send_slack` using the
-    connection named by ``$RECSYS_SLACK_CONN_ID`` (default ``slack_alerts``).
+    builds :func:`failure_blocks` (or the rule table of a failed gate / input validation)
+    and sends it with :func:`send_slack` using the connection named by
+    ``$RECSYS_SLACK_CONN_ID`` (default ``slack_alerts``). The MLflow run link is added when
+    ``$RECSYS_MLFLOW_UI_URL`` is set and the ``train`` task already pushed the run id.
     Never raises.
     """
     try:
         ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
-        ti = ctx.get("ti") or ctx.get("task_instance")
-        dag_run = ctx.get("dag_run")
-        dag_id = _get(ti, "dag_id") or _get(ctx.get("dag"), "dag_id") or _get(dag_run, "dag_id") or "unknown_dag"
-        task_id = _get(ti, "task_id") or _get(ctx.get("task"), "task_id") or "unknown_task"
-        run_id = ctx.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id") or "unknown_run"
-        logical_date = ctx.get("logical_date") or _get(dag_run, "logical_date")
+        ti, dag_id, task_id, run_id, logical_date = _ids(ctx)
         exc = ctx.get("exception")
         error_type, excerpt = _error_excerpt(exc)
         log_url = _get(ti, "log_url")
-        payload = _domain_payload(exc, str(dag_id), str(run_id))
+        mlflow_url = mlflow_run_url(_mlflow_run_id_from_xcom(ti))
+        payload = _domain_payload(exc, dag_id, run_id, mlflow_url)
         if payload is None:
             payload = failure_blocks(
-                dag_id=str(dag_id),
-                task_id=str(task_id),
-                run_id=str(run_id),
+                dag_id=dag_id,
+                task_id=task_id,
+                run_id=run_id,
                 try_number=_get(ti, "try_number"),
                 logical_date=logical_date,
                 error_type=error_type,
                 error_excerpt=excerpt,
-            log_url=log_url if isinstance(log_url, str) else None,
+                log_url=log_url if isinstance(log_url, str) else None,
+                mlflow_url=mlflow_url,
             )
-        send_slack(payload, os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID)
+        send_slack(payload, _conn_id())
     except Exception:
         log.exception("task_failure_callback failed; alert not sent")
 
+
+def task_retry_callback(context: Mapping[str, Any]) -> None:
+    """``on_retry_callback``: one log line per failed attempt that will be retried; posts nothing.
+
+    Policy: Slack hears about a task once, when it has failed for good
+    (:func:`task_failure_callback`); an attempt that a retry may still fix is only logged (in
+    the task log, with the error type and the attempt number). Never raises.
+    """
+    try:
+        ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
+        ti, dag_id, task_id, run_id, _ = _ids(ctx)
+        error_type, excerpt = _error_excerpt(ctx.get("exception"))
+        last = excerpt.splitlines()[-1] if excerpt else ""
+        log.warning(
+            "attempt %s of %s.%s (run %s) failed with %s: %s; will be retried, no alert sent",
+            _get(ti, "try_number") or "?", dag_id, task_id, run_id, error_type, last,
+        )
+    except Exception:
+        log.exception("task_retry_callback failed")
+
+
+def send_gate_verdict(
+    verdict: Mapping[str, Any],
+    *,
+    dag_id: str,
+    run_id: str,
+    report_path: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> bool:
+    """Post the rule table of a gate verdict dict (``GateResult.to_dict()``), e.g. SKIPPED.
+
+    FAIL is posted by :func:`task_failure_callback` (the gate task fails); SKIPPED does not
+    fail anything, so the gate task calls this before skipping downstream. Never raises.
+    """
+    try:
+        reasons = [
+            {"rule": r.get("name"), "observed": r.get("observed"), "bound": r.get("bound"), "passed": r.get("passed")}
+            for r in verdict.get("rules", [])
+        ]
+        payload = gate_blocks(
+            dag_id=dag_id,
+            run_id=run_id,
+            verdict=str(verdict.get("verdict", "?")),
+            reasons=reasons,
+            report_path=report_path or verdict.get("path"),
+            mlflow_url=mlflow_run_url(mlflow_run_id),
+        )
+        return send_slack(payload, _conn_id())
+    except Exception:
+        log.exception("send_gate_verdict failed; alert not sent")
+        return False
+
+
+def notify_success_enabled() -> bool:
+    return (os.environ.get(NOTIFY_SUCCESS_ENV) or "false").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def dag_success_callback(context: Mapping[str, Any]) -> None:
+    """DAG ``on_success_callback``: a short summary, only when ``$RECSYS_SLACK_NOTIFY_SUCCESS``
+    is true (default false). Reads CURRENT and its manifest: "published" is the served version
+    when this run published it. Never raises."""
+    if not notify_success_enabled():
+        return
+    try:
+        import json as _json
+
+        from include.recsys.config import load_config
+        from include.recsys.publish import MANIFEST, read_current, version_dir
+
+        ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
+        _, dag_id, _, run_id, logical_date = _ids(ctx)
+        root = load_config().recommendations_root
+        current = read_current(root)
+        published, details = None, {}
+        if current:
+            try:
+                m = _json.loads((version_dir(root, current) / MANIFEST).read_text())
+            except Exception:
+                m = {}
+            if m.get("airflow_run_id") == run_id:
+                published = current
+                details = {
+                    "rows": m.get("rows"),
+                    "users": m.get("users"),
+                    "model version": m.get("model_version"),
+                    **{k: v for k, v in (m.get("metrics") or {}).items() if k == (m.get("gate") or {}).get("metric")},
+                }
+        send_slack(
+            success_blocks(dag_id=dag_id, run_id=run_id, logical_date=logical_date, published=published, details=details),
+            _conn_id(),
+        )
+    except Exception:
+        log.exception("dag_success_callback failed; summary not sent")

@@ -48,6 +48,11 @@ class PipelineConfig(BaseSettings):
     source_format: Literal["parquet", "csv", "movielens"] = Field(
         default="parquet", description="Format of the interaction source."
     )
+    user_segments_path: str = Field(
+        default="",
+        description="Optional user attributes (Parquet/CSV: user_id, segment) for segment "
+        "popularity fallbacks. Empty: <data_dir>/lake/user_segments.parquet when it exists.",
+    )
     recommendations_dir: str = Field(
         default="", description="Where versions and CURRENT live. Empty: <data_dir>/recommendations."
     )
@@ -105,7 +110,10 @@ class PipelineConfig(BaseSettings):
     # --- serving table -------------------------------------------------------------------
     top_n: PositiveInt = Field(default=20, le=1000, description="Recommendations per user.")
     score_block_size: PositiveInt = Field(
-        default=4096, description="Users scored per GEMM block (bounds memory)."
+        default=1024, description="Users scored per GEMM block (bounds memory)."
+    )
+    shards: PositiveInt = Field(
+        default=2, le=1024, description="User shards scored by parallel mapped tasks."
     )
     dry_run: bool = Field(default=False, description="Evaluate and gate, never publish.")
 
@@ -141,6 +149,13 @@ class PipelineConfig(BaseSettings):
         return Path(self.source_path) if self.source_path else self.data_dir / "lake" / "interactions"
 
     @property
+    def segments_source(self) -> Path | None:
+        if self.user_segments_path:
+            return Path(self.user_segments_path)
+        default = self.data_dir / "lake" / "user_segments.parquet"
+        return default if default.exists() else None
+
+    @property
     def recommendations_root(self) -> Path:
         return (
             Path(self.recommendations_dir)
@@ -154,8 +169,14 @@ class PipelineConfig(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
+        """``RECSYS_MLFLOW_TRACKING_URI``, else the standard ``MLFLOW_TRACKING_URI``, else the
+        local SQLite DB under ``data_dir`` (artifacts beside it)."""
+        import os
+
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
         return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
     @property
@@ -197,7 +218,7 @@ def param_specs() -> dict[str, dict[str, Any]]:
     props = PipelineConfig.model_json_schema()["properties"]
     current = PipelineConfig()
     keys = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "description")
-    return {
+    specs = {
         name: {
             "default": getattr(current, name),
             **{k: props[name][k] for k in keys if k in props[name]},
@@ -205,3 +226,10 @@ def param_specs() -> dict[str, dict[str, Any]]:
         }
         for name in PARAM_FIELDS
     }
+    for spec in specs.values():
+        # An empty string means "use the derived default" (e.g. source_path): the field is
+        # optional. Airflow's trigger form treats every non-nullable type as required and
+        # keeps the Trigger button disabled while it is empty, so mark it nullable.
+        if spec.get("type") == "string" and spec["default"] == "":
+            spec["type"] = ["string", "null"]
+    return specs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -68,8 +68,14 @@ def _read_parquet_window(root: Path, window: Window) -> pd.DataFrame:
         raise EmptyWindowError(f"no partitions of {root} overlap the window {window}")
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(f) for f in files]
     import pyarrow as pa
+
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f))
+        except (pa.ArrowException, OSError) as exc:  # truncated / corrupted / not Parquet
+            raise SourceError(f"cannot read Parquet file {f}: {exc}") from exc
 
     try:
         table = pa.concat_tables(tables, promote_options="default")
@@ -104,7 +110,12 @@ def read_source(cfg: PipelineConfig, window: Window) -> pd.DataFrame:
     elif cfg.source_format == "movielens":
         df = _read_movielens(path)
     else:
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"CSV {path} is not valid UTF-8: {exc}") from exc
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise SourceError(f"cannot parse CSV {path}: {exc}") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise SourceError(
@@ -116,10 +127,33 @@ def read_source(cfg: PipelineConfig, window: Window) -> pd.DataFrame:
         raise SourceError(f"column event_ts of {path} is not a timestamp: {exc}") from exc
     df["event_ts"] = ts.astype("datetime64[us, UTC]")
     in_window = (df["event_ts"] >= window.start) & (df["event_ts"] < window.end)
+    # what the window filter drops, for the input validation (clock skew, misfiled rows)
+    source_stats = {
+        "future_rows": int((df["event_ts"] >= window.end).sum()),
+        "outside_window_rows": int((df["event_ts"] < window.start).sum()),
+        "extra_columns": sorted(str(c) for c in df.columns if c not in (*SNAPSHOT_COLUMNS, "rating")),
+    }
     df = df.loc[in_window].reset_index(drop=True)
+    source_stats["null_id_rows"] = int((df["user_id"].isna() | df["item_id"].isna()).sum())
+    df.attrs["source_stats"] = source_stats
     if df.empty:
         raise EmptyWindowError(f"source {path} has no events in the window {window}")
     return df
+
+
+def read_segments(cfg: PipelineConfig) -> pd.Series | None:
+    """User attribute ``segment`` indexed by user_id (None when no segment table is configured)."""
+    path = cfg.segments_source
+    if path is None:
+        return None
+    if not path.exists():
+        raise SourceError(f"user segment table {path} does not exist")
+    df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    missing = {"user_id", "segment"} - set(df.columns)
+    if missing:
+        raise SourceError(f"user segment table {path} lacks column(s) {sorted(missing)}")
+    df = df.dropna(subset=["user_id", "segment"]).drop_duplicates("user_id", keep="last")
+    return pd.Series(df["segment"].astype(str).to_numpy(), index=pd.Index(df["user_id"]), name="segment")
 
 
 def add_weights(df: pd.DataFrame, event_weights: dict[str, float]) -> pd.DataFrame:
@@ -155,6 +189,11 @@ class SnapshotStats:
     users: int
     items: int
     seconds: float
+    # seen by read_source before the window filter (for the input validation)
+    future_rows: int = 0
+    outside_window_rows: int = 0
+    null_id_rows: int = 0
+    extra_columns: list[str] = field(default_factory=list)
 
 
 def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, SnapshotStats]:
@@ -162,6 +201,7 @@ def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, S
     t0 = time.perf_counter()
     raw = read_source(cfg, window)
     rows_read = len(raw)
+    source_stats = dict(raw.attrs.get("source_stats") or {})
     df = add_weights(raw, cfg.event_weights)
     # exact duplicates only: a view and a click of one item in the same second are two events
     df = df.drop_duplicates(ignore_index=True)
@@ -182,6 +222,7 @@ def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, S
         users=int(df["user_id"].nunique()),
         items=int(df["item_id"].nunique()),
         seconds=time.perf_counter() - t0,
+        **source_stats,
     )
     log.info(
         "snapshot %s: %d rows read, %d duplicates dropped, %d inactive-user rows dropped -> "

@@ -61,6 +61,7 @@ class RunContext:
     def mlflow_tags(self) -> dict[str, str]:
         return {
             "dag_id": self.dag_id,
+            "airflow_run_id": self.run_id,
             "data_interval_start": str(self.interval_start),
             "data_interval_end": str(self.interval_end),
             "airflow_try_number": str(self.try_number),
@@ -104,20 +105,36 @@ def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
 
 
 def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
-    """Great Expectations suite on the snapshot; raises DataValidationError on error checks."""
-    from include.recsys.validate import validate_interactions
+    """Input contract (GX suite + source stats + drift vs history); DataValidationError on errors.
+
+    Reports and Data Docs go to ``<work>/validation/`` (logged to MLflow by ``train``); the
+    statistics are appended to ``<data_dir>/validation_history/<dag_id>.jsonl`` only on success.
+    """
+    from include.recsys.validate_history import history_path, validate_snapshot
 
     df = pd.read_parquet(snap["snapshot"])
-    report_path = rc.work_dir(cfg) / "validation" / "input_report.json"
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report = validate_interactions(
+    folder = rc.work_dir(cfg) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path = folder / "input_report.json"
+    report, stats = validate_snapshot(
         df,
-        window_start=pd.Timestamp(snap["window_start"]),
-        window_end=pd.Timestamp(snap["window_end"]),
+        snap,
+        run_id=rc.run_id,
+        history_file=history_path(cfg.data_dir, rc.dag_id),
+        source=str(cfg.source),
+        window_days=cfg.window_days,
+        event_types=list(cfg.event_weights),
         report_path=report_path,
+        docs_dir=folder / "data_docs" / "input",
     )
     log.info("input validation: %s", report.summary())
-    return {"report": str(report_path), "success": report.success, "warnings": len(report.warnings)}
+    return {
+        "report": str(report_path),
+        "success": report.success,
+        "warnings": len(report.warnings),
+        "counts": report.counts(),
+        "data_docs": report.data_docs,
+    }
 
 
 def split(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
@@ -140,10 +157,14 @@ def train(cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], snap: dict
     from include.recsys import registry
     from include.recsys.train import train as fit
 
+    # MLflow first: an unreachable server fails (and is retried) before an expensive fit
+    run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags(), reopen=True)
+    from include.recsys.data import read_segments
+
     train_df = pd.read_parquet(parts["train"])
-    bundle, stats = fit(train_df, cfg)
+    bundle, stats = fit(train_df, cfg, read_segments(cfg))
     bundle_dir = bundle.save(rc.work_dir(cfg) / "model" / "bundle")
-    run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
+    validation = rc.work_dir(cfg) / "validation"  # GX report (+ Data Docs when written there)
     registry.log_to_run(
         cfg,
         run_id,
@@ -160,8 +181,10 @@ def train(cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], snap: dict
         tags={
             "data_window": f"[{snap['window_start']}, {snap['window_end']})",
             "data_snapshot_sha256": snap["sha256"],
+            **registry.lineage_tags(),
             **rc.mlflow_tags(),
         },
+        artifacts={"validation": validation} if validation.exists() else None,
     )
     return {"bundle": str(bundle_dir), "mlflow_run_id": run_id, "stats": asdict(stats)}
 
@@ -247,6 +270,7 @@ def evaluate(
             for k, v in r.summary.items()
             if isinstance(v, (int, float))
         },
+        tags={"champion_version_evaluated": champion_version or "none"},
         artifacts={"evaluation": out},
     )
     log.info(
@@ -273,17 +297,190 @@ def gate(cfg: PipelineConfig, rc: RunContext, ev: dict[str, Any], model: dict[st
     )
     log.info("%s", result.explain())
     if result.verdict == FAIL:
-        raise GateFailed(result)
+        err = GateFailed(result)
+        err.report_path = str(path)  # the run card, named in the Slack alert
+        raise err
     return {**result.to_dict(), "path": str(path)}
 
 
-def register(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any]) -> dict[str, Any]:
-    """Register the candidate in the MLflow registry and point ``challenger`` at it."""
-    from include.recsys import registry
+RUN_CARD = "run_card.html"  # in the run's work folder; written by the run-card stage when there is one
 
-    version = registry.register_model(cfg, model["mlflow_run_id"], Path(model["bundle"]))
-    registry.set_alias(cfg, registry.CHALLENGER, version)
-    return {"model_name": cfg.model_name, "model_version": version}
+
+def register(
+    cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], snap: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Register the candidate in the MLflow registry, tag the version, point ``challenger`` at it.
+
+    What is registered is the *serving* bundle: the trained factors with a seen-items matrix of
+    every snapshot interaction of the model's users (the trained bundle's holds the training
+    split only). So ``models:/<name>@champion`` filters exactly what the published table
+    filters and returns the same top-N for the users the model knows.
+    """
+    from dataclasses import replace
+
+    from include.recsys import registry
+    from include.recsys.recommend import ModelBundle, seen_matrix
+
+    work = rc.work_dir(cfg)
+    snapshot_path = Path(snap["snapshot"]) if snap else work / "snapshot" / "interactions.parquet"
+    bundle = ModelBundle.load(model["bundle"])
+    pairs = pd.read_parquet(snapshot_path, columns=["user_id", "item_id"])
+    serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, pairs)).save(
+        work / "model" / "serving_bundle"
+    )
+    run_id = model["mlflow_run_id"]
+    version = registry.register_model(cfg, run_id, serving_dir)
+
+    verdict = _read_json(work / "gate.json") if (work / "gate.json").exists() else {}
+    report = _read_json(work / "eval" / "report.json") if (work / "eval" / "report.json").exists() else {}
+    metric = cfg.gate_metric
+    values = {name: m.get(metric) for name, m in (report.get("metrics") or {}).items()}
+    run_tags = registry.run_tags(cfg, run_id)
+    card = work / RUN_CARD
+    tags = {
+        "gate_verdict": verdict.get("verdict", "unknown"),
+        "gate_metric": metric,
+        **{f"{metric.replace('@', '_at_')}.{name}": v for name, v in values.items() if v is not None},
+        "champion_version_evaluated": report.get("champion_version") or "none",
+        "data_window": run_tags.get("data_window", ""),
+        "data_snapshot_sha256": run_tags.get("data_snapshot_sha256", ""),
+        "airflow_dag_id": rc.dag_id,
+        "airflow_run_id": rc.run_id,
+        "mlflow_run_id": run_id,
+        "code_version": run_tags.get("code_version", registry.code_version()),
+        "run_card": str(card),
+        "run_card_status": "present" if card.exists() else "pending",
+    }
+    shown = ", ".join(f"{name} {v:.4f}" for name, v in values.items() if v is not None)
+    description = (
+        f"Gate {tags['gate_verdict']} on {metric} ({shown}). Data window {tags['data_window']}, "
+        f"snapshot sha256 {tags['data_snapshot_sha256'][:12]}. Airflow {rc.dag_id} / {rc.run_id}, "
+        f"code {tags['code_version']}. Run card: {card}."
+    )
+    registry.tag_model_version(cfg, version, tags, description)
+    registry.set_alias(
+        cfg, registry.CHALLENGER, version,
+        reason=f"passed the gate on {metric} ({shown})", actor=rc.run_id,
+    )
+    return {"model_name": cfg.model_name, "model_version": version, "serving_bundle": str(serving_dir)}
+
+
+def _already_served(cfg: PipelineConfig, rc: RunContext) -> bool:
+    from include.recsys.publish import read_current
+
+    if read_current(cfg.recommendations_root) == rc.version:  # a rerun after this run published
+        log.info("version %s is already served; not recomputing it", rc.version)
+        return True
+    return False
+
+
+def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> list[dict[str, Any]]:
+    """Split the snapshot's users (sorted) into ``cfg.shards`` contiguous ranges.
+
+    Each range becomes one mapped ``score_shard`` task writing one part file, so the part
+    files are globally sorted by user_id and workers score shards in parallel.
+    """
+    import shutil
+
+    from include.recsys.data import write_parquet
+    from include.recsys.publish import _staging_path
+
+    df = pd.read_parquet(snap["snapshot"], columns=["user_id"])
+    users = pd.Index(pd.unique(df["user_id"])).sort_values()
+    path = write_parquet(pd.DataFrame({"user_id": users}), rc.work_dir(cfg) / "precompute" / "users.parquet")
+    if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
+        shutil.rmtree(_staging_path(cfg.recommendations_root, rc.version), ignore_errors=True)
+    n = max(1, min(cfg.shards, len(users)))
+    bounds = np.linspace(0, len(users), n + 1).astype(int)
+    log.info("%d users in %d shard(s) of ~%d users", len(users), n, len(users) // n)
+    return [
+        {"index": i, "lo": int(lo), "hi": int(hi), "users": str(path)}
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]
+
+
+def score_shard(
+    cfg: PipelineConfig,
+    rc: RunContext,
+    snap: dict[str, Any],
+    model: dict[str, Any],
+    reg: dict[str, Any],
+    shard: dict[str, Any],
+) -> dict[str, Any]:
+    """Top-N for one shard of users (seen items filtered) -> one part file of the version."""
+    from include.recsys.publish import write_part
+    from include.recsys.recommend import ModelBundle, recommend
+
+    if _already_served(cfg, rc):
+        return {"index": shard["index"], "skipped": True}
+    bundle = ModelBundle.load(model["bundle"])
+    users = pd.Index(pd.read_parquet(shard["users"])["user_id"].iloc[shard["lo"] : shard["hi"]])
+    df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
+    seen = df.loc[df["user_id"].isin(users)]
+    from include.recsys.data import read_segments
+
+    recs = recommend(
+        bundle, users, seen, cfg.top_n, block_size=cfg.score_block_size,
+        user_segments=read_segments(cfg),
+    )
+    table = recs.to_frame(bundle).assign(
+        model_name=reg["model_name"], model_version=str(reg["model_version"])
+    )
+    from include.recsys import privacy
+
+    # where ids leave the pipeline: keyed-HMAC tokens when RECSYS_PSEUDONYMIZE_USER_IDS is on
+    table = privacy.pseudonymize_table(table)
+    part = write_part(cfg.recommendations_root, rc.version, shard["index"], table)
+    return {**part, "index": shard["index"], "users_by_model": int(recs.from_model.sum())}
+
+
+def assemble_version(
+    cfg: PipelineConfig,
+    rc: RunContext,
+    snap: dict[str, Any],
+    model: dict[str, Any],
+    reg: dict[str, Any],
+    ev: dict[str, Any],
+    verdict: dict[str, Any],
+    parts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Fallback list + manifest, then the staged parts become ``version=<id>/`` (unpublished)."""
+    from include.recsys.publish import finalize_version, version_dir
+
+    root = cfg.recommendations_root
+    if _already_served(cfg, rc):
+        return {"version": rc.version, "path": str(version_dir(root, rc.version)), "rows": None, "users": None}
+    from include.recsys.recommend import ModelBundle
+
+    parts = list(parts)
+    # the fallback lists come from the model's training popularity, global and per segment,
+    # exactly as the table's own fallback rows do
+    bundle = ModelBundle.load(model["bundle"])
+    lists = [bundle.fallback_list(cfg.top_n).assign(segment="")]
+    for seg in bundle.segment_ids if bundle.segment_ids is not None else []:
+        lists.append(bundle.fallback_list(cfg.top_n, seg).assign(segment=str(seg)))
+    fallback = pd.concat(lists, ignore_index=True)[["segment", "rank", "item_id", "score"]]
+    users = int(sum(p["users"] for p in parts))
+    by_model = int(sum(p["users_by_model"] for p in parts))
+    manifest = {
+        "model_name": reg["model_name"],
+        "model_version": str(reg["model_version"]),
+        "mlflow_run_id": model["mlflow_run_id"],
+        "airflow_dag_id": rc.dag_id,
+        "airflow_run_id": rc.run_id,
+        "data_window": {"start": snap["window_start"], "end": snap["window_end"]},
+        "snapshot": {"rows": snap["stats"]["rows"], "sha256": snap["sha256"]},
+        "top_n": cfg.top_n,
+        "shards": len(parts),
+        "user_ids": "hmac-sha256 pseudonyms" if _pseudonymized() else "raw",
+        "users_by_model": by_model,
+        "users_by_fallback": users - by_model,
+        "metrics": ev["metrics"]["candidate"],
+        "gate": {"verdict": verdict["verdict"], "metric": verdict["metric"]},
+    }
+    folder = finalize_version(root, rc.version, parts, fallback, manifest)
+    rows = int(sum(p["rows"] for p in parts))
+    return {"version": rc.version, "path": str(folder), "rows": rows, "users": users}
 
 
 def precompute(
@@ -295,48 +492,84 @@ def precompute(
     ev: dict[str, Any],
     verdict: dict[str, Any],
 ) -> dict[str, Any]:
-    """Top-N for every user of the snapshot + the fallback list -> an unpublished version."""
-    from include.recsys.publish import read_current, version_dir, write_version
-    from include.recsys.recommend import ModelBundle, recommend
+    """plan_shards -> score_shard for each -> assemble_version, in one process (the DAG maps
+    the shards over workers instead)."""
+    shards = plan_shards(cfg, rc, snap)
+    parts = [score_shard(cfg, rc, snap, model, reg, sh) for sh in shards]
+    return assemble_version(cfg, rc, snap, model, reg, ev, verdict, parts)
+
+
+def _log_validation_to_mlflow(cfg: PipelineConfig, rc: RunContext) -> None:
+    """Validation counts (input + output) as metrics and ``<work>/validation`` (reports, Data
+    Docs) as artifacts of this DAG run's MLflow run. Best effort: never changes a verdict."""
+    from include.recsys import registry
+
+    folder = rc.work_dir(cfg) / "validation"
+    metrics: dict[str, float] = {}
+    for kind in ("input", "output"):
+        path = folder / f"{kind}_report.json"
+        if path.exists():
+            counts = _read_json(path).get("counts") or {}
+            metrics.update({f"validation_{kind}_{k}": float(v) for k, v in counts.items()})
+    try:
+        run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
+        registry.log_to_run(cfg, run_id, metrics=metrics, artifacts={"validation": folder})
+    except Exception:  # MLflow down: the reports stay in the work folder; publish will retry MLflow
+        log.warning("could not log the validation reports to MLflow", exc_info=True)
+
+
+def _pseudonymized() -> bool:
+    from include.recsys import privacy
+
+    return privacy.enabled()
+
+
+def _privacy_seen(snap: dict[str, Any]) -> pd.DataFrame:
+    """The snapshot's (user, item) pairs, with user ids tokenised as the table's are."""
+    from include.recsys import privacy
+
+    return privacy.pseudonymize_table(pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"]))
+
+
+def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], pre: dict[str, Any]) -> dict[str, Any]:
+    """Output contract of the unpublished version ``pre["path"]`` before publish.
+
+    Raises OutputValidationError (a DataValidationError: no retries) when the table breaks it;
+    publish does not run and CURRENT stays where it was.
+    """
+    from include.recsys.publish import read_current, version_dir
+    from include.recsys.validate_output import OutputValidationError, read_table, validate_table
 
     root = cfg.recommendations_root
-    if read_current(root) == rc.version:  # a rerun after this run already published
-        log.info("version %s is already served; not recomputing it", rc.version)
-        return {"version": rc.version, "path": str(version_dir(root, rc.version)), "rows": None, "users": None}
-    bundle = ModelBundle.load(model["bundle"])
-    df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
-    users = pd.Index(pd.unique(df["user_id"])).sort_values()
-    recs = recommend(bundle, users, df, cfg.top_n, block_size=cfg.score_block_size)
-    table = recs.to_frame(bundle).assign(
-        model_name=reg["model_name"], model_version=str(reg["model_version"])
-    )
-    popularity = df.drop_duplicates().groupby("item_id", sort=False).size().sort_values(
-        ascending=False, kind="stable"
-    )
-    top = popularity.head(cfg.top_n)
-    fallback = pd.DataFrame(
-        {
-            "rank": np.arange(1, len(top) + 1, dtype=np.int16),
-            "item_id": top.index,
-            "score": (top.to_numpy() / max(top.max(), 1)).astype(np.float32),
-        }
-    )
-    manifest = {
-        "model_name": reg["model_name"],
-        "model_version": str(reg["model_version"]),
-        "mlflow_run_id": model["mlflow_run_id"],
-        "airflow_dag_id": rc.dag_id,
-        "airflow_run_id": rc.run_id,
-        "data_window": {"start": snap["window_start"], "end": snap["window_end"]},
-        "snapshot": {"rows": snap["stats"]["rows"], "sha256": snap["sha256"]},
-        "top_n": cfg.top_n,
-        "users_by_model": int(recs.from_model.sum()),
-        "users_by_fallback": int((~recs.from_model).sum()),
-        "metrics": ev["metrics"]["candidate"],
-        "gate": {"verdict": verdict["verdict"], "metric": verdict["metric"]},
+    served = read_current(root)
+    folder = rc.work_dir(cfg) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    current = None
+    if served and served != pre["version"] and version_dir(root, served).exists():
+        current = read_table(version_dir(root, served), ["user_id", "item_id"])
+    try:
+        report = validate_table(
+            read_table(pre["path"]),
+            top_n=cfg.top_n,
+            seen=_privacy_seen(snap),
+            current=current,
+            window=(snap["window_start"], snap["window_end"]),
+            run_name=f"recommendations__{pre['version']}",
+            report_path=folder / "output_report.json",
+            docs_dir=folder / "data_docs" / "output",
+        )
+    except OutputValidationError:
+        _log_validation_to_mlflow(cfg, rc)
+        raise
+    _log_validation_to_mlflow(cfg, rc)
+    log.info("output validation of %s: %s", pre["version"], report.summary())
+    return {
+        "version": pre["version"],
+        "path": pre["path"],
+        "report": str(folder / "output_report.json"),
+        "counts": report.counts(),
+        "data_docs": report.data_docs,
     }
-    folder = write_version(root, rc.version, table, fallback, manifest)
-    return {"version": rc.version, "path": str(folder), "rows": len(table), "users": len(users)}
 
 
 def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
@@ -345,14 +578,21 @@ def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[
     from include.recsys.publish import cleanup, point_current
 
     root = cfg.recommendations_root
+    # the model must be registered (and the registry reachable) before the table is served; a
+    # failure between CURRENT and the alias is completed by the rerun (point_current -> False)
+    registry.require_version(cfg, reg["model_version"])
     moved = point_current(root, pre["version"], reason=f"publish by {rc.run_id}")
-    registry.set_alias(cfg, registry.CHAMPION, reg["model_version"])
+    registry.set_alias(
+        cfg, registry.CHAMPION, reg["model_version"],
+        reason=f"published table version {pre['version']}", actor=rc.run_id,
+    )
     removed = cleanup(root, cfg.keep_versions)
+    card = rc.work_dir(cfg) / RUN_CARD
     registry.log_to_run(
         cfg,
         model["mlflow_run_id"],
         tags={"published_version": pre["version"], "champion_version": reg["model_version"]},
-        artifacts={"table": Path(pre["path"]) / "_manifest.json"},
+        artifacts={"table": Path(pre["path"]) / "_manifest.json", **({"run_card": card} if card.exists() else {})},
     )
     registry.end_run(cfg, model["mlflow_run_id"])
     return {"version": pre["version"], "path": pre["path"], "moved": moved, "removed": removed}
@@ -426,3 +666,24 @@ def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None
     lines.append(f"  published        : {p.get('version', 'nothing')}" + (f" at {p['path']}" if p.get("path") else ""))
     lines.append(f"  MLflow run       : {summary.get('mlflow_run_id', 'n/a')}")
     return "\n".join(lines)
+
+
+def rollback(cfg: PipelineConfig, rc: RunContext, to_version: str | None = None, reason: str = "") -> dict[str, Any]:
+    """Serve an earlier table again: CURRENT back to ``to_version`` (default: the version
+    served before the current one), then the ``champion`` alias back to that table's model
+    version (read from its manifest), so table and alias keep agreeing. Both moves are logged
+    (``_history.jsonl`` for CURRENT, the registry's alias history)."""
+    from include.recsys import publish as pub
+    from include.recsys import registry
+
+    root = cfg.recommendations_root
+    before = pub.read_current(root)
+    target = pub.rollback(root, to_version or None)
+    model_version = pub.read_manifest(root, target).get("model_version")
+    if model_version:
+        registry.set_alias(
+            cfg, registry.CHAMPION, str(model_version), action="rollback", actor=rc.run_id,
+            reason=f"rollback: table {before} -> {target}" + (f": {reason}" if reason else ""),
+        )
+    log.info("rolled back %s -> %s (model version %s): %s", before, target, model_version, reason or "no reason given")
+    return {"from": before, "to": target, "model_version": model_version, "reason": reason}

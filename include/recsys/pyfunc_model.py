@@ -1,9 +1,15 @@
 """MLflow "models from code" definition of the ALS recommender (no pickled Python objects).
 
-``predict`` takes a DataFrame with a ``user_id`` column (external ids) and the param ``n``;
-it returns one row per (user, rank): user_id, rank, item_id, score, source. Users unknown to
-the model get the popularity fallback; items the user interacted with in training are
-filtered. Loading any MLflow model executes code: load only from this project's registry.
+The model's artifact ``bundle`` is a :class:`~include.recsys.recommend.ModelBundle` folder:
+factors, the external user / item ids (index order), item popularity and the seen-items matrix
+(every snapshot interaction of the model's users), as ``.npz`` (``allow_pickle=False``) and
+Parquet. ``predict`` takes a DataFrame with a ``user_id`` column (external ids; a list or
+Series works too) and the param ``n`` (default: the pipeline's ``top_n``); it returns one row
+per (user, rank): user_id, rank (1..n), item_id, score, source ("model", or "fallback" for
+users the model does not know: items by training popularity). Seen items are never returned.
+
+Loading any MLflow model executes code (this file and the logged ``include`` package): load
+only from this project's registry.
 """
 
 from __future__ import annotations
@@ -11,6 +17,22 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+
+
+def _as_ids(model_input, like: pd.Index) -> pd.Index:
+    """The requested user ids, de-duplicated in request order, cast to the bundle's id type."""
+    if isinstance(model_input, pd.DataFrame):
+        values = model_input["user_id"] if "user_id" in model_input else model_input.iloc[:, 0]
+    else:
+        values = pd.Series(list(model_input) if not isinstance(model_input, pd.Series) else model_input)
+    users = pd.Index(pd.unique(values))
+    if pd.api.types.is_integer_dtype(like.dtype) and not pd.api.types.is_integer_dtype(users.dtype):
+        as_int = pd.to_numeric(users, errors="coerce")
+        if not pd.isna(as_int).any():
+            users = pd.Index(as_int.astype(like.dtype))
+    elif not pd.api.types.is_integer_dtype(like.dtype) and pd.api.types.is_integer_dtype(users.dtype):
+        users = users.astype(str)
+    return users
 
 
 class ALSRecommenderModel(PythonModel):
@@ -23,7 +45,9 @@ class ALSRecommenderModel(PythonModel):
         from include.recsys.recommend import recommend
 
         n = int((params or {}).get("n", 10))
-        users = pd.Index(pd.unique(model_input["user_id"]))
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        users = _as_ids(model_input, self.bundle.user_ids)
         recs = recommend(self.bundle, users, self.bundle.seen_pairs(users), n)
         return recs.to_frame(self.bundle)
 

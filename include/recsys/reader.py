@@ -1,20 +1,27 @@
-"""The read side: recommendations for a user from the served version, manifests, versions.
+"""The read side: recommendations for users from the served version, manifests, versions.
 
 Python::
 
     from include.recsys.reader import RecommendationStore
     store = RecommendationStore("data/recommendations")
-    store.for_user("u42")            # DataFrame: rank, item_id, score, source
-    store.manifest()                 # dict of the served version
+    store.recommend("u42", n=10)         # UserRecs(user_id, items, scores, source, version): ~µs
+    store.recommend_many(["u1", "u2"])   # DataFrame user_id, rank, item_id, score, source
+    store.for_user("u42")                # DataFrame rank, item_id, score, source
+    store.manifest(); store.versions()
 
 CLI::
 
-    python -m include.recsys.reader user u42 [--n 10] [--root data/recommendations]
+    python -m include.recsys.reader user u42 [--n 10] [--json]
+    python -m include.recsys.reader users u1 u2 u3 [--n 5] [--json]
     python -m include.recsys.reader manifest [--version V]
-    python -m include.recsys.reader versions
+    python -m include.recsys.reader versions [--json]
+    python -m include.recsys.reader rollback [--to V]      # CURRENT only; see the rollback DAG
 
-A store resolves CURRENT once per call and then reads only that immutable version folder, so
-one answer never mixes versions.
+How it reads: a version is loaded once into memory (ids dictionary-encoded, one offset per
+user), after which a lookup is a dict probe plus an array slice. Every call checks CURRENT
+with one ``stat``; when it moved (a new inode: CURRENT is replaced, never edited), the store
+loads the new version and switches in one assignment, so an answer never mixes versions.
+Unknown users get the version's fallback list (``source == "fallback"``).
 """
 
 from __future__ import annotations
@@ -23,23 +30,141 @@ import argparse
 import json
 import os
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from include.recsys import publish
 
 
+class UserRecs(NamedTuple):
+    user_id: Any
+    items: list
+    scores: list
+    source: str  # "model" or "fallback"
+    version: str
+
+
+@dataclass
+class _Loaded:
+    """One version in memory."""
+
+    version: str
+    manifest: dict[str, Any]
+    index: dict[Any, int]  # user_id -> position
+    users: np.ndarray  # user ids in table order
+    offsets: np.ndarray  # rows of user p: offsets[p]:offsets[p+1]
+    item_codes: np.ndarray  # int32 codes into item_dict
+    item_dict: np.ndarray  # object array of item ids
+    scores: np.ndarray  # float32
+    source_model: np.ndarray  # bool per row
+    fallback: dict[str, tuple[list, list]]  # segment ("" = global) -> (items, scores)
+    max_n: int
+    int_ids: bool
+
+    @classmethod
+    def open(cls, root: Path, version: str) -> _Loaded:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        manifest = publish.read_manifest(root, version)  # refuses versions without manifest
+        folder = publish.version_dir(root, version)
+        files = [folder / f["path"] for f in manifest.get("files", [])] or sorted(folder.glob("part-*.parquet"))
+        try:
+            table = pa.concat_tables(
+                [pq.read_table(f, columns=["user_id", "item_id", "score", "source", "rank"]) for f in files]
+            )
+            fb = pd.read_parquet(folder / "_fallback.parquet")
+        except (OSError, pa.ArrowException) as exc:
+            raise publish.PublishError(f"version {version} is unreadable: {exc}") from exc
+        users_col = table.column("user_id").combine_chunks()
+        int_ids = pa.types.is_integer(users_col.type)
+        if int_ids:
+            users_all = users_col.to_numpy()
+            starts = np.flatnonzero(np.r_[True, users_all[1:] != users_all[:-1]])
+            users = users_all[starts]
+        else:
+            enc = pc.dictionary_encode(users_col)
+            codes = enc.indices.to_numpy()
+            starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+            users = np.asarray(enc.dictionary.to_pylist(), dtype=object)[codes[starts]]
+        offsets = np.r_[starts, len(users_col)].astype(np.int64)
+        items = pc.dictionary_encode(table.column("item_id").combine_chunks())
+        return cls(
+            version=version,
+            manifest=manifest,
+            index={u: i for i, u in enumerate(users.tolist())},
+            users=users,
+            offsets=offsets,
+            item_codes=items.indices.to_numpy().astype(np.int32),
+            item_dict=np.asarray(items.dictionary.to_pylist(), dtype=object),
+            scores=table.column("score").to_numpy().astype(np.float32),
+            source_model=pc.equal(table.column("source"), "model").to_numpy(zero_copy_only=False),
+            fallback={
+                str(seg): (g["item_id"].tolist(), g["score"].astype(float).tolist())
+                for seg, g in (
+                    fb if "segment" in fb.columns else fb.assign(segment="")
+                ).fillna({"segment": ""}).sort_values("rank").groupby("segment", sort=False)
+            },
+            max_n=int(manifest.get("top_n") or (np.diff(offsets).max(initial=0))),
+            int_ids=int_ids,
+        )
+
+    def key(self, user_id: Any) -> Any:
+        """The user id as the table types it (None when it cannot be one of its ids)."""
+        if self.int_ids:
+            try:
+                return int(user_id)
+            except (TypeError, ValueError):
+                return None
+        return str(user_id)
+
+    def lookup(self, user_id: Any, n: int, segment: str | None = None) -> UserRecs:
+        pos = self.index.get(self.key(user_id))
+        if pos is None:
+            items, scores = self.fallback.get(segment or "") or self.fallback.get("", ([], []))
+            return UserRecs(user_id, items[:n], scores[:n], "fallback", self.version)
+        lo = self.offsets[pos]
+        hi = min(self.offsets[pos + 1], lo + n)
+        src = "model" if self.source_model[lo] else "fallback"
+        return UserRecs(
+            user_id, self.item_dict[self.item_codes[lo:hi]].tolist(), self.scores[lo:hi].tolist(), src, self.version
+        )
+
+
 class RecommendationStore:
+    """Reads the recommendation tables under ``root`` (see the module docstring)."""
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self._loaded: dict[str, _Loaded] = {}
+        self._current: tuple[tuple[int, int, int], str] | None = None
+        self._lock = threading.Lock()
 
+    # --- versions and pointer ----------------------------------------------------------
     def current_version(self) -> str:
-        v = publish.read_current(self.root)
-        if v is None:
-            raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)")
-        return v
+        """The served version, re-read only when CURRENT was replaced (one stat per call)."""
+        path = self.root / publish.CURRENT
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)") from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._current
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        version = publish.read_current(self.root)
+        if not version or not publish.version_dir(self.root, version).is_dir():
+            raise LookupError(
+                f"CURRENT under {self.root} is corrupt: it names {version!r}, which is not a version folder"
+            )
+        self._current = (stamp, version)
+        return version
 
     def manifest(self, version: str | None = None) -> dict[str, Any]:
         return publish.read_manifest(self.root, version or self.current_version())
@@ -47,44 +172,100 @@ class RecommendationStore:
     def versions(self) -> list[dict[str, Any]]:
         return publish.list_versions(self.root)
 
+    def _version(self, version: str | None) -> _Loaded:
+        version = version or self.current_version()
+        loaded = self._loaded.get(version)
+        if loaded is None:
+            with self._lock:
+                loaded = self._loaded.get(version) or _Loaded.open(self.root, version)
+                # keep the served version and at most one other in memory
+                self._loaded = {v: x for v, x in self._loaded.items() if v == self._current_or_none()}
+                self._loaded[version] = loaded
+        return loaded
+
+    def _current_or_none(self) -> str | None:
+        return self._current[1] if self._current else None
+
+    def _check_n(self, loaded: _Loaded, n: int | None) -> int:
+        if n is None:
+            return loaded.max_n
+        if not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if n > loaded.max_n:
+            raise ValueError(f"n={n} exceeds the {loaded.max_n} recommendations stored per user in version {loaded.version}")
+        return int(n)
+
+    # --- lookups -------------------------------------------------------------------------
+    def recommend(
+        self, user_id: Any, n: int | None = None, version: str | None = None, segment: str | None = None
+    ) -> UserRecs:
+        """Top-n of one user from CURRENT (or ``version``). An unknown user gets the fallback
+        list of ``segment`` when given and known to the table, else the global one."""
+        loaded = self._version(version)
+        return loaded.lookup(user_id, self._check_n(loaded, n), segment)
+
+    def recommend_many(self, user_ids: list[Any], n: int | None = None, version: str | None = None) -> pd.DataFrame:
+        """Long-format recommendations of many users, all from one version."""
+        loaded = self._version(version)
+        n = self._check_n(loaded, n)
+        rows = [loaded.lookup(u, n) for u in user_ids]
+        return pd.DataFrame(
+            {
+                "user_id": [r.user_id for r in rows for _ in r.items],
+                "rank": [k for r in rows for k in range(1, len(r.items) + 1)],
+                "item_id": [i for r in rows for i in r.items],
+                "score": np.array([s for r in rows for s in r.scores], dtype=np.float32),
+                "source": [r.source for r in rows for _ in r.items],
+            }
+        )
+
+    def for_user(
+        self, user_id: Any, n: int | None = None, version: str | None = None, segment: str | None = None
+    ) -> pd.DataFrame:
+        """Ranked recommendations of one user as a DataFrame (rank, item_id, score, source)."""
+        r = self.recommend(user_id, n, version, segment)
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, len(r.items) + 1),
+                "item_id": r.items,
+                "score": np.asarray(r.scores, dtype=np.float32),
+                "source": r.source,
+            }
+        )
+
     def table(self, version: str | None = None) -> pd.DataFrame:
         """The whole table of a version (default: the served one)."""
         folder = publish.version_dir(self.root, version or self.current_version())
         # partitioning=None: no extra hive column from the "version=<id>" folder name
         return pd.read_parquet(sorted(folder.glob("part-*.parquet")), partitioning=None)
 
-    def for_user(self, user_id: Any, n: int | None = None, version: str | None = None) -> pd.DataFrame:
-        """Ranked recommendations of one user; the version's fallback list if the user is unknown."""
-        import pyarrow as pa
-        import pyarrow.dataset as ds
 
-        version = version or self.current_version()
-        folder = publish.version_dir(self.root, version)
-        dataset = ds.dataset(sorted(folder.glob("part-*.parquet")), format="parquet")
-        id_type = dataset.schema.field("user_id").type
-        try:  # cast now: an expression's cast would only fail later, inside the scan
-            key = ds.scalar(pa.scalar(user_id).cast(id_type))
-        except Exception:  # e.g. "abc" for an integer id column: certainly unknown
-            key = None
-        rows = (
-            dataset.to_table(
-                filter=ds.field("user_id") == key,
-                columns=["rank", "item_id", "score", "source"],
-            ).to_pandas()
-            if key is not None
-            else pd.DataFrame()
-        )
-        if rows.empty:
-            rows = pd.read_parquet(folder / "_fallback.parquet")[["rank", "item_id", "score"]]
-            rows["source"] = "fallback"
-        rows = rows.sort_values("rank", ignore_index=True)
-        return rows.head(n) if n else rows
+# --- CLI -----------------------------------------------------------------------------------
 
 
 def _default_root() -> Path:
     from include.recsys.config import load_config
 
     return load_config().recommendations_root
+
+
+def _print_frame(df: pd.DataFrame, title: str | None = None) -> None:
+    """A rich table on a terminal, plain aligned text otherwise (pipes, files, tests)."""
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+
+            t = Table(title=title)
+            for c in df.columns:
+                t.add_column(str(c), justify="right" if df[c].dtype.kind in "if" else "left")
+            for row in df.itertuples(index=False):
+                t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+            Console().print(t)
+            return
+        except ImportError:
+            pass
+    print(df.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,25 +276,47 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("user_id")
     u.add_argument("--n", type=int, default=None)
     u.add_argument("--version", default=None)
+    u.add_argument("--json", action="store_true", help="print JSON")
+    u.add_argument("--segment", default=None, help="segment of an unknown user (fallback list)")
+    us = sub.add_parser("users", help="recommendations for several users (one version)")
+    us.add_argument("user_ids", nargs="+")
+    us.add_argument("--n", type=int, default=None)
+    us.add_argument("--version", default=None)
+    us.add_argument("--json", action="store_true", help="print JSON lines")
     m = sub.add_parser("manifest", help="the manifest of a version (default: CURRENT)")
     m.add_argument("--version", default=None)
-    sub.add_parser("versions", help="complete versions, oldest first")
+    v = sub.add_parser("versions", help="complete versions, oldest first")
+    v.add_argument("--json", action="store_true")
+    rb = sub.add_parser("rollback", help="point CURRENT back (default: to the previous version)")
+    rb.add_argument("--to", default=None)
     args = p.parse_args(argv)
     store = RecommendationStore(args.root or _default_root())
     try:
         if args.cmd == "user":
-            uid: Any = args.user_id
-            df = store.for_user(uid, n=args.n, version=args.version)
-            if df["source"].eq("fallback").all() and uid.lstrip("-").isdigit():
-                alt = store.for_user(int(uid), n=args.n, version=args.version)
-                df = alt if not alt["source"].eq("fallback").all() else df
-            print(df.to_string(index=False))
+            r = store.recommend(args.user_id, n=args.n, version=args.version, segment=args.segment)
+            if args.json:
+                print(json.dumps(r._asdict(), default=str))
+            else:
+                _print_frame(store.for_user(args.user_id, n=args.n, version=args.version, segment=args.segment),
+                             title=f"{args.user_id} ({r.source}, version {r.version})")
+        elif args.cmd == "users":
+            df = store.recommend_many(args.user_ids, n=args.n, version=args.version)
+            if args.json:
+                for rec in df.to_dict(orient="records"):
+                    print(json.dumps(rec, default=str))
+            else:
+                _print_frame(df)
         elif args.cmd == "manifest":
             print(json.dumps(store.manifest(args.version), indent=2))
-        else:
+        elif args.cmd == "versions":
             vs = store.versions()
-            print(pd.DataFrame(vs).to_string(index=False) if vs else "no versions")
-    except (LookupError, publish.PublishError) as exc:
+            if args.json:
+                print(json.dumps(vs, indent=2))
+            else:
+                _print_frame(pd.DataFrame(vs)) if vs else print("no versions")
+        else:
+            print(f"CURRENT -> {publish.rollback(store.root, args.to)}")
+    except (LookupError, ValueError, publish.PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

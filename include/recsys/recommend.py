@@ -34,11 +34,33 @@ class ModelBundle:
     item_factors: np.ndarray  # (n_items, f) float32
     item_popularity: np.ndarray  # (n_items,) distinct training users per item
     seen: sp.csr_matrix | None = None  # (n_users, n_items) training interactions, for filtering
+    segment_ids: pd.Index | None = None  # user segments seen in training (e.g. regions)
+    segment_popularity: np.ndarray | None = None  # (n_segments, n_items) distinct users per item
 
     @property
     def popular_order(self) -> np.ndarray:
         """Item indices by decreasing popularity (ties: lower index first)."""
         return np.argsort(-self.item_popularity, kind="stable")
+
+    def fallback_popularity(self, segment: str | None = None) -> np.ndarray:
+        """Item popularity of a segment (the global one for None or an unknown segment)."""
+        if segment is not None and self.segment_ids is not None:
+            pos = self.segment_ids.get_indexer([segment])[0]
+            if pos >= 0:
+                return self.segment_popularity[pos]
+        return self.item_popularity
+
+    def fallback_list(self, n: int, segment: str | None = None) -> pd.DataFrame:
+        """The top-n fallback list (rank, item_id, score in [0, 1]) of a segment or global."""
+        pop = self.fallback_popularity(segment)
+        order = np.argsort(-pop, kind="stable")[:n]
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, len(order) + 1, dtype=np.int16),
+                "item_id": self.item_ids[order],
+                "score": (pop[order] / max(float(pop.max()), 1.0)).astype(np.float32),
+            }
+        )
 
     def save(self, folder: Path | str) -> Path:
         folder = Path(folder)
@@ -46,6 +68,11 @@ class ModelBundle:
         arrays = {"user_factors": self.user_factors, "item_factors": self.item_factors}
         if self.seen is not None:
             arrays.update(seen_indptr=self.seen.indptr, seen_indices=self.seen.indices)
+        if self.segment_ids is not None:
+            arrays.update(segment_popularity=self.segment_popularity)
+            pd.DataFrame({"segment": self.segment_ids.astype(str)}).to_parquet(
+                folder / "segments.parquet", index=False
+            )
         np.savez(folder / "factors.npz", **arrays)
         pd.DataFrame({"user_id": self.user_ids}).to_parquet(folder / "users.parquet", index=False)
         pd.DataFrame({"item_id": self.item_ids, "popularity": self.item_popularity}).to_parquet(
@@ -72,7 +99,13 @@ class ModelBundle:
                     (np.ones(indices.size, np.float32), indices, z["seen_indptr"]),
                     shape=(uf.shape[0], vf.shape[0]),
                 )
+            seg_pop = z["segment_popularity"] if "segment_popularity" in z.files else None
         items = pd.read_parquet(folder / "items.parquet")
+        seg_ids = (
+            pd.Index(pd.read_parquet(folder / "segments.parquet")["segment"])
+            if seg_pop is not None
+            else None
+        )
         return cls(
             user_ids=pd.Index(pd.read_parquet(folder / "users.parquet")["user_id"]),
             item_ids=pd.Index(items["item_id"]),
@@ -80,6 +113,8 @@ class ModelBundle:
             item_factors=np.ascontiguousarray(vf, dtype=np.float32),
             item_popularity=items["popularity"].to_numpy(),
             seen=seen,
+            segment_ids=seg_ids,
+            segment_popularity=seg_pop,
         )
 
     def seen_pairs(self, users: pd.Index) -> pd.DataFrame:
@@ -113,42 +148,34 @@ def topn_dense(
     item_factors: np.ndarray,
     seen: sp.csr_matrix,
     n: int,
-    block_size: int = 4096,
+    block_size: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-n items per user by dot product, excluding ``seen`` (rows aligned with users).
 
-    Returns (items int32 (U, n), scores float32 (U, n)); -1 / -inf pad users with fewer than n
-    unseen items. Ties are broken by lower item index.
+    Per block of users: one float32 GEMM against all items (BLAS, all cores), then the
+    compiled selection of :mod:`include.recsys.topk` (seen items masked from the CSR arrays,
+    a size-n heap per row, rows in parallel). Memory: ``block_size x n_items`` floats.
+    Returns (items int32 (U, n), scores float32 (U, n)); -1 / -inf pad users with fewer than
+    n unseen items. Ties are broken by lower item index.
     """
-    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
-    k = min(n, n_items)
-    out_items = np.full((n_users, n), -1, dtype=np.int32)
-    out_scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+    from include.recsys.topk import topk_block
+
+    n_users = user_factors.shape[0]
+    out_items = np.empty((n_users, n), dtype=np.int32)
+    out_scores = np.empty((n_users, n), dtype=np.float32)
+    if n_users == 0 or n == 0:
+        return out_items, out_scores
+    uf = np.ascontiguousarray(user_factors, dtype=np.float32)
     vt = np.ascontiguousarray(item_factors.T, dtype=np.float32)
+    indptr, indices = seen.indptr, seen.indices
+    buf = np.empty((min(block_size, n_users), vt.shape[1]), dtype=np.float32)
     for lo in range(0, n_users, block_size):
         hi = min(lo + block_size, n_users)
-        scores = user_factors[lo:hi] @ vt
-        block = seen[lo:hi]
-        rows = np.repeat(np.arange(hi - lo), np.diff(block.indptr))
-        scores[rows, block.indices] = -np.inf
-        if k < n_items:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            # argpartition picks arbitrarily among items tied with the k-th score; rows with
-            # such a tie take their top k from a stable sort (lower item index first)
-            kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
-            tied = (scores >= kth[:, None]).sum(axis=1) > k
-            if tied.any():
-                part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(n_items), (hi - lo, n_items))
-        top_scores = np.take_along_axis(scores, part, axis=1)
-        # sort by score desc, then item index asc (deterministic ties)
-        order = np.lexsort((part, -top_scores), axis=1)
-        items = np.take_along_axis(part, order, axis=1).astype(np.int32)
-        vals = np.take_along_axis(top_scores, order, axis=1)
-        items[~np.isfinite(vals)] = -1
-        out_items[lo:hi, :k] = items
-        out_scores[lo:hi, :k] = vals
+        scores = buf[: hi - lo]
+        np.matmul(uf[lo:hi], vt, out=scores)
+        block_ptr = indptr[lo : hi + 1] - indptr[lo]
+        block_idx = indices[indptr[lo] : indptr[hi]]
+        topk_block(scores, block_ptr, block_idx, n, out_items[lo:hi], out_scores[lo:hi])
     return out_items, out_scores
 
 
@@ -236,12 +263,15 @@ def recommend(
     seen: pd.DataFrame,
     n: int,
     *,
-    block_size: int = 4096,
+    block_size: int = 1024,
+    user_segments: pd.Series | None = None,
 ) -> Recommendations:
     """Top-n for each external user id; users unknown to the model get the popularity fallback.
 
     ``seen`` holds the (user_id, item_id) pairs to exclude (what each user already interacted
-    with); it applies to model and fallback rows alike.
+    with); it applies to model and fallback rows alike. With ``user_segments`` (segment by
+    user_id) an unknown user whose segment the model knows gets that segment's popularity
+    list; everyone else unknown gets global popularity.
     """
     t0 = time.perf_counter()
     users = pd.Index(users)
@@ -256,10 +286,18 @@ def recommend(
         )
         items[known], scores[known] = ki, ks
     if (~known).any():
-        fi = ranked_filtered(bundle.popular_order, seen_csr[~known], n)
-        pop = bundle.item_popularity.astype(np.float32) / max(float(bundle.item_popularity.max()), 1.0)
-        items[~known] = fi
-        scores[~known] = np.where(fi >= 0, pop[np.maximum(fi, 0)], -np.inf)
+        cold = np.flatnonzero(~known)
+        if user_segments is not None and bundle.segment_ids is not None:
+            segs = user_segments.reindex(users[cold]).to_numpy(dtype=object)
+        else:
+            segs = np.full(len(cold), None, dtype=object)
+        for seg in pd.unique(segs):
+            rows = cold[pd.isna(segs)] if pd.isna(seg) else cold[segs == seg]
+            pop = bundle.fallback_popularity(None if pd.isna(seg) else seg)
+            fi = ranked_filtered(np.argsort(-pop, kind="stable"), seen_csr[rows], n)
+            norm = pop.astype(np.float32) / max(float(pop.max()), 1.0)
+            items[rows] = fi
+            scores[rows] = np.where(fi >= 0, norm[np.maximum(fi, 0)], -np.inf)
     dt = time.perf_counter() - t0
     log.info(
         "scored %d users (%d by the model, %d by fallback) x %d items, top %d, in %.2fs "

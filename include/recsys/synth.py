@@ -49,6 +49,7 @@ class SynthSpec:
     new_user_share: float = 0.2
     new_item_share: float = 0.1
     duplicate_share: float = 0.005
+    n_segments: int = 4  # a user attribute (e.g. region) that correlates with taste
     seed: int = 7
 
     def resolved_end(self) -> date:
@@ -81,6 +82,16 @@ def _sample_by_rows(rng: np.random.Generator, cum: np.ndarray, rows: np.ndarray)
 
 def generate(spec: SynthSpec) -> pd.DataFrame:
     """Generate the interactions: user_id, item_id (strings), event_ts (UTC), event_type."""
+    return generate_with_segments(spec)[0]
+
+
+def generate_with_segments(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The interactions and a user attribute table (user_id, segment).
+
+    A user's segment is their dominant taste topic folded onto ``n_segments`` values, with
+    20% of users assigned at random: segment popularity is informative but imperfect, as a
+    region or a sign-up channel is in real data.
+    """
     t0 = time.perf_counter()
     rng = np.random.default_rng(spec.seed)
     end = spec.resolved_end()
@@ -141,7 +152,17 @@ def generate(spec: SynthSpec) -> pd.DataFrame:
         "generated %d events for %d users x %d items over %d days in %.2fs",
         len(df), spec.n_users, spec.n_items, spec.days, time.perf_counter() - t0,
     )
-    return df
+    seg_rng = np.random.default_rng(spec.seed + 1)
+    seg = np.argmax(taste, axis=1) % max(spec.n_segments, 1)
+    noisy_seg = seg_rng.random(spec.n_users) < 0.2
+    seg[noisy_seg] = seg_rng.integers(0, max(spec.n_segments, 1), int(noisy_seg.sum()))
+    segments = pd.DataFrame(
+        {
+            "user_id": pd.Series(np.char.add("u", np.arange(spec.n_users).astype(str)), dtype="str"),
+            "segment": pd.Series(np.char.add("region-", seg.astype(str)), dtype="str"),
+        }
+    )
+    return df, segments
 
 
 def land_partitioned(df: pd.DataFrame, root: Path | str) -> list[Path]:
@@ -182,8 +203,10 @@ def ensure_default_data(root: Path | str, spec: SynthSpec | None = None) -> dict
         )
         return info
     spec = spec or SynthSpec()
-    df = generate(spec)
+    df, segments = generate_with_segments(spec)
     written = land_partitioned(df, root)
+    if spec.n_segments > 0:  # the user attribute table, beside the interactions
+        segments.to_parquet(root.parent / "user_segments.parquet", index=False)
     info = {
         "spec": {**asdict(spec), "end_date": spec.resolved_end().isoformat()},
         "rows": len(df),

@@ -48,8 +48,31 @@ def fit_als(user_items, cfg: PipelineConfig):
     return model
 
 
-def train(train_df: pd.DataFrame, cfg: PipelineConfig) -> tuple[ModelBundle, TrainStats]:
-    """Build the matrix from the training events, fit ALS, bundle factors with the id maps."""
+def segment_popularity(ui, users: IdMap, segments: pd.Series) -> tuple[pd.Index, np.ndarray]:
+    """Distinct users per item within each segment: (segment ids, (n_segments, n_items))."""
+    import scipy.sparse as sp
+
+    seg = segments.reindex(users.ids)
+    known = seg.notna().to_numpy()
+    seg_ids = pd.Index(pd.unique(seg[known])).sort_values()
+    codes = seg_ids.get_indexer(seg[known])
+    member = sp.csr_matrix(
+        (np.ones(len(codes), np.float32), (codes, np.flatnonzero(known))),
+        shape=(len(seg_ids), ui.shape[0]),
+    )
+    binary = ui.copy()
+    binary.data[:] = 1.0
+    return seg_ids, np.asarray((member @ binary).todense(), dtype=np.int64)
+
+
+def train(
+    train_df: pd.DataFrame, cfg: PipelineConfig, segments: pd.Series | None = None
+) -> tuple[ModelBundle, TrainStats]:
+    """Build the matrix from the training events, fit ALS, bundle factors with the id maps.
+
+    With ``segments`` (a user attribute by user_id) the bundle also carries per-segment item
+    popularity for the cold-start fallback.
+    """
     t0 = time.perf_counter()
     users = IdMap.from_values(train_df["user_id"])
     items = IdMap.from_values(train_df["item_id"])
@@ -66,6 +89,8 @@ def train(train_df: pd.DataFrame, cfg: PipelineConfig) -> tuple[ModelBundle, Tra
         item_popularity=popularity,
         seen=ui,
     )
+    if segments is not None:
+        bundle.segment_ids, bundle.segment_popularity = segment_popularity(ui, users, segments)
     stats = TrainStats(len(users), len(items), int(ui.nnz), fit_s, time.perf_counter() - t0)
     log.info(
         "ALS fit: %d users x %d items, %d non-zeros, factors=%d, iterations=%d, in %.2fs "

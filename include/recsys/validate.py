@@ -67,7 +67,10 @@ __all__ = [
     "DataValidationError",
     "ValidationReport",
     "load_suite_definition",
+    "check_result",
+    "run_suite",
     "validate_interactions",
+    "write_html",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,6 +139,8 @@ class ValidationReport:
     window_end: str | None = None
     gx_success: bool | None = None
     duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    data_docs: str | None = None
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -152,6 +157,16 @@ class ValidationReport:
         """Failed warning-severity checks."""
         return [r for r in self.failures if r.get("severity") == WARNING]
 
+    def counts(self) -> dict[str, int]:
+        """``passed`` / ``failed`` (error severity) / ``warned`` / ``skipped`` check counts."""
+        return {
+            "checks": len(self.results),
+            "passed": sum(1 for r in self.results if r.get("success") is True),
+            "failed": len(self.errors),
+            "warned": len(self.warnings),
+            "skipped": sum(1 for r in self.results if r.get("skipped")),
+        }
+
     def summary(self) -> str:
         """Return a multi-line human-readable summary of the run."""
         n_skipped = sum(1 for r in self.results if r.get("skipped"))
@@ -165,12 +180,16 @@ class ValidationReport:
         lines = [head]
         lines += [f"  [error] {r['message']}" for r in self.errors]
         lines += [f"  [warning] {r['message']}" for r in self.warnings]
+        lines += [f"  [note] {n}" for n in self.notes]
+        if self.data_docs:
+            lines.append(f"  Data Docs: {self.data_docs}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict of the report."""
         data = asdict(self)
         data["summary"] = self.summary()
+        data["counts"] = self.counts()
         return _jsonable(data)
 
     def write_json(self, path: str | Path) -> Path:
@@ -397,6 +416,16 @@ def _check_dtypes(
     return results, bad_columns
 
 
+def _interval(kwargs: dict[str, Any]) -> str:
+    lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+    left = "(" if kwargs.get("strict_min") or lo is None else "["
+    right = ")" if kwargs.get("strict_max") or hi is None else "]"
+    return (
+        f"{left}{'-inf' if lo is None else _fmt_bound(lo)}, "
+        f"{'+inf' if hi is None else _fmt_bound(hi)}{right}"
+    )
+
+
 def _failure_message(res: dict[str, Any], gx_result: dict[str, Any], missing: list[str]) -> str:
     """Build the human-readable message for one failed GX expectation."""
     etype = res["expectation_type"]
@@ -415,37 +444,49 @@ def _failure_message(res: dict[str, Any], gx_result: dict[str, Any], missing: li
     if etype == "expect_table_row_count_to_be_between":
         if res["observed_value"] == 0:
             return "table is empty (0 rows)"
-        return (
-            f"row count {res['observed_value']} outside "
-            f"[{kwargs.get('min_value')}, {kwargs.get('max_value')}]"
-        )
+        return f"row count {res['observed_value']} outside {_interval(kwargs)}"
     count = res["unexpected_count"]
     total = res["element_count"]
     pct = _fmt_pct(res["unexpected_percent"])
+    rule = res.get("_rule")
+    suffix = f" ({rule})" if rule else ""
     if etype == "expect_column_values_to_not_be_null" and count is not None:
         return f"{column}: {count:,} of {total:,} rows ({pct}) are null"
     if etype == "expect_column_values_to_be_between" and count is not None:
-        lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
-        left = "(" if kwargs.get("strict_min") or lo is None else "["
-        right = ")" if kwargs.get("strict_max") or hi is None else "]"
-        interval = (
-            f"{left}{'-inf' if lo is None else _fmt_bound(lo)}, "
-            f"{'+inf' if hi is None else _fmt_bound(hi)}{right}"
+        return f"{column}: {count:,} of {total:,} rows ({pct}) outside {_interval(kwargs)}{suffix}"
+    sample = res.get("partial_unexpected_list")
+    sample_txt = f", e.g. {sample}" if sample else ""
+    if etype == "expect_column_values_to_be_in_set" and count is not None:
+        allowed = sorted(str(v) for v in (kwargs.get("value_set") or []))
+        return (
+            f"{column}: {count:,} of {total:,} rows ({pct}) not in the allowed set "
+            f"{allowed}{sample_txt}{suffix}"
         )
-        rule = res.get("_rule")
-        suffix = f" ({rule})" if rule else ""
-        return f"{column}: {count:,} of {total:,} rows ({pct}) outside {interval}{suffix}"
+    if etype == "expect_column_values_to_match_regex" and count is not None:
+        return (
+            f"{column}: {count:,} of {total:,} rows ({pct}) do not match "
+            f"{kwargs.get('regex')!r}{sample_txt}{suffix}"
+        )
     if count is not None:
-        return f"{etype}({column}): {count:,} of {total:,} rows ({pct}) unexpected"
+        return f"{etype}({column}): {count:,} of {total:,} rows ({pct}) unexpected{sample_txt}"
+    if "min_value" in kwargs or "max_value" in kwargs:
+        what = res.get("check") or etype
+        return (
+            f"{column or 'table'}: {what} observed {_fmt_bound(res['observed_value'])} "
+            f"outside {_interval(kwargs)}{suffix}"
+        )
     return f"{etype}({column or 'table'}) failed: observed {res['observed_value']!r}"
 
 
-def _gx_context() -> Any:
+def _gx_context(docs_dir: str | Path | None = None) -> Any:
     """Create a quiet ephemeral GX context (no progress bars, no analytics).
 
     GX logs hundreds of INFO lines on import (docs-decorator registration, datasource
     loading); unless the ``great_expectations`` logger was configured explicitly, it is
     raised to WARNING so Airflow task logs stay readable.
+
+    With ``docs_dir`` the context gets one Data Docs site (``local``): a plain folder of
+    static HTML (``index.html``) that the checkpoint's ``UpdateDataDocsAction`` fills.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     gx_logger = logging.getLogger("great_expectations")
@@ -458,60 +499,65 @@ def _gx_context() -> Any:
         ProgressBarsConfig,
     )
 
+    sites = {}
+    if docs_dir is not None:
+        sites = {
+            "local": {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(Path(docs_dir).resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        }
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        data_docs_sites=sites,
     )
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-# --------------------------------------------------------------------------- main entry
+def _parameters_of(value: Any) -> set[str]:
+    """Names of ``{"$PARAMETER": name}`` references inside an expectation's kwargs."""
+    if isinstance(value, dict):
+        if set(value) == {"$PARAMETER"}:
+            return {str(value["$PARAMETER"])}
+        return set().union(*(_parameters_of(v) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_parameters_of(v) for v in value)) if value else set()
+    return set()
 
 
-def validate_interactions(
+def run_suite(
     df: pd.DataFrame,
+    definition: dict[str, Any],
     *,
-    window_start: datetime,
-    window_end: datetime,
-    report_path: str | Path | None = None,
-    suite_path: str | Path | None = None,
-) -> ValidationReport:
-    """Validate an interactions frame against the ``interactions_snapshot`` suite.
+    parameters: dict[str, Any],
+    run_name: str,
+    run_time: datetime,
+    asset_name: str = "frame",
+    docs_dir: str | Path | None = None,
+) -> tuple[list[dict[str, Any]], bool | None, str | None]:
+    """Run a suite definition on ``df`` through a GX Checkpoint; return plain result dicts.
 
-    Args:
-        df: Interactions with ``user_id``, ``item_id`` (int64 or string), ``event_ts``
-            (``datetime64[*, UTC]``), ``weight`` (float, > 0) and optional ``event_type``.
-        window_start: Inclusive start of the training window (tz-aware; converted to UTC).
-        window_end: Exclusive end of the training window (tz-aware; converted to UTC).
-        report_path: If given, the report is written there as JSON (also on failure,
-            before :class:`DataValidationError` is raised).
-        suite_path: Alternative suite definition file (defaults to
-            :data:`DEFAULT_SUITE_PATH`).
+    Steps: the Python dtype contract (``meta.dtype_contract``); then every expectation whose
+    column is present, whose column passed its dtype check, whose ``meta.requires_kind``
+    matches the column's dtype and whose suite parameters are supplied runs through an
+    ephemeral context (pandas datasource -> dataframe asset -> whole-dataframe batch
+    definition -> ValidationDefinition -> Checkpoint); the others are reported as skipped
+    with a reason. ``meta.skip_if_empty`` skips aggregate expectations on an empty frame
+    (the row-count check already fails it).
 
     Returns:
-        The :class:`ValidationReport` (``success`` is ``True``; warnings may be present).
-
-    Raises:
-        DataValidationError: If any error-severity check fails; the message names every
-            failing check and by how much, and ``.report`` holds the full report.
-        ValueError: If the window bounds are naive/invalid or the suite file is malformed.
+        (results in order: dtype checks, then suite order), ``CheckpointResult.success``
+        (None when GX did not run), and the Data Docs ``index.html`` path (None without
+        ``docs_dir``).
     """
-    import pandas as pd
-
-    started = time.perf_counter()
-    ws = _to_utc(window_start, "window_start")
-    we = _to_utc(window_end, "window_end")
-    if ws >= we:
-        raise ValueError(
-            f"window_start ({ws.isoformat()}) must be before window_end ({we.isoformat()})"
-        )
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
-
-    definition = load_suite_definition(suite_path)
-    suite_name: str = definition["name"]
     meta: dict[str, Any] = definition.get("meta") or {}
+    suite_name: str = definition["name"]
     required = list(meta.get("required_columns") or [])
     optional = set(meta.get("optional_columns") or [])
     present = {str(c) for c in df.columns}
@@ -522,14 +568,24 @@ def validate_interactions(
 
     skip_reason: dict[int, str] = {}
     for i, exp in enumerate(definition["expectations"]):
+        exp_meta = exp.get("meta") or {}
         column = exp["kwargs"].get("column")
-        if column is None:
-            continue
-        if column not in present:
-            optional_column = column in optional or (exp.get("meta") or {}).get("optional_column")
+        absent = sorted(p for p in _parameters_of(exp["kwargs"]) if parameters.get(p) is None)
+        if column is not None and column not in present:
+            optional_column = column in optional or exp_meta.get("optional_column")
             skip_reason[i] = "optional column absent" if optional_column else "column missing"
-        elif column in bad_dtype_columns:
+        elif column is not None and column in bad_dtype_columns:
             skip_reason[i] = "column has an unsupported dtype"
+        elif (
+            column is not None
+            and exp_meta.get("requires_kind")
+            and not _dtype_matches(df[column], exp_meta["requires_kind"])
+        ):
+            skip_reason[i] = f"not applicable: {column} is not of kind {exp_meta['requires_kind']}"
+        elif exp_meta.get("skip_if_empty") and len(df) == 0:
+            skip_reason[i] = "table is empty"
+        elif absent:
+            skip_reason[i] = f"suite parameter(s) not supplied: {', '.join(absent)}"
     to_run = [
         {**exp, "meta": {**(exp.get("meta") or {}), "_idx": i}}
         for i, exp in enumerate(definition["expectations"])
@@ -539,15 +595,17 @@ def validate_interactions(
     # 2) GX: ephemeral context -> datasource -> asset -> batch definition -> VD -> checkpoint.
     gx_results: dict[int, Any] = {}
     gx_success: bool | None = None
+    docs_index: str | None = None
     if to_run:
-        context = _gx_context()  # first: quietens GX logging before its (slow) import
+        context = _gx_context(docs_dir)  # first: quietens GX logging before its (slow) import
 
         import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
         from great_expectations.core.run_identifier import RunIdentifier
 
         batch_definition = (
             context.data_sources.add_pandas(name="recsys_pandas")
-            .add_dataframe_asset(name="interactions")
+            .add_dataframe_asset(name=asset_name)
             .add_batch_definition_whole_dataframe(name="whole_frame")
         )
         suite = context.suites.add(_build_gx_suite(suite_name, to_run, meta))
@@ -559,24 +617,19 @@ def validate_interactions(
         validation_definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{suite_name}_vd", data=batch_definition, suite=suite)
         )
+        actions = [] if docs_dir is None else [UpdateDataDocsAction(name="data_docs", site_names=["local"])]
         checkpoint = context.checkpoints.add(
             gx.Checkpoint(
                 name=f"{suite_name}_checkpoint",
                 validation_definitions=[validation_definition],
-                actions=[],
+                actions=actions,
                 result_format={"result_format": "BASIC"},
             )
         )
         checkpoint_result = checkpoint.run(
             batch_parameters={"dataframe": df},
-            expectation_parameters={
-                "window_start": ws.to_pydatetime(),
-                "window_end": we.to_pydatetime(),
-            },
-            run_id=RunIdentifier(
-                run_name=f"{suite_name}__{ws.isoformat()}__{we.isoformat()}",
-                run_time=we.to_pydatetime(),
-            ),
+            expectation_parameters=parameters,
+            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
         )
         gx_success = bool(checkpoint_result.success)
         for suite_result in checkpoint_result.run_results.values():
@@ -586,9 +639,10 @@ def validate_interactions(
             raise RuntimeError(
                 f"GX returned {len(gx_results)} results for {len(to_run)} expectations"
             )
+        if docs_dir is not None and (Path(docs_dir) / "index.html").exists():
+            docs_index = str((Path(docs_dir) / "index.html").resolve())
 
     # 3) Convert to plain result dicts in suite order, with messages for failures.
-    n_rows = len(df)
     for i, exp in enumerate(definition["expectations"]):
         exp_meta = exp.get("meta") or {}
         res = _empty_result(
@@ -626,29 +680,193 @@ def validate_interactions(
             res["message"] = _failure_message(res, raw, missing_required)
             del res["_raw_kwargs"], res["_rule"]
         results.append(res)
+    return results, gx_success, docs_index
+
+
+def check_result(
+    check: str,
+    *,
+    severity: str,
+    success: bool,
+    observed: Any,
+    bounds: dict[str, Any],
+    message: str | None = None,
+    column: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """A result dict, in the report's format, for a check computed in Python (pandas/numpy).
+
+    Used for checks GX has no vectorised expectation for (snapshot statistics, drift against
+    history, set-based checks of the top-N table). ``message`` is required when it failed.
+    """
+    if severity not in _SEVERITIES:
+        raise ValueError(f"severity must be one of {_SEVERITIES}, got {severity!r}")
+    res = _empty_result(f"recsys.{check}", column, severity, check, bounds)
+    res["success"] = bool(success)
+    res["observed_value"] = _jsonable(observed)
+    if not success:
+        res["message"] = message or f"{check}: observed {observed!r} outside {bounds}"
+    if note:
+        res["note"] = note
+    return res
+
+
+def write_html(report: ValidationReport, path: str | Path) -> Path:
+    """One static HTML page with every check of the report (GX and Python ones alike)."""
+    from html import escape
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in report.results:
+        status = "skipped" if r.get("skipped") else (
+            "passed" if r.get("success") else ("FAILED" if r.get("severity") == ERROR else "warning")
+        )
+        detail = r.get("message") or r.get("note") or r.get("skip_reason") or ""
+        rows.append(
+            "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                escape(status), escape(status), escape(str(r.get("check") or r["expectation_type"])),
+                escape(str(r.get("column") or "")), escape(str(r.get("severity"))),
+                escape(json.dumps(r.get("observed_value"), default=str)[:200]), escape(str(detail)),
+            )
+        )
+    notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes)
+    docs = (
+        f"<p>Great Expectations Data Docs: <a href='{escape(Path(report.data_docs).as_uri())}'>"
+        f"{escape(report.data_docs)}</a></p>" if report.data_docs else ""
+    )
+    html = (
+        "<!doctype html><meta charset='utf-8'><title>{t}</title>"
+        "<style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:2px 6px}}"
+        ".FAILED{{background:#fdd}}.warning{{background:#ffd}}.skipped{{color:#888}}</style>"
+        "<h1>{t}: {v}</h1><pre>{s}</pre>{d}<ul>{n}</ul><table><tr><th>status</th><th>check</th>"
+        "<th>column</th><th>severity</th><th>observed</th><th>detail</th></tr>{r}</table>"
+    ).format(
+        t=escape(report.suite_name), v="PASSED" if report.success else "FAILED",
+        s=escape(report.summary()), d=docs, n=notes, r="".join(rows),
+    )
+    target.write_text(html, encoding="utf-8")
+    return target
+
+
+def finish(
+    report: ValidationReport,
+    *,
+    report_path: str | Path | None,
+    error_cls: type[DataValidationError] | None = None,
+) -> ValidationReport:
+    """Write the report (JSON + HTML next to it), log it, raise on error-severity failures."""
+    error_cls = error_cls or DataValidationError
+    if report_path is not None:
+        written = report.write_json(report_path)
+        html = write_html(report, Path(report_path).with_suffix(".html"))
+        logger.info("validation report written to %s (HTML %s)", written, html)
+    if report.data_docs:
+        logger.info("Data Docs of %s: %s", report.suite_name, report.data_docs)
+    if report.success:
+        log = logger.warning if report.warnings else logger.info
+        log("%s", report.summary())
+        return report
+    logger.error("%s", report.summary())
+    message = (
+        f"{report.suite_name}: {len(report.errors)} error-severity check(s) failed on "
+        f"{report.n_rows:,} rows: " + "; ".join(r["message"] for r in report.errors)
+    )
+    if report.data_docs:
+        message += f" (Data Docs: {report.data_docs})"
+    raise error_cls(message, report)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def validate_interactions(
+    df: pd.DataFrame,
+    *,
+    window_start: datetime,
+    window_end: datetime,
+    report_path: str | Path | None = None,
+    suite_path: str | Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    extra_results: list[dict[str, Any]] | None = None,
+    notes: list[str] | None = None,
+    docs_dir: str | Path | None = None,
+) -> ValidationReport:
+    """Validate an interactions frame against the ``interactions_snapshot`` suite.
+
+    Args:
+        df: Interactions with ``user_id``, ``item_id`` (int64 or string), ``event_ts``
+            (``datetime64[*, UTC]``), ``weight`` (float, > 0) and optional ``event_type``.
+        window_start: Inclusive start of the training window (tz-aware; converted to UTC).
+        window_end: Exclusive end of the training window (tz-aware; converted to UTC).
+        report_path: If given, the report is written there as JSON (also on failure,
+            before :class:`DataValidationError` is raised) and as HTML next to it.
+        suite_path: Alternative suite definition file (defaults to
+            :data:`DEFAULT_SUITE_PATH`).
+        parameters: Suite parameter values overriding the suite's
+            ``meta.parameter_defaults`` (``event_types``, ``weight_max``, ``min_users``,
+            ``min_items``, ``freshness_lag_days``). ``freshness_min`` is derived:
+            ``window_end - (1 + freshness_lag_days) days`` (the newest day must have events).
+        extra_results: Results of checks computed outside GX (see :func:`check_result`);
+            they count towards success like the suite's.
+        notes: Lines added to the report as notes (e.g. "no baseline").
+        docs_dir: Folder for the GX Data Docs site of this run (built by the checkpoint).
+
+    Returns:
+        The :class:`ValidationReport` (``success`` is ``True``; warnings may be present).
+
+    Raises:
+        DataValidationError: If any error-severity check fails; the message names every
+            failing check and by how much, and ``.report`` holds the full report.
+        ValueError: If the window bounds are naive/invalid or the suite file is malformed.
+    """
+    import pandas as pd
+
+    started = time.perf_counter()
+    ws = _to_utc(window_start, "window_start")
+    we = _to_utc(window_end, "window_end")
+    if ws >= we:
+        raise ValueError(
+            f"window_start ({ws.isoformat()}) must be before window_end ({we.isoformat()})"
+        )
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+
+    definition = load_suite_definition(suite_path)
+    suite_name: str = definition["name"]
+    meta: dict[str, Any] = definition.get("meta") or {}
+    params: dict[str, Any] = {**(meta.get("parameter_defaults") or {}), **(parameters or {})}
+    lag = int(params.pop("freshness_lag_days", 0) or 0)
+    params["window_start"] = ws.to_pydatetime()
+    params["window_end"] = we.to_pydatetime()
+    params["freshness_min"] = (we - pd.Timedelta(days=1 + lag)).to_pydatetime()
+
+    results, gx_success, docs_index = run_suite(
+        df,
+        definition,
+        parameters=params,
+        run_name=f"{suite_name}__{ws.isoformat()}__{we.isoformat()}",
+        run_time=we.to_pydatetime(),
+        asset_name="interactions",
+        docs_dir=docs_dir,
+    )
+    known = set(meta.get("required_columns") or []) | set(meta.get("optional_columns") or [])
+    extra_columns = sorted(str(c) for c in df.columns if str(c) not in known)
+    all_notes = list(notes or [])
+    if extra_columns:
+        all_notes.append(f"unknown column(s) {extra_columns} present (allowed; not used)")
+    results += list(extra_results or [])
 
     report = ValidationReport(
         success=not any(r["success"] is False and r["severity"] == ERROR for r in results),
-        n_rows=n_rows,
+        n_rows=len(df),
         results=results,
         suite_name=suite_name,
         window_start=ws.isoformat(),
         window_end=we.isoformat(),
         gx_success=gx_success,
         duration_s=time.perf_counter() - started,
+        notes=all_notes,
+        data_docs=docs_index,
     )
-    if report_path is not None:
-        written = report.write_json(report_path)
-        logger.info("validation report written to %s", written)
-
-    if report.success:
-        log = logger.warning if report.warnings else logger.info
-        log("%s", report.summary())
-        return report
-
-    logger.error("%s", report.summary())
-    message = (
-        f"{suite_name}: {len(report.errors)} error-severity check(s) failed on "
-        f"{n_rows:,} rows: " + "; ".join(r["message"] for r in report.errors)
-    )
-    raise DataValidationError(message, report)
+    return finish(report, report_path=report_path)

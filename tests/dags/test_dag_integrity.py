@@ -59,20 +59,39 @@ def test_structure(dagbag):
         ("gate", "should_publish"),
         ("should_publish", "register"),
         ("train", "register"),
-        ("snapshot", "precompute"),
-        ("train", "precompute"),
-        ("register", "precompute"),
-        ("evaluate", "precompute"),
-        ("gate", "precompute"),
-        ("precompute", "publish"),
+        ("snapshot", "plan_shards"),
+        ("register", "plan_shards"),
+        ("plan_shards", "score_shard"),
+        ("snapshot", "score_shard"),
+        ("train", "score_shard"),
+        ("register", "score_shard"),
+        ("snapshot", "assemble_version"),
+        ("train", "assemble_version"),
+        ("register", "assemble_version"),
+        ("evaluate", "assemble_version"),
+        ("gate", "assemble_version"),
+        ("score_shard", "assemble_version"),
+        ("assemble_version", "publish"),
+        ("snapshot", "validate_output"),
+        ("assemble_version", "validate_output"),
+        ("validate_output", "publish"),
         ("register", "publish"),
         ("train", "publish"),
     }
     assert edges == expected
     assert set(dag.task_ids) == {
         "snapshot", "validate_input", "split", "train", "evaluate", "gate",
-        "should_publish", "register", "precompute", "publish",
+        "should_publish", "register", "plan_shards", "score_shard", "assemble_version", "validate_output",
+        "publish",
     }
+
+
+def test_scoring_is_mapped_over_shards(dagbag):
+    """Scoring scales out through Airflow: one mapped task instance per user shard."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = dagbag.dags[DAG_ID]
+    assert isinstance(dag.get_task("score_shard"), MappedOperator)
 
 
 def test_params_form(dagbag):

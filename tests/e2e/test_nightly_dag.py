@@ -164,3 +164,25 @@ def test_dry_run_evaluates_but_never_publishes(env):
     assert r["tasks"]["register"] == "skipped" and r["tasks"]["publish"] == "skipped"
     assert current(env) == before and champion_version(env) == champ
     assert r["summary"]["gate"]["verdict"] == "PASS"
+
+
+def test_rollback_dag_moves_table_and_champion_back_together(env):
+    from include.recsys import publish as pub
+
+    root = env["data"] / "recommendations"
+    before = current(env)
+    previous = pub.history(root)[-1]["previous"]
+    code = (
+        "import importlib.util, pathlib, sys, json\n"
+        f"spec = importlib.util.spec_from_file_location('rb', {str(ROOT / 'dags' / 'recsys_rollback.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "dr = m.rollback_dag.test(run_conf={'reason': 'e2e test'})\n"
+        "print('STATE', getattr(dr.state, 'value', dr.state))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env["env"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert current(env) == previous != before
+    expected_model = pub.read_manifest(root, previous)["model_version"]
+    assert champion_version(env) == expected_model
+    last = pub.history(root)[-1]
+    assert last["reason"] == "rollback" and last["version"] == previous and last["previous"] == before

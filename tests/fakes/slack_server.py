@@ -1,4 +1,4 @@
-"""A local fake of Slack's incoming-webhook endpoint.
+"""A local fake of Slack's incoming-webhook endpoint and of the Web API's ``chat.postMessage``.
 
 ``FakeSlack`` runs an :mod:`http.server` on ``127.0.0.1`` (ephemeral port) in a
 background thread, records every request and answers like Slack (HTTP 200, body
@@ -11,6 +11,13 @@ background thread, records every request and answers like Slack (HTTP 200, body
 
 ``status``, ``body`` and ``delay`` are plain attributes and may be changed while
 the server runs.
+
+Bot-token connections (conn type ``slack``) post to ``POST /api/chat.postMessage``; the fake
+answers like Slack's Web API: ``{"ok": true, "channel": ..., "ts": ...}`` when the
+``Authorization: Bearer <bot_token>`` header matches, else ``{"ok": false, "error":
+"invalid_auth"}`` (HTTP 200, as Slack does); ``status`` != 200 answers that status::
+
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_BOT", slack.bot_conn_json(channel="#alerts"))
 """
 
 from __future__ import annotations
@@ -60,7 +67,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if fake.delay > 0:
             fake._stopping.wait(fake.delay)
-        if self.command != "POST":
+        content_type = "text/html"
+        if self.path.startswith("/api/"):
+            content_type = "application/json; charset=utf-8"
+            status, body = self._web_api(fake, parsed)
+        elif self.command != "POST":
             status, body = 405, "invalid_method"
         elif parsed is None:
             status, body = 400, "invalid_payload"
@@ -70,12 +81,29 @@ class _Handler(BaseHTTPRequestHandler):
         data = body.encode("utf-8")
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
         except OSError:  # client gave up (timeout) -- expected in slow-server tests
             pass
+
+    def _web_api(self, fake: FakeSlack, parsed: Any) -> tuple[int, str]:
+        """Slack Web API semantics for ``chat.postMessage`` (the only method faked)."""
+        if fake.status != 200:
+            return fake.status, json.dumps({"ok": False, "error": "internal_error"})
+        if self.command != "POST" or self.path.split("?")[0] != "/api/chat.postMessage":
+            return 404, json.dumps({"ok": False, "error": "unknown_method"})
+        if self.headers.get("Authorization") != f"Bearer {fake.bot_token}":
+            return 200, json.dumps({"ok": False, "error": "invalid_auth"})
+        if not isinstance(parsed, dict) or not parsed.get("channel"):
+            return 200, json.dumps({"ok": False, "error": "channel_not_found"})
+        if not parsed.get("text") and not parsed.get("blocks"):
+            return 200, json.dumps({"ok": False, "error": "no_text"})
+        ts = f"{time.time():.6f}"
+        return 200, json.dumps(
+            {"ok": True, "channel": parsed["channel"], "ts": ts, "message": {"text": parsed.get("text"), "ts": ts}}
+        )
 
     do_POST = _handle
     do_GET = _handle
@@ -106,11 +134,13 @@ class FakeSlack:
         body: str | None = None,
         delay: float = 0.0,
         token: str = "T000FAKE/B000FAKE/fakeWebhookSecret0123456789",
+        bot_token: str = "xoxb-000000FAKE-111111FAKE-fakeBotSecret0123456789",
     ) -> None:
         self.status = status
         self.body = body
         self.delay = delay
         self.token = token
+        self.bot_token = bot_token
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -140,6 +170,18 @@ class FakeSlack:
     def conn_json(self) -> str:
         """JSON for ``AIRFLOW_CONN_<ID>`` pointing the ``slackwebhook`` hook at this server."""
         return json.dumps({"conn_type": "slackwebhook", "host": self.base_url, "password": self.token})
+
+    @property
+    def api_url(self) -> str:
+        """``http://127.0.0.1:PORT/api/`` (the Web API base URL for a ``slack`` connection)."""
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def bot_conn_json(self, channel: str | None = "#recsys-alerts") -> str:
+        """JSON for ``AIRFLOW_CONN_<ID>``: a bot-token ``slack`` connection using this server."""
+        extra: dict[str, Any] = {"base_url": self.api_url}
+        if channel:
+            extra["channel"] = channel
+        return json.dumps({"conn_type": "slack", "password": self.bot_token, "extra": extra})
 
     # -- recording ---------------------------------------------------------- #
     def _record(self, request: RecordedRequest) -> None:

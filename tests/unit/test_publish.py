@@ -103,9 +103,12 @@ def test_manifest_written(tmp_path) -> None:
     assert m["columns"] == pub.TABLE_COLUMNS
     assert m["rows"] == 12 and m["users"] == 3
     assert pd.Timestamp(m["created_at"]).tzinfo is not None
-    # 12 rows in parts of 5 -> 3 parts, checksums match the files
-    assert [f["path"] for f in m["files"]] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    assert [f["rows"] for f in m["files"]] == [5, 5, 2]
+    # 12 rows (3 users x 4) in parts of ~5 rows, cut at user boundaries: a user never spans
+    # two part files -> parts of 8 and 4 rows; checksums match the files
+    assert [f["path"] for f in m["files"]] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [f["rows"] for f in m["files"]] == [8, 4]
+    users_per_part = [set(pd.read_parquet(folder / f["path"])["user_id"]) for f in m["files"]]
+    assert not set.intersection(*users_per_part)
     for f in m["files"]:
         assert f["sha256"] == file_sha256(folder / f["path"])
     assert sorted(p.name for p in folder.iterdir()) == sorted(

@@ -1,0 +1,275 @@
+"""Output contract of the top-N table, checked before ``publish`` points CURRENT at it.
+
+Two parts, one report (:class:`~include.recsys.validate.ValidationReport`, same format as
+the input validation):
+
+* the GX suite ``include/config/gx/recommendations_table.json`` (columns, dtypes, non-null
+  ids and scores, ``1 <= rank <= top_n``, finite scores, ``source`` in {model, fallback}),
+  run through a Checkpoint with Data Docs;
+* set-based checks, vectorised with numpy/pandas (no Python row loops), bounds in
+  ``include/config/validation.json`` (``output``):
+
+  - ``items_per_user``: every user has exactly ``N`` rows, where
+    ``N = min(top_n, |catalog| - |items the user has seen|)``: fewer than ``top_n`` only
+    when the catalog (the snapshot's items) minus the user's seen items is smaller;
+  - ``distinct_items``: no item twice in a user's list;
+  - ``ranks_contiguous``: ranks are exactly 1..N per user (no gaps, no repeats);
+  - ``scores_non_increasing``: score never rises with rank (tolerance 1e-6);
+  - ``no_seen_items``: no (user, item) pair of the snapshot interactions;
+  - ``items_in_catalog``: every item is in the snapshot's items;
+  - ``user_coverage``: share of the snapshot's users with a list, above a bound;
+  - ``jaccard_vs_current``: mean Jaccard of the top-N item sets vs the CURRENT table over
+    common users, inside bounds; skipped with a note when nothing is published yet.
+
+Any error-severity failure raises :class:`OutputValidationError` (a
+:class:`~include.recsys.validate.DataValidationError`): publish does not run, CURRENT stays.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from include.recsys.validate import (
+    ERROR,
+    DataValidationError,
+    ValidationReport,
+    check_result,
+    finish,
+    load_suite_definition,
+    run_suite,
+)
+
+SUITE_PATH: Path = Path(__file__).resolve().parents[1] / "config" / "gx" / "recommendations_table.json"
+_SCORE_TOL = 1e-6
+_SAMPLE = 5
+
+
+class OutputValidationError(DataValidationError):
+    """The top-N table breaks its contract: it must not be published."""
+
+
+def read_table(folder: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The table of a version folder (``_``-prefixed files such as the manifest are ignored)."""
+    return pd.read_parquet(Path(folder), columns=columns)
+
+
+def _codes(values: pd.Series, index: pd.Index) -> np.ndarray:
+    return index.get_indexer(pd.Index(values))
+
+
+def _sample(values: Any) -> list[Any]:
+    return [v.item() if hasattr(v, "item") else v for v in list(values)[:_SAMPLE]]
+
+
+def set_checks(
+    table: pd.DataFrame,
+    *,
+    top_n: int,
+    seen: pd.DataFrame,
+    current: pd.DataFrame | None,
+    bounds: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """The set-based checks; returns (results, notes, figures)."""
+    out = bounds["output"]
+    notes: list[str] = []
+    results: list[dict[str, Any]] = []
+    t = table[["user_id", "rank", "item_id", "score"]].dropna(subset=["user_id", "item_id"])
+    t = t.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    users = pd.Index(pd.unique(t["user_id"]))
+    catalog = pd.Index(pd.unique(seen["item_id"]))
+    u = _codes(t["user_id"], users)
+    i = _codes(t["item_id"], catalog)
+    n_cat = len(catalog)
+
+    # items in the catalog
+    outside = i < 0
+    results.append(check_result(
+        "items_in_catalog", severity=ERROR, success=not outside.any(), observed=int(outside.sum()),
+        bounds={"max": 0},
+        message=f"{int(outside.sum()):,} row(s) recommend items outside the catalog "
+        f"(snapshot items), e.g. {_sample(pd.unique(t.loc[outside, 'item_id']))}",
+    ))
+
+    # seen pairs (distinct) of the table's users
+    su = _codes(seen["user_id"], users)
+    si = _codes(seen["item_id"], catalog)
+    ok = su >= 0
+    seen_keys = np.unique(su[ok].astype(np.int64) * n_cat + si[ok])
+    keys = np.where(outside, -1, u.astype(np.int64) * n_cat + i)
+    is_seen = np.isin(keys, seen_keys) & ~outside
+    results.append(check_result(
+        "no_seen_items", severity=ERROR, success=not is_seen.any(), observed=int(is_seen.sum()),
+        bounds={"max": 0},
+        message=f"{int(is_seen.sum()):,} row(s) recommend an item the user already interacted with, "
+        f"e.g. {list(zip(_sample(t.loc[is_seen, 'user_id']), _sample(t.loc[is_seen, 'item_id'])))}",
+    ))
+
+    # distinct items per user
+    dup = pd.Series(keys).duplicated().to_numpy() & ~outside
+    dup |= t.duplicated(["user_id", "item_id"]).to_numpy() & outside
+    results.append(check_result(
+        "distinct_items", severity=ERROR, success=not dup.any(), observed=int(dup.sum()),
+        bounds={"max": 0},
+        message=f"{int(dup.sum()):,} repeated (user, item) row(s), e.g. users {_sample(pd.unique(t.loc[dup, 'user_id']))}",
+    ))
+
+    # exactly N rows per user, N = min(top_n, catalog - seen)
+    count = np.bincount(u, minlength=len(users))
+    seen_per_user = np.bincount(seen_keys // max(n_cat, 1), minlength=len(users)) if n_cat else np.zeros(len(users), int)
+    expected = np.minimum(top_n, np.maximum(n_cat - seen_per_user, 0))
+    wrong = count != expected
+    results.append(check_result(
+        "items_per_user", severity=ERROR, success=not wrong.any(), observed=int(wrong.sum()),
+        bounds={"top_n": top_n, "rule": "min(top_n, |catalog| - |seen|)"},
+        message=f"{int(wrong.sum()):,} user(s) do not have exactly min({top_n}, catalog - seen) items, e.g. "
+        + ", ".join(f"{users[k]} has {count[k]} (expected {expected[k]})" for k in np.flatnonzero(wrong)[:_SAMPLE]),
+    ))
+
+    # ranks 1..N without gaps: after sorting by (user, rank), rank == position within the user
+    starts = np.r_[0, np.cumsum(count)[:-1]] if len(count) else np.zeros(0, int)
+    position = np.arange(len(t)) - np.repeat(starts, count) + 1
+    bad_rank = t["rank"].to_numpy() != position
+    bad_users = pd.unique(t.loc[bad_rank, "user_id"])
+    results.append(check_result(
+        "ranks_contiguous", severity=ERROR, success=len(bad_users) == 0, observed=len(bad_users),
+        bounds={"rule": "ranks are 1..N per user"},
+        message=f"{len(bad_users):,} user(s) with ranks that are not exactly 1..N (gap or repeat), "
+        f"e.g. {_sample(bad_users)}",
+    ))
+
+    # scores non-increasing with rank
+    score = t["score"].to_numpy(np.float64)
+    same_user = np.r_[False, u[1:] == u[:-1]]
+    rises = same_user & (np.r_[np.inf, np.diff(score)] > _SCORE_TOL * np.maximum(1.0, np.abs(score)))
+    rise_users = pd.unique(t.loc[rises, "user_id"])
+    results.append(check_result(
+        "scores_non_increasing", severity=ERROR, success=len(rise_users) == 0, observed=len(rise_users),
+        bounds={"tolerance": _SCORE_TOL},
+        message=f"{len(rise_users):,} user(s) whose score rises with rank, e.g. {_sample(rise_users)}",
+    ))
+
+    # coverage of the snapshot's users
+    active = pd.Index(pd.unique(seen["user_id"]))
+    coverage = float(active.isin(users).mean()) if len(active) else 1.0
+    spec = out["min_user_coverage"]
+    results.append(check_result(
+        "user_coverage", severity=spec.get("severity", ERROR), success=coverage >= spec["min"],
+        observed=coverage, bounds={"min": spec["min"]},
+        message=f"user coverage {coverage:.4f} ({int(active.isin(users).sum()):,} of {len(active):,} "
+        f"snapshot users have a list) < bound {spec['min']}",
+    ))
+
+    figures: dict[str, Any] = {"users": len(users), "rows": len(t), "user_coverage": coverage}
+    # day-over-day: mean Jaccard vs CURRENT over common users
+    lo, hi = out["min_mean_jaccard"], out["max_mean_jaccard"]
+    if current is None:
+        notes.append("jaccard_vs_current: no CURRENT table (first publish); day-over-day check skipped")
+        results.append(check_result(
+            "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
+            bounds={"min": lo["min"], "max": hi["max"]}, note="no CURRENT table",
+        ))
+    else:
+        both = pd.concat([t["user_id"], current["user_id"]], ignore_index=True)
+        items_both = pd.concat([t["item_id"], current["item_id"]], ignore_index=True)
+        ucode, _ = pd.factorize(both)
+        icode, iuniq = pd.factorize(items_both)
+        n_new = len(t)
+        k_all = ucode.astype(np.int64) * max(len(iuniq), 1) + icode
+        k_new = np.unique(k_all[:n_new])
+        k_cur = np.unique(k_all[n_new:])
+        n_users_all = int(ucode.max()) + 1 if len(ucode) else 0
+        size_new = np.bincount(k_new // max(len(iuniq), 1), minlength=n_users_all)
+        size_cur = np.bincount(k_cur // max(len(iuniq), 1), minlength=n_users_all)
+        inter = np.bincount(k_new[np.isin(k_new, k_cur)] // max(len(iuniq), 1), minlength=n_users_all)
+        common = (size_new > 0) & (size_cur > 0)
+        union = size_new + size_cur - inter
+        jacc = inter[common] / union[common]
+        mean = float(jacc.mean()) if common.any() else None
+        figures["mean_jaccard_vs_current"] = mean
+        figures["common_users_vs_current"] = int(common.sum())
+        if mean is None:
+            notes.append("jaccard_vs_current: no user in common with CURRENT; check skipped")
+            results.append(check_result(
+                "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
+                bounds={"min": lo["min"], "max": hi["max"]}, note="no common users",
+            ))
+        else:
+            label = f"mean Jaccard of top-{top_n} lists vs CURRENT {mean:.4f} over {int(common.sum()):,} common users"
+            results.append(check_result(
+                "jaccard_vs_current_min", severity=lo.get("severity", ERROR), success=mean >= lo["min"],
+                observed=mean, bounds={"min": lo["min"]}, message=f"{label} < bound {lo['min']}",
+            ))
+            results.append(check_result(
+                "jaccard_vs_current_max", severity=hi.get("severity", ERROR), success=mean <= hi["max"],
+                observed=mean, bounds={"max": hi["max"]}, message=f"{label} > bound {hi['max']}",
+            ))
+    return results, notes, figures
+
+
+def validate_table(
+    table: pd.DataFrame,
+    *,
+    top_n: int,
+    seen: pd.DataFrame,
+    current: pd.DataFrame | None = None,
+    window: tuple[str | None, str | None] = (None, None),
+    run_name: str = "recommendations",
+    run_time: Any = None,
+    report_path: str | Path | None = None,
+    docs_dir: str | Path | None = None,
+    bounds: dict[str, Any] | None = None,
+) -> ValidationReport:
+    """Validate a top-N table (GX suite + set-based checks); raise OutputValidationError on errors.
+
+    Args:
+        table: ``user_id, rank, item_id, score, source`` (+ model columns).
+        top_n: The configured N.
+        seen: The snapshot interactions (``user_id``, ``item_id``): seen pairs, the catalog
+            (its items) and the active users (its users).
+        current: The CURRENT table (``user_id``, ``item_id``) or None before the first publish.
+    """
+    from datetime import datetime, timezone
+
+    from include.recsys.validate_history import load_bounds
+
+    started = time.perf_counter()
+    bounds = bounds or load_bounds()
+    definition = load_suite_definition(SUITE_PATH)
+    when = pd.Timestamp(run_time) if run_time is not None else (
+        pd.Timestamp(window[1]) if window[1] else pd.Timestamp(datetime(2000, 1, 1, tzinfo=timezone.utc))
+    )
+    results, gx_success, docs = run_suite(
+        table,
+        definition,
+        parameters={"top_n": int(top_n)},
+        run_name=run_name,
+        run_time=when.to_pydatetime(),
+        asset_name="recommendations",
+        docs_dir=docs_dir,
+    )
+    gx_ok = not any(r["success"] is False and r["severity"] == ERROR for r in results)
+    notes: list[str] = []
+    if gx_ok:  # the set-based checks assume the columns and dtypes are right
+        extra, notes, figures = set_checks(table, top_n=top_n, seen=seen, current=current, bounds=bounds)
+        results += extra
+        notes.append(f"figures: {figures}")
+    else:
+        notes.append("set-based checks skipped: the table failed its schema checks")
+    report = ValidationReport(
+        success=not any(r["success"] is False and r["severity"] == ERROR for r in results),
+        n_rows=len(table),
+        results=results,
+        suite_name=definition["name"],
+        window_start=window[0],
+        window_end=window[1],
+        gx_success=gx_success,
+        duration_s=time.perf_counter() - started,
+        notes=notes,
+        data_docs=docs,
+    )
+    return finish(report, report_path=report_path, error_cls=OutputValidationError)
