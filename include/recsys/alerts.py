@@ -681,8 +681,11 @@ def _domain_payload(
             for r in report.errors
         ]
         return gate_blocks(
-            dag_id=dag_id, run_id=run_id, verdict="INPUT VALIDATION FAILED", reasons=reasons,
-            report_path=report_path or getattr(report, "path", None), mlflow_url=mlflow_url,
+            dag_id=dag_id, run_id=run_id, reasons=reasons,
+            verdict="OUTPUT VALIDATION FAILED" if type(cause).__name__.startswith("Output")
+            else "INPUT VALIDATION FAILED",
+            report_path=report_path or getattr(report, "data_docs", None) or getattr(report, "path", None),
+            mlflow_url=mlflow_url,
         )
     return None
 

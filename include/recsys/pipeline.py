@@ -116,17 +116,24 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
     folder = rc.work_dir(cfg) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     report_path = folder / "input_report.json"
-    report, stats = validate_snapshot(
-        df,
-        snap,
-        run_id=rc.run_id,
-        history_file=history_path(cfg.data_dir, rc.dag_id),
-        source=str(cfg.source),
-        window_days=cfg.window_days,
-        event_types=list(cfg.event_weights),
-        report_path=report_path,
-        docs_dir=folder / "data_docs" / "input",
-    )
+    from include.recsys.validate import DataValidationError
+
+    try:
+        report, stats = validate_snapshot(
+            df,
+            snap,
+            run_id=rc.run_id,
+            history_file=history_path(cfg.data_dir, rc.dag_id),
+            source=str(cfg.source),
+            window_days=cfg.window_days,
+            event_types=list(cfg.event_weights),
+            report_path=report_path,
+            docs_dir=folder / "data_docs" / "input",
+        )
+    except DataValidationError:
+        # a refused snapshot never reaches train: its reports and Data Docs go to MLflow now
+        _log_validation_to_mlflow(cfg, rc)
+        raise
     log.info("input validation: %s", report.summary())
     return {
         "report": str(report_path),

@@ -259,3 +259,21 @@ def test_freshness_dag_is_switchable(monkeypatch) -> None:
     assert type(on.timetable).__name__ == "CronTriggerTimetable"
     monkeypatch.setenv(freshness.ENABLED_ENV, "false")
     assert not load().timetable.can_be_scheduled  # switched off: no schedule
+
+
+def test_validation_alert_names_the_data_docs(tmp_path):
+    """A refused snapshot's Slack message carries the rule table and where its Data Docs are."""
+    import json
+
+    from include.recsys.alerts import _domain_payload
+    from include.recsys.validate import DataValidationError
+
+    class Report:
+        errors = [{"column": "user_id", "check": "not null", "unexpected_count": 3, "severity": "error"}]
+        data_docs = str(tmp_path / "validation" / "data_docs" / "input" / "index.html")
+
+    exc = RuntimeError("AirflowFailException")
+    exc.__cause__ = DataValidationError("user_id: 3 nulls", Report())
+    text = json.dumps(_domain_payload(exc, "recsys_nightly_retrain", "run-1"))
+    assert "INPUT VALIDATION FAILED" in text and "user_id" in text
+    assert Report.data_docs in text
