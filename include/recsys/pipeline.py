@@ -627,6 +627,9 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
             "warnings": len([r for r in rep.get("results", []) if not r.get("success") and r.get("severity") == "warning"]),
             "status": "FAILED" if not rep.get("success") else "PASSED",
         }
+    if (work / "validation" / "output_report.json").exists():
+        rep = _read_json(work / "validation" / "output_report.json")
+        summary["output_validation"] = {"success": rep.get("success"), "counts": rep.get("counts")}
     if (work / "eval" / "report.json").exists():
         summary["evaluation"] = _read_json(work / "eval" / "report.json")
     if (work / "gate.json").exists():
@@ -669,6 +672,9 @@ def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None
                 f"    {'ok  ' if r['passed'] else 'FAIL'} {r['name']:<17} observed={_num(r['observed'])} "
                 f"bound={_num(r['bound'])} {r.get('note', '')}".rstrip()
             )
+    ov = summary.get("output_validation")
+    if ov:
+        lines.append(f"  table validation : {'PASSED' if ov.get('success') else 'FAILED'} {ov.get('counts') or ''}".rstrip())
     p = summary.get("published") or {}
     lines.append(f"  published        : {p.get('version', 'nothing')}" + (f" at {p['path']}" if p.get("path") else ""))
     lines.append(f"  MLflow run       : {summary.get('mlflow_run_id', 'n/a')}")
