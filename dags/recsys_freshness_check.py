@@ -16,7 +16,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from include.recsys.alerts import task_failure_callback, task_retry_callback
+from include.recsys.alerts import ops_default_args
 
 DAG_ID = "recsys_freshness_check"
 ENABLED = (os.environ.get("RECSYS_FRESHNESS_ENABLED") or "true").strip().lower() not in {"0", "false", "no", "off"}
@@ -29,15 +29,7 @@ ENABLED = (os.environ.get("RECSYS_FRESHNESS_ENABLED") or "true").strip().lower()
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
-    default_args={
-        "owner": "ml-platform",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "execution_timeout": timedelta(minutes=5),
-        "on_failure_callback": [task_failure_callback],
-        "on_retry_callback": [task_retry_callback],
-    },
+    default_args=ops_default_args(retry_delay_s=60, execution_timeout_min=5),
     tags=["recsys", "monitoring"],
     doc_md=__doc__,
 )

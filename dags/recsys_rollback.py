@@ -15,7 +15,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.recsys.alerts import task_failure_callback
+from include.recsys.alerts import ops_default_args
 
 
 @dag(
@@ -25,14 +25,7 @@ from include.recsys.alerts import task_failure_callback
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=30),
-    default_args={
-        "owner": "ml-platform",
-        "retries": 1,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "execution_timeout": timedelta(minutes=10),
-        "on_failure_callback": [task_failure_callback],
-    },
+    default_args=ops_default_args(retry_delay_s=30, execution_timeout_min=10),
     params={
         "to_version": Param("", type="string", description="Version id to serve; empty: the previous one."),
         "reason": Param("", type="string", description="Why (kept in the publish and alias history)."),

@@ -833,3 +833,19 @@ def dag_success_callback(context: Mapping[str, Any]) -> None:
         )
     except Exception:
         log.exception("dag_success_callback failed; summary not sent")
+
+
+def ops_default_args(*, retry_delay_s: int, execution_timeout_min: int) -> dict[str, Any]:
+    """``default_args`` of the small operational DAGs (rollback, freshness check): one retry
+    with backoff, a timeout, the quiet retry log and one Slack message per final failure."""
+    from datetime import timedelta
+
+    return {
+        "owner": "ml-platform",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=retry_delay_s),
+        "retry_exponential_backoff": 2.0,
+        "execution_timeout": timedelta(minutes=execution_timeout_min),
+        "on_failure_callback": [task_failure_callback],
+        "on_retry_callback": [task_retry_callback],
+    }

@@ -131,18 +131,6 @@ class ModelBundle:
         )
 
 
-def is_member(csr: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Vectorised ``csr[rows, cols] != 0`` for sorted-index CSR (any shape of rows/cols)."""
-    n_cols = np.int64(csr.shape[1])
-    row_of_nnz = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
-    keys = row_of_nnz * n_cols + csr.indices.astype(np.int64)
-    query = rows.astype(np.int64) * n_cols + cols.astype(np.int64)
-    if keys.size == 0:
-        return np.zeros(query.shape, dtype=bool)
-    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
-    return (keys[pos] == query) & (cols >= 0)
-
-
 def topn_dense(
     user_factors: np.ndarray,
     item_factors: np.ndarray,
