@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv airflow-db demo test test-fast airflow mlflow-ui mlflow-server browser serve bench lock lint clean
+.PHONY: venv airflow-db demo test test-fast airflow mlflow-ui mlflow-server browser serve bench bench-smoke bench-test bench-scoring bench-evaluation bench-reader bench-stages lock lint clean
 
 venv: $(VENV)/.installed
 
@@ -40,7 +40,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not e2e and not ui" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e and not ui and not bench" $(PYTEST_ARGS)
 
 airflow: airflow-db
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
@@ -48,9 +48,32 @@ airflow: airflow-db
 serve: venv
 	$(PY) -m include.recsys.serve --host 127.0.0.1 --port $${SERVE_PORT:-8000}
 
+# The whole nightly run (real DAG via dag.test) per task + floors + stages alone; writes
+# bench/results/pipeline-$(PRESET)-<date>.{json,md}. PRESET: s, m, l, tiny, default, movielens.
+PRESET ?= m
+BENCH_DIR ?= /tmp/recsys-bench
 bench: venv
+	$(PY) -m bench.pipeline --preset $(PRESET) --work $(BENCH_DIR) --out bench/results $(BENCH_ARGS)
+
+# CI smoke run of the harness on preset s (fails only if the harness breaks, never on timings)
+bench-smoke: venv
+	$(PY) -m bench.pipeline --preset s --work $(BENCH_DIR)-smoke --no-implicit-recommend
+
+bench-test: venv
+	$(PY) -m pytest -m bench tests/bench $(PYTEST_ARGS)
+
+bench-scoring: venv
 	$(PY) -m bench.scoring --out bench/results
+
+# offline metrics (k = 10, 20, 50, 100) vs implicit's ranking_metrics_at_k (one k), one process
+bench-evaluation: venv
+	$(PY) -m bench.evaluation --out bench/results
+
+bench-reader: venv
 	$(PY) -m bench.reader
+
+bench-stages: venv
+	$(PY) -m bench.stages --preset $(PRESET)
 
 mlflow-ui: venv
 	@mkdir -p $(RECSYS_DATA_DIR)/mlflow

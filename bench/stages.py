@@ -1,6 +1,11 @@
 """Stage-by-stage benchmark of the library on a synthetic preset (no Airflow, no MLflow).
 
     .venv/bin/python -m bench.stages --preset s [--out bench/results]
+    .venv/bin/python -m bench.stages --data-dir D --window-end 2026-11-21 --json r.json
+
+With ``--data-dir`` the stages read the lake already landed there (and ``RECSYS_*`` settings,
+e.g. a MovieLens source) instead of generating the preset: ``bench.pipeline`` runs it that way
+on the same data as the DAG run.
 
 Per stage: wall time, CPU time, peak RSS of the process so far, rows in/out. Also, in the
 same run, the reference points a stage should be judged against: implicit's own
@@ -60,22 +65,32 @@ def main(argv: list[str] | None = None) -> int:
     from include.recsys.train import train
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="s", choices=sorted(synth.PRESETS))
+    ap.add_argument("--preset", default="s")
     ap.add_argument("--top-n", type=int, default=100)
     ap.add_argument("--out", default=None, help="folder for <preset>-<date>.json and .md")
+    ap.add_argument("--data-dir", default=None, help="use the lake already under this data dir")
+    ap.add_argument("--window-end", default="2026-11-21", help="end of the window (YYYY-MM-DD)")
+    ap.add_argument("--json", default=None, help="also write stages + ratios as JSON here")
+    ap.add_argument("--no-implicit", action="store_true", help="skip implicit's recommend")
     args = ap.parse_args(argv)
 
-    tmp = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
-    spec = dataclasses.replace(synth.PRESETS[args.preset], end_date="2026-11-20")
-    cfg = load_config({"data_dir": tmp, "top_n": args.top_n})
     res: list[dict] = []
-    print(f"preset {args.preset}: {spec}")
-    with Stage("generate+land", res) as st:
-        df = synth.generate(spec)
-        synth.land_partitioned(df, cfg.source)
-        st.extra = {"rows_out": len(df)}
-    del df
-    window = Window.ending_at(pd.Timestamp("2026-11-21", tz="UTC"), cfg.window_days)
+    if args.data_dir:
+        cfg = load_config({"data_dir": Path(args.data_dir), "top_n": args.top_n})
+        print(f"preset {args.preset}: source {cfg.source}")
+    else:
+        if args.preset not in synth.PRESETS:
+            ap.error(f"--preset must be one of {sorted(synth.PRESETS)} without --data-dir")
+        tmp = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+        spec = dataclasses.replace(synth.PRESETS[args.preset], end_date="2026-11-20")
+        cfg = load_config({"data_dir": tmp, "top_n": args.top_n})
+        print(f"preset {args.preset}: {spec}")
+        with Stage("generate+land", res) as st:
+            df = synth.generate(spec)
+            synth.land_partitioned(df, cfg.source)
+            st.extra = {"rows_out": len(df)}
+        del df
+    window = Window.ending_at(pd.Timestamp(args.window_end, tz="UTC"), cfg.window_days)
     with Stage("snapshot", res) as st:
         snap, stats = build_snapshot(cfg, window)
         st.extra = {"rows_in": stats.rows_read, "rows_out": stats.rows}
@@ -94,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         vt = np.ascontiguousarray(bundle.item_factors.T)
         for lo in range(0, len(users), cfg.score_block_size):
             bundle.user_factors[lo : lo + cfg.score_block_size] @ vt
+    if args.no_implicit:
+        return _finish(args, res, {
+            "ours / GEMM floor": by_stage(res, f"precompute top-{args.top_n} (ours)")
+            / max(by_stage(res, "GEMM floor (U @ V.T)"), 1e-9)
+        })
     from implicit.cpu.als import AlternatingLeastSquares
 
     ui = interaction_matrix(tr, IdMap(bundle.user_ids), IdMap(bundle.item_ids), value="weight")
@@ -113,7 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         / max(by["GEMM floor (U @ V.T)"]["wall_s"], 1e-9),
         "top-10 agreement with implicit": agree,
     }
+    return _finish(args, res, ratios)
+
+
+def by_stage(res: list[dict], name: str) -> float:
+    return next(r["wall_s"] for r in res if r["stage"] == name)
+
+
+def _finish(args, res: list[dict], ratios: dict) -> int:
     print(json.dumps(ratios, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"stages": res, "ratios": ratios}, indent=2))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

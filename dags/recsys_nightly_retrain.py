@@ -9,9 +9,18 @@ Every night (or when triggered by hand with the form) this DAG:
    after precompute, **validate_output** checks the top-N table (N distinct unseen catalog items
    per user, ranks, scores, coverage, change vs CURRENT) before publish may serve it;
 3. **split**: a leak-free time-based holdout;
-4. **train**: implicit ALS, tracked in MLflow (one MLflow run per DAG run);
+4. **plan_trials -> run_trial (mapped, one task per trial) -> select_best -> train**: on the
+   tuning cadence (`tune_every_days`, the `tune` param, or after a gate FAIL) a seeded random
+   search on a validation split carved from the training period (each trial an MLflow child
+   run, early-stopped on validation NDCG@10); otherwise no trial runs and the newest
+   `best_config` in MLflow (or the defaults) is reused. `train` refits implicit ALS with that
+   configuration on the whole training period, tracked in MLflow (one run per DAG run);
 5. **evaluate**: candidate vs the current `champion` vs popularity on the same holdout;
-6. **gate**: floors, must beat popularity, no regression vs champion -> PASS / FAIL / SKIPPED;
+6. **gate**: the declarative spec `include/config/gate.yaml` (floors, must beat the baselines,
+   no regression vs champion by the paired bootstrap interval, slice, coverage and
+   popularity-bias guardrails) -> PASS / FAIL / SKIPPED, with the run card
+   (`run_card.html`); the `force_publish` param publishes a FAIL / SKIPPED anyway (recorded
+   loudly; output validation still applies);
 7. **should_publish**: stops here on `dry_run`;
 8. **register**: the candidate enters the MLflow registry as `challenger`;
 9. **plan_shards -> score_shard (mapped, one task per user shard) -> assemble_version**: top-N
@@ -73,20 +82,20 @@ def _context(ctx: dict[str, Any]):
 def _stage(name: str, ctx: dict[str, Any], *args: Any) -> Any:
     """Run ``include.recsys.pipeline.<name>`` for this task (imported here: parsing stays fast).
 
-    Errors that a retry cannot fix (bad input, failed validation, failed gate) fail the task
-    at once; anything else is retried with backoff.
+    Errors that a retry cannot fix (bad input, failed validation, failed gate, a broken gate
+    spec) fail the task at once; anything else is retried with backoff.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.recsys import pipeline
     from include.recsys.data import SourceError
-    from include.recsys.gate import GateFailed
+    from include.recsys.gate import GateFailed, GateSpecError
     from include.recsys.validate import DataValidationError
 
     cfg, rc = _context(ctx)
     try:
         return getattr(pipeline, name)(cfg, rc, *args)
-    except (SourceError, DataValidationError, GateFailed) as exc:
+    except (SourceError, DataValidationError, GateFailed, GateSpecError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -133,24 +142,41 @@ def recsys_nightly_retrain():
     def split(snap: dict, **ctx) -> dict:
         return _stage("split", ctx, snap)
 
+    @task(execution_timeout=timedelta(minutes=30))
+    def plan_trials(parts: dict, snap: dict, **ctx) -> list:
+        return _stage("plan_trials", ctx, parts, snap)
+
+    @task(execution_timeout=timedelta(hours=1), max_active_tis_per_dagrun=8)
+    def run_trial(trial: dict, **ctx) -> dict:
+        return _stage("run_trial", ctx, trial)
+
+    # none_failed: runs when run_trial expanded to nothing (no tuning tonight). A trial whose fit
+    # fails or diverges still succeeds (reported not ok, it never wins); a failed plan_trials or
+    # trial task leaves select_best and train upstream_failed: one alert, the run fails
+    @task(execution_timeout=timedelta(minutes=10), trigger_rule="none_failed")
+    def select_best(trials: list, **ctx) -> dict:
+        return _stage("select_best", ctx, list(trials or []))
+
     @task(execution_timeout=timedelta(hours=2))
-    def train(parts: dict, snap: dict, **ctx) -> dict:
-        return _stage("train", ctx, parts, snap)
+    def train(parts: dict, snap: dict, best: dict, **ctx) -> dict:
+        return _stage("train", ctx, parts, snap, best)
 
     @task(execution_timeout=timedelta(hours=1))
     def evaluate(parts: dict, model: dict, **ctx) -> dict:
         return _stage("evaluate", ctx, parts, model)
 
     @task(execution_timeout=timedelta(minutes=10))
-    def gate(ev: dict, model: dict, **ctx) -> dict:
+    def gate(ev: dict, model: dict, snap: dict, parts: dict, **ctx) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        verdict = _stage("gate", ctx, ev, model)
+        verdict = _stage("gate", ctx, ev, model, snap, parts)  # FAIL raises (no retries)
         if verdict["verdict"] != "PASS":
-            from include.recsys.alerts import send_gate_verdict  # SKIPPED fails nothing: say so
+            # SKIPPED fails nothing, and a forced FAIL/SKIPPED publishes: Slack hears of both
+            from include.recsys.alerts import send_gate_verdict
 
             send_gate_verdict(verdict, dag_id=DAG_ID, run_id=ctx["run_id"], mlflow_run_id=model.get("mlflow_run_id"))
-            raise AirflowSkipException(f"gate {verdict['verdict']}: nothing will be published")
+            if not verdict.get("forced"):
+                raise AirflowSkipException(f"gate {verdict['verdict']}: nothing will be published")
         return verdict
 
     @task.short_circuit(execution_timeout=timedelta(minutes=5))
@@ -190,9 +216,13 @@ def recsys_nightly_retrain():
     checked = validate_input(snap)
     split_paths = split(snap)
     checked >> split_paths
-    model = train(split_paths, snap)
+    trials = plan_trials(split_paths, snap)
+    trial_results = run_trial.expand(trial=trials)
+    best = select_best(trials)
+    trial_results >> best
+    model = train(split_paths, snap, best)
     ev = evaluate(split_paths, model)
-    verdict = gate(ev, model)
+    verdict = gate(ev, model, snap, split_paths)
     go = should_publish(verdict)
     reg = register(model)
     go >> reg

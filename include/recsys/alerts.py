@@ -49,7 +49,8 @@ What is posted
   task's XCom; MLflow itself is never queried from a callback, so an MLflow outage cannot
   slow the alert down);
 * a failed attempt that will be retried: nothing -- :func:`task_retry_callback` logs it;
-* gate SKIPPED: :func:`send_gate_verdict` from the gate task (nothing fails, so no callback);
+* gate SKIPPED, or a FAIL / SKIPPED published anyway by ``force_publish`` (a warning):
+  :func:`send_gate_verdict` from the gate task (nothing fails, so no callback);
 * DAG run succeeded: :func:`dag_success_callback`, only if ``$RECSYS_SLACK_NOTIFY_SUCCESS``;
 * stale / missing table: ``include.recsys.freshness`` (the hourly check DAG).
 
@@ -311,6 +312,7 @@ def gate_blocks(
     reasons: Sequence[Mapping[str, Any]],
     report_path: str | None = None,
     mlflow_url: str | None = None,
+    forced: bool = False,
 ) -> dict[str, Any]:
     """Build the Slack payload for a quality-gate verdict or a data-validation failure.
 
@@ -318,17 +320,21 @@ def gate_blocks(
     :param run_id: DAG run id.
     :param verdict: e.g. ``"FAIL"``, ``"PASS"``, ``"VALIDATION_FAILED"``.
     :param reasons: Rule results, each a mapping with keys ``rule``, ``observed``,
-        ``bound`` and ``passed`` (missing keys render as ``-``).
+        ``bound``, ``passed`` and optionally ``result`` (``PASS`` / ``FAIL`` / ``SKIP``: a rule
+        the gate could not evaluate); missing keys render as ``-``.
     :param report_path: Where the full gate / validation report (the run card) was written.
-    :param mlflow_url: Link to the related MLflow run.
+    :param mlflow_url: Link to the related MLflow run (the run card is its artifact
+        ``run_card/run_card.html``).
+    :param forced: The gate did not pass but ``force_publish`` publishes anyway: a warning.
     :return: ``{"text": <notification fallback>, "blocks": [...]}`` with the rules
         rendered as a fixed-width table inside a mrkdwn code block.
     """
     ok = str(verdict).upper() in {"PASS", "PASSED", "OK", "SUCCESS"}
-    icon = ":white_check_mark:" if ok else ":no_entry:"
+    icon = ":warning:" if forced else (":white_check_mark:" if ok else ":no_entry:")
+    title = f"Gate {verdict}" + (" FORCED: published anyway (force_publish)" if forced else "")
     failed = [r for r in reasons if not r.get("passed", False)]
     text = _truncate(
-        f"{icon} Gate {verdict}: {dag_id} (run {run_id}) - {len(failed)}/{len(reasons)} rule(s) failed"
+        f"{icon} {title}: {dag_id} (run {run_id}) - {len(failed)}/{len(reasons)} rule(s) failed"
         + (": " + ", ".join(str(r.get("rule", "?")) for r in failed) if failed else ""),
         _FALLBACK_TEXT_MAX,
     )
@@ -340,7 +346,7 @@ def gate_blocks(
                 str(r.get("rule", "?")),
                 _fmt_value(r.get("observed")),
                 _fmt_value(r.get("bound")),
-                "PASS" if r.get("passed", False) else "FAIL",
+                str(r.get("result") or ("PASS" if r.get("passed", False) else "FAIL")),
             )
         )
     widths = [min(max(len(row[i]) for row in rows), 40) for i in range(4)]
@@ -351,7 +357,7 @@ def gate_blocks(
     lines.insert(1, "  ".join("-" * w for w in widths))
 
     blocks: list[dict[str, Any]] = [
-        _header(f"{icon} Gate {verdict}: {dag_id}"),
+        _header(f"{icon} {title}: {dag_id}"),
         {
             "type": "section",
             "fields": [
@@ -368,7 +374,8 @@ def gate_blocks(
         blocks.append(
             {
                 "type": "context",
-                "elements": [{"type": "mrkdwn", "text": f"Report: `{_mrkdwn_escape(str(report_path))}`"}],
+                "elements": [{"type": "mrkdwn", "text": f"Run card: `{_mrkdwn_escape(str(report_path))}`"
+                              + (" (also in the MLflow run's artifacts)" if mlflow_url else "")}],
             }
         )
     actions = _link_buttons([("MLflow run", mlflow_url)])
@@ -662,7 +669,8 @@ def _domain_payload(
     result = getattr(cause, "result", None)  # GateFailed
     if result is not None and hasattr(result, "rules"):
         reasons = [
-            {"rule": r.name, "observed": r.observed, "bound": r.bound, "passed": r.passed}
+            {"rule": r.name, "observed": r.observed, "bound": r.bound, "passed": r.passed,
+             "result": getattr(r, "result", None)}
             for r in result.rules
         ]
         return gate_blocks(
@@ -772,11 +780,14 @@ def send_gate_verdict(
     """Post the rule table of a gate verdict dict (``GateResult.to_dict()``), e.g. SKIPPED.
 
     FAIL is posted by :func:`task_failure_callback` (the gate task fails); SKIPPED does not
-    fail anything, so the gate task calls this before skipping downstream. Never raises.
+    fail anything, so the gate task calls this before skipping downstream; a FAIL / SKIPPED
+    overridden by ``force_publish`` (``verdict["forced"]``) is posted as a warning. The message
+    names the run card (``verdict["run_card"]``, else ``verdict["path"]``). Never raises.
     """
     try:
         reasons = [
-            {"rule": r.get("name"), "observed": r.get("observed"), "bound": r.get("bound"), "passed": r.get("passed")}
+            {"rule": r.get("name"), "observed": r.get("observed"), "bound": r.get("bound"),
+             "passed": r.get("passed"), "result": r.get("result")}
             for r in verdict.get("rules", [])
         ]
         payload = gate_blocks(
@@ -784,8 +795,9 @@ def send_gate_verdict(
             run_id=run_id,
             verdict=str(verdict.get("verdict", "?")),
             reasons=reasons,
-            report_path=report_path or verdict.get("path"),
+            report_path=report_path or verdict.get("run_card") or verdict.get("path"),
             mlflow_url=mlflow_run_url(mlflow_run_id),
+            forced=bool(verdict.get("forced")),
         )
         return send_slack(payload, _conn_id())
     except Exception:

@@ -27,7 +27,16 @@ PARAM_FIELDS: tuple[str, ...] = (
     "holdout_days",
     "dry_run",
     "source_path",
+    "force_publish",
+    "tune",
 )
+
+
+def _spec_primary_metric(path: Any) -> str:
+    """The gate spec's ``primary_metric`` (the default of ``gate_metric``)."""
+    from include.recsys.gate import primary_metric_of
+
+    return primary_metric_of(path or PROJECT_ROOT / "include" / "config" / "gate.yaml")
 
 
 class PipelineConfig(BaseSettings):
@@ -54,7 +63,10 @@ class PipelineConfig(BaseSettings):
         "popularity fallbacks. Empty: <data_dir>/lake/user_segments.parquet when it exists.",
     )
     recommendations_dir: str = Field(
-        default="", description="Where versions and CURRENT live. Empty: <data_dir>/recommendations."
+        default="",
+        description="Where versions and CURRENT live: a local folder, or an fsspec URL such as "
+        "s3://bucket/prefix (options from RECSYS_STORAGE_OPTIONS / AWS_* env). "
+        "Empty: <data_dir>/recommendations.",
     )
     keep_versions: PositiveInt = Field(
         default=5, description="Published versions kept on disk (CURRENT and its predecessor always)."
@@ -90,21 +102,118 @@ class PipelineConfig(BaseSettings):
     iterations: PositiveInt = Field(default=15, le=500, description="ALS sweeps.")
     seed: int = Field(default=42, ge=0, description="Random seed for ALS initialisation.")
     num_threads: int = Field(default=0, ge=0, description="ALS threads (0: all cores).")
+    use_cg: bool = Field(
+        default=True,
+        description="ALS solver: conjugate gradient (fast) or Cholesky. Both are deterministic "
+        "for a seed on CPU, whatever num_threads.",
+    )
+
+    # --- confidence (the user-item matrix ALS sees) --------------------------------------
+    recency_half_life_days: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=3650.0,
+        description="Recency decay of event weights: an event half_life days before the "
+        "training cutoff counts half. 0: off.",
+    )
+    weighting: Literal["none", "bm25", "tfidf"] = Field(
+        default="none", description="Re-weighting of the summed user-item matrix before ALS."
+    )
+    bm25_k1: float = Field(default=100.0, gt=0.0, le=10000.0, description="BM25 K1 (weighting=bm25).")
+    bm25_b: float = Field(default=0.8, ge=0.0, le=1.0, description="BM25 B (weighting=bm25).")
+
+    # --- tuning --------------------------------------------------------------------------
+    tune: bool = Field(
+        default=False,
+        description="Run the hyperparameter search in this run, whatever the cadence says.",
+    )
+    tune_every_days: int = Field(
+        default=7,
+        ge=0,
+        le=3650,
+        description="Full tuning when the last tuned configuration is this many days older "
+        "than the data interval (or none exists). 0: only when asked or on decay.",
+    )
+    tune_on_decay: bool = Field(
+        default=True, description="Also tune when the previous run's gate verdict was FAIL."
+    )
+    tune_trials: int = Field(
+        default=8, ge=1, le=256, description="Random-search budget: trials (mapped tasks)."
+    )
+    tune_validation_days: PositiveInt = Field(
+        default=7,
+        le=365,
+        description="The last tune_validation_days before the gate's cutoff validate trials.",
+    )
+    tune_max_iterations: PositiveInt = Field(
+        default=30, le=500, description="Iteration budget of a trial (early stopping inside)."
+    )
+    tune_patience: PositiveInt = Field(
+        default=3, le=100, description="Early stopping: iterations without a better validation NDCG@10."
+    )
+    tune_max_eval_users: PositiveInt = Field(
+        default=5000, description="Validation users evaluated per iteration (seeded sample)."
+    )
 
     # --- evaluation and gate -------------------------------------------------------------
     ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20], description="Cut-offs k.")
-    gate_metric: str = Field(default="ndcg@10", description="Metric the gate judges.")
-    gate_min_metric: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Absolute floor for the gate metric."
+    recent_days: PositiveInt = Field(
+        default=7,
+        le=3650,
+        description="Recent-popularity baseline: item popularity over the last recent_days "
+        "of the training period.",
     )
-    gate_min_lift_over_popularity: float = Field(
-        default=0.0, ge=-1.0, description="Candidate must exceed popularity by this relative lift."
+    eval_heavy_quantile: float = Field(
+        default=0.8,
+        gt=0.0,
+        lt=1.0,
+        description="Activity slices: users with at least this quantile of training items per "
+        "user (rounded up) are heavy, the other warm users light.",
     )
-    gate_max_regression: float = Field(
-        default=0.05, ge=0.0, le=1.0, description="Tolerated relative drop vs the champion."
+    eval_new_user_days: PositiveInt = Field(
+        default=7,
+        le=3650,
+        description="User slices: a user whose first training event is within this many days "
+        "before the split cutoff is new, else returning.",
     )
-    gate_min_users: PositiveInt = Field(
-        default=20, description="Fewer evaluated users than this: verdict SKIPPED."
+    eval_head_share: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Item slices: the most popular items holding this share of the training "
+        "(user, item) pairs are the head, the rest the tail.",
+    )
+    bootstrap_samples: PositiveInt = Field(
+        default=1000, le=100_000, description="Paired bootstrap resamples (candidate vs others)."
+    )
+    bootstrap_confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="Confidence of the paired bootstrap intervals."
+    )
+    gate_spec_path: Path = Field(
+        default=PROJECT_ROOT / "include" / "config" / "gate.yaml",
+        description="The declarative gate spec (YAML, see include/recsys/gate.py).",
+    )
+    # the explicit gate_* values below override the spec's (None: the spec decides)
+    gate_metric: str = Field(
+        default_factory=lambda data: _spec_primary_metric(data.get("gate_spec_path")),
+        description="Primary metric the gate judges (default: the spec's primary_metric).",
+    )
+    gate_min_metric: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Override: absolute floor for the gate metric."
+    )
+    gate_min_lift_over_popularity: float | None = Field(
+        default=None, ge=-1.0, description="Override: required relative lift over popularity."
+    )
+    gate_max_regression: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Override: tolerated relative drop vs the champion."
+    )
+    gate_min_users: PositiveInt | None = Field(
+        default=None, description="Override: fewer evaluated users than this: verdict SKIPPED."
+    )
+    force_publish: bool = Field(
+        default=False,
+        description="Publish even when the gate FAILs or is SKIPPED (recorded loudly; the "
+        "output validation still applies). For manual runs only.",
     )
 
     # --- serving table -------------------------------------------------------------------
@@ -156,12 +265,13 @@ class PipelineConfig(BaseSettings):
         return default if default.exists() else None
 
     @property
-    def recommendations_root(self) -> Path:
-        return (
-            Path(self.recommendations_dir)
-            if self.recommendations_dir
-            else self.data_dir / "recommendations"
-        )
+    def recommendations_root(self) -> Path | str:
+        """A ``Path`` for a local folder; the URL (``str``) for an object store."""
+        if not self.recommendations_dir:
+            return self.data_dir / "recommendations"
+        from include.recsys.storage import normalize
+
+        return normalize(self.recommendations_dir)
 
     @property
     def runs_root(self) -> Path:

@@ -163,7 +163,10 @@ def add_weights(df: pd.DataFrame, event_weights: dict[str, float]) -> pd.DataFra
     elif "rating" in df.columns:
         w = df["rating"].astype("float32")
     elif "event_type" in df.columns:
-        w = df["event_type"].map(event_weights).fillna(1.0).astype("float32")
+        # map the few distinct types, not every row (Series.map on strings is slow at 20M rows)
+        codes, types = pd.factorize(df["event_type"])
+        per_type = np.array([event_weights.get(t, 1.0) for t in types] + [1.0], dtype=np.float32)
+        w = pd.Series(per_type[codes], index=df.index)  # code -1 (missing type) -> 1.0
     else:
         w = pd.Series(np.ones(len(df), dtype=np.float32), index=df.index)
     out = df.assign(weight=w)
@@ -174,10 +177,18 @@ def add_weights(df: pd.DataFrame, event_weights: dict[str, float]) -> pd.DataFra
 
 def keep_active_users(df: pd.DataFrame, window: Window, days: int, min_events: int) -> pd.DataFrame:
     """Keep every event of users with >= ``min_events`` events in the last ``days`` of the window."""
-    recent = df["event_ts"] >= window.end - pd.Timedelta(days=days)
-    counts = df.loc[recent, "user_id"].value_counts()
-    active = counts.index[counts >= min_events]
-    return df.loc[df["user_id"].isin(active)].reset_index(drop=True)
+    return df.loc[_active_mask(df, window, days, min_events)].reset_index(drop=True)
+
+
+def _active_mask(
+    df: pd.DataFrame, window: Window, days: int, min_events: int, user_codes: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows of users with >= ``min_events`` events in the last ``days`` (on integer codes)."""
+    codes = pd.factorize(df["user_id"])[0] if user_codes is None else user_codes
+    recent = (df["event_ts"] >= window.end - pd.Timedelta(days=days)).to_numpy()
+    ok = codes >= 0
+    counts = np.bincount(codes[recent & ok], minlength=int(codes.max()) + 1 if len(codes) else 0)
+    return ok & (counts[np.where(ok, codes, 0)] >= min_events)
 
 
 @dataclass
@@ -196,6 +207,26 @@ class SnapshotStats:
     extra_columns: list[str] = field(default_factory=list)
 
 
+def _duplicated_rows(*columns: np.ndarray) -> np.ndarray:
+    """``DataFrame(columns).duplicated()`` (first occurrence kept), fast when duplicates are rare.
+
+    A 64-bit hash of each row finds the candidates (rows whose hash repeats); only those go
+    through the exact pandas check, so a hash collision costs time, never a wrong answer.
+    """
+    from pandas.util import hash_array
+
+    h = np.zeros(len(columns[0]), np.uint64)
+    with np.errstate(over="ignore"):
+        for k, col in enumerate(columns):
+            h = h * np.uint64(0x100000001B3 + 2 * k) ^ hash_array(np.asarray(col))
+    cand = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
+    dup = np.zeros(len(h), bool)
+    if len(cand):
+        sub = pd.DataFrame({f"c{k}": np.asarray(col)[cand] for k, col in enumerate(columns)})
+        dup[cand] = sub.duplicated().to_numpy()
+    return dup
+
+
 def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, SnapshotStats]:
     """Source -> window -> weights -> exact-duplicate drop -> active users. Sorted by time."""
     t0 = time.perf_counter()
@@ -203,24 +234,46 @@ def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, S
     rows_read = len(raw)
     source_stats = dict(raw.attrs.get("source_stats") or {})
     df = add_weights(raw, cfg.event_weights)
+    del raw
+    release_memory()
+    # Dedupe, active filter and sort on integer codes, then one take of the string columns
+    # (each pandas take/sort of a 20M-row string column costs seconds and a copy of it).
+    # user codes in sorted id order, so (event_ts, user code) sorts as (event_ts, user_id)
+    user_codes, users = pd.factorize(df["user_id"], sort=True)
+    item_codes, items = pd.factorize(df["item_id"])
+    type_codes = pd.factorize(df["event_type"])[0]
+    ts = df["event_ts"].array.asi8  # microseconds (read_source makes it datetime64[us, UTC])
     # exact duplicates only: a view and a click of one item in the same second are two events
-    df = df.drop_duplicates(ignore_index=True)
-    dups = rows_read - len(df)
-    before = len(df)
-    df = keep_active_users(df, window, cfg.active_days, cfg.active_min_events)
-    if df.empty:
+    keep = ~_duplicated_rows(
+        user_codes, item_codes, ts, type_codes, df["weight"].to_numpy(np.float32, na_value=np.nan)
+    )
+    dups = rows_read - int(keep.sum())
+    before = rows_read - dups
+    cut = window.end - pd.Timedelta(days=cfg.active_days)
+    recent = ts >= cut.tz_convert("UTC").tz_localize(None).to_datetime64().astype("datetime64[us]").view(np.int64)
+    ok = keep & (user_codes >= 0)  # a null user is never active
+    counts = np.bincount(user_codes[ok & recent], minlength=len(users))
+    keep = ok & (counts[np.where(ok, user_codes, 0)] >= cfg.active_min_events)
+    if not keep.any():
         raise EmptyWindowError(
             f"no user has >= {cfg.active_min_events} events in the last {cfg.active_days} days "
             f"of the window {window} ({before} events read)"
         )
-    df = df.sort_values(["event_ts", "user_id"], kind="stable", ignore_index=True)
+    rows = np.flatnonzero(keep)
+    ts_key = np.where(ts[rows] == np.iinfo(np.int64).min, np.iinfo(np.int64).max, ts[rows])  # NaT last
+    order = rows[np.lexsort((user_codes[rows], ts_key))]  # stable: ties keep source order
+    n_users = int(np.count_nonzero(np.bincount(user_codes[rows], minlength=len(users))))
+    kept_items = item_codes[rows]
+    n_items = int(np.count_nonzero(np.bincount(kept_items[kept_items >= 0], minlength=len(items))))
+    del user_codes, item_codes, type_codes, ts, ts_key, keep, rows, kept_items
+    df = df.take(order).reset_index(drop=True)
     stats = SnapshotStats(
         rows_read=rows_read,
         duplicates_dropped=dups,
         inactive_rows_dropped=before - len(df),
         rows=len(df),
-        users=int(df["user_id"].nunique()),
-        items=int(df["item_id"].nunique()),
+        users=n_users,
+        items=n_items,
         seconds=time.perf_counter() - t0,
         **source_stats,
     )
@@ -279,6 +332,27 @@ def interaction_matrix(
     if value is None:
         m.data[:] = 1.0
     return m
+
+
+def release_memory() -> None:
+    """Give freed Arrow buffers back to the OS.
+
+    pyarrow's allocator (mimalloc) keeps freed pages for reuse: after a stage has dropped a
+    20M-row frame the process still holds hundreds of MB, which the next stage run in the same
+    process (``dag.test``, a reused worker) stacks its own peak on. Called at stage ends.
+    """
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:  # glibc keeps freed numpy/pandas heap in its arenas until trimmed
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:

@@ -1,25 +1,76 @@
-"""The promotion gate: PASS / FAIL / SKIPPED with a reason for every rule.
+"""The promotion gate: a declarative spec -> PASS / FAIL / SKIPPED with a row for every rule.
 
-Rules, all on the configured gate metric (e.g. ``ndcg@10``):
+The spec is YAML (``include/config/gate.yaml``, or ``$RECSYS_GATE_SPEC_PATH``), validated by
+:class:`GateSpec` (unknown or mistyped keys are refused with the key's path). :func:`decide`
+applies it to the evaluation report (``eval/report.json``) of a run. Rule kinds:
 
-1. ``min_users``: at least ``gate_min_users`` users were evaluated; otherwise the evidence is
-   too thin to judge and the verdict is SKIPPED (nothing is published).
-2. ``floor``: candidate >= ``gate_min_metric``.
-3. ``beats_popularity``: candidate > popularity x (1 + ``gate_min_lift_over_popularity``).
-4. ``no_regression``: candidate >= champion x (1 - ``gate_max_regression``) when a champion
-   exists; with none this rule passes with the note "no champion yet".
+``min_users``
+    at least ``min_users`` candidate users were evaluated (users with holdout items); otherwise
+    the evidence is too thin to judge and the verdict is SKIPPED (no other rule is judged).
+``floor``
+    candidate ``metric`` >= ``min`` (an absolute floor, any metric).
+``beats_baseline``
+    candidate > baseline x (1 + ``min_lift``) (``method: point``), or the lower end of the
+    paired bootstrap interval of candidate - baseline > ``min_lift`` x baseline
+    (``method: bootstrap``). Baselines: ``popularity``, ``recent_popularity``.
+``no_regression``
+    vs the champion, with ``tolerance`` relative to the champion's value ``c``. ``bootstrap``
+    (default): with ``[lo, hi]`` the paired bootstrap interval of candidate - champion over the
+    same users, FAIL only when ``hi < -tolerance * c``: the candidate is worse by more than
+    the tolerance with the interval's confidence; noise alone never fails a run. The observed
+    value is ``hi``, the bound ``-tolerance * c``. Without a paired interval in the report, or
+    with ``method: point``: candidate >= ``c * (1 - tolerance)``. No champion yet: SKIP.
+``slice_floor`` / ``slice_drop``
+    on one slice (``activity=heavy``, ``user=new``, ``items=tail``, ...): candidate >= ``min``,
+    or candidate >= champion's same slice x (1 - ``max_drop``). Slices with fewer than
+    ``min_users`` users are not judged (SKIP).
+``guardrail``
+    beyond-accuracy bounds on the candidate: ``min`` <= metric <= ``max`` (coverage, gini,
+    novelty, intra-list diversity); with ``relative_to`` (a baseline or the champion) the bounds
+    multiply that model's value (no such model in the report: SKIP).
+``popularity_bias``
+    the number of distinct items making the first ``share`` of all the candidate's
+    recommendations (the popularity-bias curve) >= ``min_items``, ``min_fraction`` x catalog,
+    or ``min_ratio_to_popularity`` x the popularity baseline's number at the same share.
 
-PASS needs every rule to pass. FAIL means nothing is published and the champion stays.
+Each rule yields ``PASS``, ``FAIL`` or ``SKIP`` (not evaluated: the report lacks what the rule
+needs, e.g. no champion yet, no slices, no recent-popularity baseline; a SKIP never blocks and
+its note says why). Verdict: SKIPPED when ``min_users`` fails, else FAIL when any rule FAILs,
+else PASS. FAIL means nothing is published and the champion stays, unless the run was
+triggered with ``force_publish`` (see :func:`force`).
+
+Explicit ``gate_*`` config values (``RECSYS_GATE_*`` or run overrides) win over the spec's:
+``gate_metric`` is the primary metric, ``gate_min_metric`` the primary metric's floor,
+``gate_min_lift_over_popularity`` the popularity lift, ``gate_max_regression`` the primary
+metric's no-regression tolerance, ``gate_min_users`` the minimum (:func:`load_spec`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from include.recsys.config import PipelineConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from include.recsys.config import PipelineConfig
 
 PASS, FAIL, SKIPPED = "PASS", "FAIL", "SKIPPED"
+SKIP = "SKIP"  # one rule not evaluated
+
+#: Metric names a rule may name (``<name>@<k>``).
+METRIC_NAMES = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "gini", "novelty", "ild")
+_METRIC_RE = re.compile(rf"^({'|'.join(METRIC_NAMES)})@[1-9][0-9]*$")
+_SLICE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
+BASELINES = ("popularity", "recent_popularity")
+
+
+class GateSpecError(ValueError):
+    """The gate spec file is missing, not YAML, or breaks the schema (names the bad key)."""
 
 
 class GateFailed(RuntimeError):
@@ -30,13 +81,222 @@ class GateFailed(RuntimeError):
         super().__init__(result.explain())
 
 
+# --- the spec --------------------------------------------------------------------------------
+
+
+def _check_metric(v: str | None) -> str | None:
+    if v is not None and not _METRIC_RE.match(v):
+        raise ValueError(f"{v!r} is not '<metric>@<k>' with metric one of {', '.join(METRIC_NAMES)}")
+    return v
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, description="Row name in the gate table (default derived).")
+    metric: str | None = Field(default=None, description="'<metric>@<k>'; default: primary_metric.")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, v: str | None) -> str | None:
+        return _check_metric(v)
+
+
+class Floor(_Rule):
+    min: float = Field(description="The candidate's metric must be >= min.")
+
+
+class BeatBaseline(_Rule):
+    baseline: Literal["popularity", "recent_popularity"]
+    min_lift: float = Field(default=0.0, ge=-1.0, description="Relative lift over the baseline.")
+    method: Literal["point", "bootstrap"] = "point"
+
+
+class NoRegression(_Rule):
+    tolerance: float = Field(ge=0.0, le=1.0, description="Tolerated drop, relative to the champion.")
+    method: Literal["point", "bootstrap"] = "bootstrap"
+
+
+class SliceRule(_Rule):
+    slice: str = Field(description="'<dimension>=<value>', e.g. 'activity=heavy'.")
+    min: float | None = Field(default=None, description="Absolute floor on the slice.")
+    max_drop: float | None = Field(default=None, ge=0.0, le=1.0, description="Relative drop vs champion.")
+    min_users: int = Field(default=20, ge=1, description="Smaller slices are not judged.")
+
+    @field_validator("slice")
+    @classmethod
+    def _slice_name(cls, v: str) -> str:
+        if not _SLICE_RE.match(v):
+            raise ValueError(f"{v!r} is not '<dimension>=<value>' (e.g. 'activity=heavy')")
+        return v
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> SliceRule:
+        if (self.min is None) == (self.max_drop is None):
+            raise ValueError(f"slice {self.slice!r}: give exactly one of 'min' or 'max_drop'")
+        return self
+
+
+class Guardrail(_Rule):
+    metric: str = Field(description="'<metric>@<k>', e.g. 'coverage@10'.")  # type: ignore[assignment]
+    min: float | None = None
+    max: float | None = None
+    relative_to: Literal["popularity", "recent_popularity", "champion"] | None = Field(
+        default=None,
+        description="min/max are multipliers of this model's value of the metric (e.g. gini@10 "
+        "max 1.0 relative_to popularity: no more concentrated than the popularity baseline).",
+    )
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Guardrail:
+        if self.min is None and self.max is None:
+            raise ValueError(f"guardrail {self.metric!r}: give 'min' and/or 'max'")
+        return self
+
+
+class PopularityBias(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    share: float = Field(gt=0.0, le=1.0, description="Share of all recommendations, e.g. 0.5.")
+    min_items: int | None = Field(default=None, ge=1)
+    min_fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="Of the catalog.")
+    min_ratio_to_popularity: float | None = Field(
+        default=None, gt=0.0,
+        description="At least this many times the items the popularity baseline needs for the share.",
+    )
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> PopularityBias:
+        given = [x for x in (self.min_items, self.min_fraction, self.min_ratio_to_popularity) if x is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"popularity_bias share {self.share}: give exactly one of 'min_items', "
+                "'min_fraction' or 'min_ratio_to_popularity'"
+            )
+        return self
+
+
+class GateSpec(BaseModel):
+    """The whole gate spec (see the module docstring and ``include/config/gate.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_metric: str = "ndcg@10"
+    min_users: int = Field(default=20, ge=1)
+    floors: list[Floor] = Field(default_factory=list)
+    beat_baselines: list[BeatBaseline] = Field(default_factory=list)
+    no_regression: list[NoRegression] = Field(default_factory=list)
+    slices: list[SliceRule] = Field(default_factory=list)
+    guardrails: list[Guardrail] = Field(default_factory=list)
+    popularity_bias: list[PopularityBias] = Field(default_factory=list)
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _primary(cls, v: str) -> str:
+        return _check_metric(v)  # type: ignore[return-value]
+
+    def metric_of(self, rule: _Rule) -> str:
+        return rule.metric or self.primary_metric
+
+    def with_config(self, cfg: PipelineConfig) -> GateSpec:
+        """The spec with the explicit ``gate_*`` config values applied (they win)."""
+        primary = cfg.gate_metric or self.primary_metric
+        # rules that followed the old primary metric implicitly keep following the new one
+        data = self.model_dump()
+        data["primary_metric"] = primary
+        if cfg.gate_min_users is not None:
+            data["min_users"] = cfg.gate_min_users
+
+        def on_primary(rule: dict[str, Any]) -> bool:
+            return (rule.get("metric") or primary) == primary
+
+        if cfg.gate_min_metric is not None:
+            hit = [r for r in data["floors"] if on_primary(r)]
+            for r in hit:
+                r["min"] = cfg.gate_min_metric
+            if not hit:
+                data["floors"].insert(0, {"metric": None, "min": cfg.gate_min_metric})
+        if cfg.gate_min_lift_over_popularity is not None:
+            hit = [r for r in data["beat_baselines"] if r["baseline"] == "popularity" and on_primary(r)]
+            for r in hit:
+                r["min_lift"] = cfg.gate_min_lift_over_popularity
+            if not hit:
+                data["beat_baselines"].insert(
+                    0, {"baseline": "popularity", "min_lift": cfg.gate_min_lift_over_popularity}
+                )
+        if cfg.gate_max_regression is not None:
+            hit = [r for r in data["no_regression"] if on_primary(r)]
+            for r in hit:
+                r["tolerance"] = cfg.gate_max_regression
+            if not hit:
+                data["no_regression"].insert(0, {"tolerance": cfg.gate_max_regression})
+        return GateSpec.model_validate(data)
+
+
+def parse_spec(data: Any, source: str = "gate spec") -> GateSpec:
+    """Validate a parsed YAML document; :class:`GateSpecError` names every bad key."""
+    if not isinstance(data, dict):
+        raise GateSpecError(f"{source}: the gate spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return GateSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise GateSpecError(f"{source}: invalid gate spec: {problems}") from exc
+
+
+def read_spec(path: str | Path) -> GateSpec:
+    """Read and validate a gate spec YAML file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise GateSpecError(f"gate spec {p} does not exist (set RECSYS_GATE_SPEC_PATH)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise GateSpecError(f"{p}: not valid YAML: {exc}") from exc
+    return parse_spec(data, str(p))
+
+
+def load_spec(cfg: PipelineConfig) -> GateSpec:
+    """The spec at ``cfg.gate_spec_path`` with the explicit ``gate_*`` config values applied."""
+    return read_spec(cfg.gate_spec_path).with_config(cfg)
+
+
+def spec_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def primary_metric_of(path: str | Path, default: str = "ndcg@10") -> str:
+    """``primary_metric`` of the spec file, or ``default`` when it cannot be read (the config's
+    default for ``gate_metric``; the gate stage itself reports a broken spec loudly)."""
+    try:
+        return read_spec(path).primary_metric
+    except Exception:
+        return default
+
+
+# --- the result ------------------------------------------------------------------------------
+
+
 @dataclass
 class Rule:
+    """One row of the gate table."""
+
     name: str
     observed: float | None
     bound: float | None
     passed: bool
     note: str = ""
+    kind: str = ""
+    result: str = ""  # PASS / FAIL / SKIP; derived from ``passed`` when empty
+
+    def __post_init__(self) -> None:
+        if not self.result:
+            self.result = PASS if self.passed else FAIL
 
 
 @dataclass
@@ -44,54 +304,273 @@ class GateResult:
     verdict: str
     metric: str
     rules: list[Rule] = field(default_factory=list)
+    forced: bool = False
+    n_users: int | None = None
+    spec: dict[str, Any] | None = None
 
     def explain(self) -> str:
-        lines = [f"gate {self.verdict} on {self.metric}:"]
+        head = f"gate {self.verdict} on {self.metric}"
+        if self.forced:
+            head += " (FORCED: published anyway by force_publish)"
+        lines = [head + ":"]
+        marks = {PASS: "ok  ", FAIL: "FAIL", SKIP: "skip"}
         for r in self.rules:
-            mark = "ok  " if r.passed else "FAIL"
             obs = "n/a" if r.observed is None else f"{r.observed:.4f}"
             bound = "n/a" if r.bound is None else f"{r.bound:.4f}"
-            lines.append(f"  [{mark}] {r.name}: observed {obs}, bound {bound}. {r.note}".rstrip())
+            lines.append(f"  [{marks.get(r.result, r.result)}] {r.name}: observed {obs}, bound {bound}. {r.note}".rstrip())
         return "\n".join(lines)
 
+    def failed(self) -> list[Rule]:
+        return [r for r in self.rules if r.result == FAIL]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "metric": self.metric, "rules": [asdict(r) for r in self.rules]}
+        return {
+            "verdict": self.verdict,
+            "metric": self.metric,
+            "forced": self.forced,
+            "n_users": self.n_users,
+            "rules": [asdict(r) for r in self.rules],
+            **({"spec": self.spec} if self.spec is not None else {}),
+        }
 
 
-def decide(
-    cfg: PipelineConfig,
-    candidate: dict[str, float],
-    popularity: dict[str, float],
-    champion: dict[str, float] | None,
-) -> GateResult:
-    """Apply the rules to summaries of the same holdout (see the module docstring)."""
-    m = cfg.gate_metric
-    cand = candidate[m]
-    n_users = int(candidate.get("n_users_evaluated", 0))
-    rules = [
-        Rule(
-            "min_users", n_users, cfg.gate_min_users, n_users >= cfg.gate_min_users,
-            f"{n_users} users evaluated",
+def force(result: GateResult) -> GateResult:
+    """Mark a FAIL / SKIPPED result as overridden by ``force_publish``: the verdict is kept, the
+    run publishes anyway (output validation still applies). PASS is returned unchanged."""
+    if result.verdict != PASS:
+        result.forced = True
+    return result
+
+
+# --- deciding --------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _k(metric: str) -> str:
+    return metric.split("@")[1]
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _name(rule: Any, default: str) -> str:
+    return rule.name or default
+
+
+def _suffix(metric: str, primary: str) -> str:
+    return "" if metric == primary else f"[{metric}]"
+
+
+def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
+    """Apply ``spec`` to an evaluation report (the ``eval/report.json`` dict).
+
+    The report needs ``metrics.candidate`` (with ``n_users_evaluated`` and the primary metric);
+    ``metrics.popularity`` / ``recent_popularity`` / ``champion``, ``paired``, ``slices`` and
+    ``popularity_curve`` are used when present, and the rules that need a missing one are
+    SKIPs with a note. Raises ValueError when the candidate lacks the primary metric.
+    """
+    primary = spec.primary_metric
+    metrics = report.get("metrics") or {}
+    cand = metrics.get("candidate") or {}
+    if _num(cand.get(primary)) is None and int(cand.get("n_users_evaluated") or 0) > 0:
+        raise ValueError(
+            f"the report has no candidate value for the gate's primary metric {primary!r} "
+            f"(metrics: {sorted(k for k in cand if '@' in k)}); is its k in the config's ks?"
         )
-    ]
-    if not rules[0].passed:
-        return GateResult(SKIPPED, m, rules)
-    rules.append(Rule("floor", cand, cfg.gate_min_metric, cand >= cfg.gate_min_metric))
-    pop_bound = popularity[m] * (1 + cfg.gate_min_lift_over_popularity)
-    rules.append(
-        Rule(
-            "beats_popularity", cand, pop_bound, cand > pop_bound,
-            f"popularity {popularity[m]:.4f}, required lift {cfg.gate_min_lift_over_popularity:+.0%}",
-        )
+    champ = metrics.get("champion")
+    paired = report.get("paired") or {}
+    slices = report.get("slices") or {}
+    curves = report.get("popularity_curve") or {}
+    spec_dict = spec.model_dump(mode="json")
+
+    n_users = int(cand.get("n_users_evaluated") or 0)
+    min_rule = Rule(
+        "min_users", n_users, spec.min_users, n_users >= spec.min_users,
+        f"{n_users} users evaluated", kind="min_users",
     )
-    if champion is None:
-        rules.append(Rule("no_regression", cand, None, True, "no champion yet"))
-    else:
-        bound = champion[m] * (1 - cfg.gate_max_regression)
-        rules.append(
-            Rule(
-                "no_regression", cand, bound, cand >= bound,
-                f"champion {champion[m]:.4f}, tolerance {cfg.gate_max_regression:.0%}",
-            )
-        )
-    return GateResult(PASS if all(r.passed for r in rules) else FAIL, m, rules)
+    if not min_rule.passed:
+        min_rule.note += f"; fewer than {spec.min_users}: not judged"
+        return GateResult(SKIPPED, primary, [min_rule], n_users=n_users, spec=spec_dict)
+    rules = [min_rule]
+
+    def skip(name: str, kind: str, note: str, observed: float | None = None, bound: float | None = None) -> Rule:
+        return Rule(name, observed, bound, True, note, kind=kind, result=SKIP)
+
+    def cand_value(metric: str) -> float | None:
+        return _num(cand.get(metric))
+
+    for r in spec.floors:
+        m = spec.metric_of(r)
+        name = _name(r, "floor" + _suffix(m, primary))
+        v = cand_value(m)
+        if v is None:
+            rules.append(skip(name, "floor", f"{m} not in the report", bound=r.min))
+            continue
+        rules.append(Rule(name, v, r.min, v >= r.min, f"candidate {m} >= {r.min:g}", kind="floor"))
+
+    for r in spec.beat_baselines:
+        m = spec.metric_of(r)
+        name = _name(r, f"beats_{r.baseline}" + _suffix(m, primary))
+        base = _num((metrics.get(r.baseline) or {}).get(m))
+        v = cand_value(m)
+        if base is None or v is None:
+            rules.append(skip(name, "beats_baseline", f"no {r.baseline} {m} in the report", observed=v))
+            continue
+        note = f"{r.baseline} {base:.4f}, required lift {r.min_lift:+.0%}"
+        ci = (paired.get(f"candidate_vs_{r.baseline}") or {}).get(m) or {}
+        lo = _num(ci.get("lo"))
+        if r.method == "bootstrap" and lo is not None:
+            bound = r.min_lift * base
+            rules.append(Rule(
+                name, lo, bound, lo > bound,
+                f"{note}; lower end of the {ci.get('confidence', 0.95):.0%} CI of candidate - "
+                f"{r.baseline} (diff {_f(_num(ci.get('mean_diff')))}) must exceed the bound",
+                kind="beats_baseline",
+            ))
+            continue
+        if r.method == "bootstrap":
+            note += "; no paired interval in the report: point estimate"
+        bound = base * (1 + r.min_lift)
+        rules.append(Rule(name, v, bound, v > bound, note, kind="beats_baseline"))
+
+    for r in spec.no_regression:
+        m = spec.metric_of(r)
+        name = _name(r, "no_regression" + _suffix(m, primary))
+        v = cand_value(m)
+        if champ is None:
+            rules.append(skip(name, "no_regression", "no champion yet", observed=v))
+            continue
+        c = _num(champ.get(m))
+        if c is None or v is None:
+            rules.append(skip(name, "no_regression", f"no champion {m} in the report", observed=v))
+            continue
+        note = f"champion {c:.4f}, tolerance {r.tolerance:.0%}"
+        ci = (paired.get("candidate_vs_champion") or {}).get(m) or {}
+        lo, hi = _num(ci.get("lo")), _num(ci.get("hi"))
+        if r.method == "bootstrap" and hi is not None and lo is not None:
+            bound = -r.tolerance * c
+            rules.append(Rule(
+                name, hi, bound, hi >= bound,
+                f"{note}; candidate - champion {_f(_num(ci.get('mean_diff')))}, "
+                f"{ci.get('confidence', 0.95):.0%} CI [{lo:+.4f}, {hi:+.4f}] over "
+                f"{ci.get('n_users', '?')} users; FAIL when the upper end < -tolerance x champion",
+                kind="no_regression",
+            ))
+            continue
+        if r.method == "bootstrap":
+            note += "; no paired interval in the report: point estimate"
+        bound = c * (1 - r.tolerance)
+        rules.append(Rule(name, v, bound, v >= bound, note, kind="no_regression"))
+
+    for r in spec.slices:
+        m = spec.metric_of(r)
+        kind = "slice_floor" if r.min is not None else "slice_drop"
+        name = _name(r, f"{kind}[{r.slice}]" + _suffix(m, primary))
+        cs = (slices.get("candidate") or {}).get(r.slice)
+        if not slices:
+            rules.append(skip(name, kind, "no slices in the report"))
+            continue
+        if not cs or _num(cs.get(m)) is None:
+            rules.append(skip(name, kind, f"slice {r.slice} ({m}) not in the report"))
+            continue
+        v, n = float(cs[m]), int(cs.get("n_users") or 0)
+        if n < r.min_users:
+            rules.append(skip(name, kind, f"slice {r.slice}: {n} users < {r.min_users}, not judged", observed=v))
+            continue
+        if r.min is not None:
+            rules.append(Rule(name, v, r.min, v >= r.min, f"slice {r.slice} ({n} users) {m} >= {r.min:g}", kind=kind))
+            continue
+        chs = (slices.get("champion") or {}).get(r.slice) or {}
+        c = _num(chs.get(m))
+        if champ is None or c is None:
+            rules.append(skip(name, kind, "no champion yet" if champ is None else f"no champion value for slice {r.slice}", observed=v))
+            continue
+        bound = c * (1 - r.max_drop)  # type: ignore[operator]
+        rules.append(Rule(
+            name, v, bound, v >= bound,
+            f"slice {r.slice} ({n} users): champion {c:.4f}, max drop {r.max_drop:.0%}", kind=kind,
+        ))
+
+    for r in spec.guardrails:
+        m = r.metric
+        name = _name(r, f"guardrail[{m}]")
+        v = cand_value(m)
+        if v is None:
+            rules.append(skip(name, "guardrail", f"{m} not in the report"))
+            continue
+        lo, hi, ref_note = r.min, r.max, ""
+        if r.relative_to is not None:
+            ref = _num(((report.get("metrics") or {}).get(r.relative_to) or {}).get(m))
+            if ref is None:
+                rules.append(skip(name, "guardrail", f"no {r.relative_to} value of {m} in the report", observed=v))
+                continue
+            lo = None if r.min is None else r.min * ref
+            hi = None if r.max is None else r.max * ref
+            ref_note = f" ({r.relative_to} {ref:.4f} x " + "/".join(
+                f"{x:g}" for x in (r.min, r.max) if x is not None) + ")"
+        ok_min = lo is None or v >= lo
+        ok_max = hi is None or v <= hi
+        bound = lo if not ok_min or hi is None else hi
+        parts = ([f">= {lo:.4g}"] if lo is not None else []) + ([f"<= {hi:.4g}"] if hi is not None else [])
+        rules.append(Rule(
+            name, v, bound, ok_min and ok_max, f"candidate {m} {' and '.join(parts)}{ref_note}", kind="guardrail",
+        ))
+
+    curve = curves.get("candidate") or {}
+    for r in spec.popularity_bias:
+        name = _name(r, f"popularity_bias[{r.share:g}]")
+        shares, items = curve.get("shares") or [], curve.get("items") or []
+        hit = [i for s, i in zip(shares, items) if abs(float(s) - r.share) < 1e-9]
+        if not hit:
+            rules.append(skip(name, "popularity_bias", f"no popularity curve at share {r.share:g} in the report"))
+            continue
+        n_catalog = int(report.get("n_catalog") or 0)
+        if r.min_ratio_to_popularity is not None:
+            pop = curves.get("popularity") or {}
+            ref = [i for s, i in zip(pop.get("shares") or [], pop.get("items") or []) if abs(float(s) - r.share) < 1e-9]
+            if not ref:
+                rules.append(skip(name, "popularity_bias", f"no popularity-baseline curve at share {r.share:g}"))
+                continue
+            bound = float(r.min_ratio_to_popularity * float(ref[0]))
+        elif r.min_items is not None:
+            bound = float(r.min_items)
+        elif n_catalog:
+            bound = float(math.ceil(r.min_fraction * n_catalog))  # type: ignore[operator]
+        else:
+            rules.append(skip(name, "popularity_bias", "catalog size unknown"))
+            continue
+        v = float(hit[0])
+        rules.append(Rule(
+            name, v, bound, v >= bound,
+            f"distinct items making {r.share:.0%} of the candidate's top-{curve.get('k', '?')} "
+            f"recommendations (catalog {n_catalog})",
+            kind="popularity_bias",
+        ))
+
+    verdict = FAIL if any(r.result == FAIL for r in rules) else PASS
+    return GateResult(verdict, primary, rules, n_users=n_users, spec=spec_dict)
+
+
+def mlflow_tags(result: GateResult | dict[str, Any]) -> dict[str, str]:
+    """``gate_verdict``, ``gate_forced``, ``gate_metric`` and one ``gate_rule.<name>`` tag per rule
+    (MLflow tag keys allow only ``[A-Za-z0-9_.-/ ]``, so other characters become ``_``)."""
+    d = result.to_dict() if isinstance(result, GateResult) else result
+    tags = {
+        "gate_verdict": str(d["verdict"]),
+        "gate_forced": str(bool(d.get("forced"))).lower(),
+        "gate_metric": str(d.get("metric")),
+    }
+    for r in d.get("rules", []):
+        key = "gate_rule." + re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", str(r["name"]))
+        tags[key] = f"{r.get('result') or ('PASS' if r['passed'] else 'FAIL')}: observed {_f(_num(r.get('observed')))}, bound {_f(_num(r.get('bound')))}"
+    return tags

@@ -84,7 +84,7 @@ def _read_json(path: Path | str) -> Any:
 
 def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     """Window of the source ending at the interval end -> snapshot Parquet + id maps."""
-    from include.recsys.data import IdMap, Window, build_snapshot, write_parquet
+    from include.recsys.data import IdMap, Window, build_snapshot, release_memory, write_parquet
     from include.recsys.publish import file_sha256
 
     window = Window.ending_at(rc.end, cfg.window_days)
@@ -93,6 +93,8 @@ def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     path = write_parquet(df, out / "interactions.parquet")
     write_parquet(IdMap.from_values(df["user_id"]).to_frame("user"), out / "users.parquet")
     write_parquet(IdMap.from_values(df["item_id"]).to_frame("item"), out / "items.parquet")
+    del df
+    release_memory()
     return {
         "snapshot": str(path),
         "users": str(out / "users.parquet"),
@@ -134,6 +136,10 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
         # a refused snapshot never reaches train: its reports and Data Docs go to MLflow now
         _log_validation_to_mlflow(cfg, rc)
         raise
+    del df
+    from include.recsys.data import release_memory
+
+    release_memory()
     log.info("input validation: %s", report.summary())
     return {
         "report": str(report_path),
@@ -145,33 +151,218 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
 
 
 def split(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
-    from include.recsys.data import write_parquet
+    from include.recsys.data import release_memory, write_parquet
     from include.recsys.split import time_split
 
     df = pd.read_parquet(snap["snapshot"])
     cutoff = pd.Timestamp(snap["window_end"]) - pd.Timedelta(days=cfg.holdout_days)
     train_df, holdout, stats = time_split(df, cutoff)
+    del df
     out = rc.work_dir(cfg) / "split"
-    return {
+    result = {
         "train": str(write_parquet(train_df, out / "train.parquet")),
         "holdout": str(write_parquet(holdout, out / "holdout.parquet")),
         "stats": asdict(stats),
     }
+    del train_df, holdout
+    release_memory()
+    return result
 
 
-def train(cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
-    """Fit ALS on the training split; log params and timings to this DAG run's MLflow run."""
+def _tuning_dir(cfg: PipelineConfig, rc: RunContext) -> Path:
+    d = rc.work_dir(cfg) / "tuning"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def plan_trials(
+    cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], snap: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Decide whether this run tunes; if so, write the tuning split and return one dict per trial.
+
+    Tuning runs when asked (``tune``), after a gate FAIL (``tune_on_decay``) or on the
+    ``tune_every_days`` cadence (see :func:`include.recsys.tune.decide`); otherwise the list is
+    empty (the mapped ``run_trial`` task expands to nothing) and ``select_best`` reuses the
+    newest ``best_config`` of the MLflow experiment, or the config defaults. The decision and
+    the incumbent go to ``<work>/tuning/plan.json``.
+    """
+    from include.recsys import registry, tune
+    from include.recsys.data import write_parquet
+    from include.recsys.train import model_config
+
+    run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
+    last = tune.last_best_config(cfg, exclude_run_id=run_id)
+    verdict = tune.last_gate_verdict(cfg, rc.dag_id, exclude_run_id=run_id) if cfg.tune_on_decay else None
+    do_tune, reason = tune.decide(cfg, rc.end, last, verdict)
+    if last is not None:
+        incumbent, source = {**model_config(cfg), **last["config"]}, f"reused from MLflow run {last['run_id']}"
+    else:
+        incumbent, source = model_config(cfg), "defaults"
+    folder = _tuning_dir(cfg, rc)
+    trials: list[dict[str, Any]] = []
+    if do_tune:
+        cutoff = pd.Timestamp(parts["stats"]["cutoff"])
+        train_df = pd.read_parquet(parts["train"])
+        try:
+            fit_df, valid, val_cutoff = tune.validation_split(train_df, cutoff, cfg.tune_validation_days)
+        except ValueError as exc:  # e.g. no event before the validation cutoff
+            do_tune, reason = False, f"{reason}; but no tuning: {exc}"
+        else:
+            if valid.empty or valid["user_id"].isin(fit_df["user_id"]).sum() == 0:
+                do_tune, reason = False, f"{reason}; but no tuning: the validation split has no warm users"
+    if do_tune:
+        fit_path = write_parquet(fit_df, folder / "fit.parquet")
+        valid_path = write_parquet(valid, folder / "valid.parquet")
+        configs = tune.sample_trials(cfg.tune_trials, cfg.seed, incumbent, cfg.tune_max_iterations)
+        trials = [
+            {
+                "trial": i,
+                "params": params,
+                "parent_run_id": run_id,
+                "fit": str(fit_path),
+                "valid": str(valid_path),
+                "valid_cutoff": val_cutoff.isoformat(),
+            }
+            for i, params in enumerate(configs)
+        ]
+        for old in folder.glob("trial-*.json"):  # results of an earlier try of this run
+            old.unlink()
+    plan = {
+        "tune": do_tune,
+        "reason": reason,
+        "trials": len(trials),
+        "incumbent": incumbent,
+        "incumbent_source": source,
+        "incumbent_run_id": last["run_id"] if last else None,
+        "previous_gate": list(verdict) if verdict else None,
+    }
+    _write_json(folder / "plan.json", plan)
+    registry.log_to_run(cfg, run_id, tags={"tuning_decision": ("tune: " if do_tune else "no tuning: ") + reason[:4000]})
+    log.info("tuning %s: %s (%d trials; incumbent: %s)", "ON" if do_tune else "OFF", reason, len(trials), source)
+    return trials
+
+
+def run_trial(cfg: PipelineConfig, rc: RunContext, trial: dict[str, Any]) -> dict[str, Any]:
+    """One tuning trial (a mapped task): fit with early stopping, an MLflow child run, a JSON."""
+    from include.recsys import registry, tune
+
+    name = f"trial-{trial['trial']:03d}"
+    child = registry.start_child_run(
+        cfg, trial["parent_run_id"], name,
+        params={f"trial.{k}": v for k, v in trial["params"].items()},
+        tags={"tuning_trial": str(trial["trial"])},
+    )
+    data = tune.prepare(
+        pd.read_parquet(trial["fit"]),
+        pd.read_parquet(trial["valid"]),
+        pd.Timestamp(trial["valid_cutoff"]),
+        max_eval_users=cfg.tune_max_eval_users,
+        seed=cfg.seed,
+    )
+    result = tune.run_trial(data, cfg, trial["params"], trial=trial["trial"])
+    tune.log_history(cfg, child, result.history)
+    registry.log_to_run(
+        cfg, child,
+        metrics={
+            "valid_ndcg_at_10_best": result.best_metric if result.ok else -1.0,
+            "best_iteration": result.best_iteration,
+            "trial_seconds": result.seconds,
+            "valid_users": data.n_eval_users,
+        },
+        tags={"stopped_early": str(result.stopped_early), **({"trial_error": result.error[:4000]} if result.error else {})},
+    )
+    registry.end_run(cfg, child, "FINISHED" if result.ok else "FAILED")
+    out = _write_json(_tuning_dir(cfg, rc) / f"{name}.json", {**result.to_dict(), "mlflow_run_id": child})
+    return {"trial": trial["trial"], "ok": result.ok, "best_metric": result.best_metric, "path": str(out)}
+
+
+def select_best(cfg: PipelineConfig, rc: RunContext, trials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The configuration ``train`` refits with, and where it came from.
+
+    Tuned now: the best trial (validation NDCG@10; its early-stopped iteration count) and the
+    run is tagged ``best_config=true`` for later runs to reuse. Otherwise the plan's
+    incumbent: reused from an earlier run, or the config defaults. Trials that failed are
+    skipped; if all failed, the incumbent is used and the log says so.
+    """
+    from include.recsys import registry, tune
+
+    folder = _tuning_dir(cfg, rc)
+    if not (folder / "plan.json").exists():
+        raise FileNotFoundError(f"{folder / 'plan.json'} is missing: plan_trials did not run for {rc.run_id}")
+    plan = _read_json(folder / "plan.json")
+    run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
+    results = [_read_json(p) for p in sorted(folder.glob("trial-*.json"))] if plan["tune"] else []
+    best = tune.select_best(results)
+    tags: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    if best is not None:
+        config, source = best["config"], "tuned"
+        detail = f"tuned now: trial {best['trial']} of {len(results)} (validation ndcg@10 {best['best_metric']:.4f})"
+        tags = {
+            tune.BEST_TAG: "true",
+            tune.BEST_JSON_TAG: json.dumps(config, sort_keys=True),
+            tune.TUNED_END_TAG: rc.end.isoformat(),
+            "best_trial_run_id": best.get("mlflow_run_id", ""),
+        }
+        metrics = {
+            "tune_best_valid_ndcg_at_10": best["best_metric"],
+            "tune_best_iteration": best["best_iteration"],
+            "tune_trials_ok": sum(1 for r in results if r.get("ok")),
+            "tune_trials": len(results),
+            "tune_trial_seconds_sum": sum(r.get("seconds", 0.0) for r in results),
+        }
+        incumbent = next((r for r in results if r["trial"] == 0 and r.get("ok")), None)
+        if incumbent:
+            metrics["tune_incumbent_valid_ndcg_at_10"] = incumbent["best_metric"]
+    else:
+        config = plan["incumbent"]
+        source = "reused" if plan["incumbent_run_id"] else "defaults"
+        detail = plan["incumbent_source"] + (" (every trial failed)" if plan["tune"] else "")
+    tags.update({"config_source": source, "config_source_detail": detail[:4000]})
+    if plan["incumbent_run_id"] and source == "reused":
+        tags["config_source_run_id"] = plan["incumbent_run_id"]
+    registry.log_to_run(cfg, run_id, tags=tags, metrics=metrics or None)
+    out = {"config": config, "source": source, "detail": detail, "reason": plan["reason"]}
+    _write_json(folder / "best.json", out)
+    log.info("configuration for the refit: %s (%s): %s", source, detail, json.dumps(config, sort_keys=True))
+    return {**out, "path": str(folder / "best.json")}
+
+
+def train(
+    cfg: PipelineConfig,
+    rc: RunContext,
+    parts: dict[str, Any],
+    snap: dict[str, Any],
+    best: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit ALS on the training split; log params and timings to this DAG run's MLflow run.
+
+    ``best`` (from :func:`select_best`) sets the model fields, except the ones the run's form
+    set explicitly (they win). Without it the run's config is used as is.
+    """
     from include.recsys import registry
+    from include.recsys.train import model_config
     from include.recsys.train import train as fit
 
     # MLflow first: an unreachable server fails (and is retried) before an expensive fit
     run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags(), reopen=True)
     from include.recsys.data import read_segments
 
+    source, kept = "config", []
+    if best:
+        from include.recsys.tune import apply_config
+
+        cfg, kept = apply_config(cfg, best["config"])
+        source = best.get("source", "tuned")
     train_df = pd.read_parquet(parts["train"])
-    bundle, stats = fit(train_df, cfg, read_segments(cfg))
+    cutoff = pd.Timestamp(parts["stats"]["cutoff"]) if parts.get("stats", {}).get("cutoff") else None
+    bundle, stats = fit(train_df, cfg, read_segments(cfg), cutoff=cutoff)
     bundle_dir = bundle.save(rc.work_dir(cfg) / "model" / "bundle")
     validation = rc.work_dir(cfg) / "validation"  # GX report (+ Data Docs when written there)
+    log.info(
+        "trained with the %s configuration %s%s", source, json.dumps(model_config(cfg), sort_keys=True),
+        f" (form values kept: {kept})" if kept else "",
+    )
     registry.log_to_run(
         cfg,
         run_id,
@@ -182,18 +373,28 @@ def train(cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], snap: dict
             "train_users": stats.users,
             "train_items": stats.items,
             "train_nnz": stats.nnz,
+            "train_iterations": stats.iterations,
             "snapshot_rows": snap["stats"]["rows"],
             "snapshot_duplicates_dropped": snap["stats"]["duplicates_dropped"],
         },
         tags={
             "data_window": f"[{snap['window_start']}, {snap['window_end']})",
             "data_snapshot_sha256": snap["sha256"],
+            "id_maps_sha256": bundle.id_maps_hash,
+            "config_source": source,  # tuned / reused / defaults (select_best), config (no best)
+            "form_overrides_kept": ",".join(kept) or "none",
             **registry.lineage_tags(),
             **rc.mlflow_tags(),
         },
         artifacts={"validation": validation} if validation.exists() else None,
     )
-    return {"bundle": str(bundle_dir), "mlflow_run_id": run_id, "stats": asdict(stats)}
+    return {
+        "bundle": str(bundle_dir),
+        "mlflow_run_id": run_id,
+        "stats": asdict(stats),
+        "config": model_config(cfg),
+        "config_source": source,
+    }
 
 
 def _to_eval_space(item_ids: np.ndarray, eval_items: pd.Index) -> np.ndarray:
@@ -206,28 +407,80 @@ def _to_eval_space(item_ids: np.ndarray, eval_items: pd.Index) -> np.ndarray:
     return idx.reshape(item_ids.shape)
 
 
+def _gate_k(cfg: PipelineConfig) -> int:
+    """The k of the gate metric (``ndcg@10`` -> 10); the smallest k when it has none."""
+    tail = str(cfg.gate_metric).rsplit("@", 1)[-1]
+    return int(tail) if tail.isdigit() and int(tail) in cfg.ks else min(cfg.ks)
+
+
+EVAL_DEFINITIONS = (
+    "Definitions: include/recsys/evaluate.py (module docstring) and README 'Offline metrics'. "
+    "metrics/* are over warm holdout users (training events, known to the candidate), as "
+    "before slices existed; cold holdout users get each model's fallback list and are scored "
+    "only in slices[*]['activity=cold']. Users without holdout items are excluded; users with "
+    "holdout items but no recommendations score 0. precision@k divides by k; map@k and the "
+    "ideal DCG use min(k, |relevant|); coverage/gini/popularity_curve are over the top-k "
+    "exposure of the whole catalog; novelty uses the share of training users who know an "
+    "item; paired = percentile bootstrap CI of mean(candidate - other) per user."
+)
+
+
+def _eval_mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics of an evaluation report (names use only MLflow-legal characters:
+    ``=`` becomes ``.``, and ``registry.log_to_run`` turns ``@`` into ``_at_``)."""
+    out: dict[str, float] = {}
+    for name, summary in report["metrics"].items():
+        out.update({f"{name}.{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+    for name, slices in report["slices"].items():
+        for key, values in slices.items():
+            where = key.replace("=", ".")
+            out.update({f"{name}.{m}.{where}": v for m, v in values.items() if isinstance(v, (int, float))})
+    for pair, per_metric in report["paired"].items():
+        for m, ci in per_metric.items():
+            out.update({f"paired.{pair}.{m}.{s}": ci[s] for s in ("mean_diff", "lo", "hi")})
+    for name, curve in report["popularity_curve"].items():
+        out.update({
+            f"{name}.popularity_curve@{curve['k']}.p{round(s * 100)}": n
+            for s, n in zip(curve["shares"], curve["items"], strict=True)
+        })
+    out["eval_seconds"] = report["seconds"]
+    return out
+
+
 def evaluate(
     cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], model: dict[str, Any]
 ) -> dict[str, Any]:
-    """Candidate, champion (if any) and popularity on the same holdout users and seen filter."""
+    """Candidate, champion (if any), popularity and recent popularity on the same frozen
+    holdout with the same seen-item filter -> ``eval/report.json`` + per-user Parquet + MLflow.
+
+    Headline metrics are over warm holdout users (as before); cold holdout users get each
+    model's fallback list and are scored in the ``activity=cold`` slice. See
+    :mod:`include.recsys.evaluate` for every definition.
+    """
+    import time
+
     import scipy.sparse as sp
 
-    from include.recsys import registry
-    from include.recsys.evaluate import ranking_metrics
-    from include.recsys.recommend import (
-        ModelBundle,
-        Recommendations,
-        ranked_filtered,
-        recommend,
-        seen_matrix,
+    from include.recsys import privacy, registry
+    from include.recsys.data import read_segments
+    from include.recsys.evaluate import (
+        evaluate_models,
+        head_item_mask,
+        heavy_threshold,
+        popularity_order,
+        recent_item_popularity,
+        user_slice_labels,
     )
+    from include.recsys.recommend import ModelBundle, ranked_filtered, recommend, seen_matrix
 
+    t0 = time.perf_counter()
     candidate_bundle = ModelBundle.load(model["bundle"])
-    train_df = pd.read_parquet(parts["train"], columns=["user_id", "item_id"])
+    train_df = pd.read_parquet(parts["train"], columns=["user_id", "item_id", "event_ts"])
     holdout = pd.read_parquet(parts["holdout"], columns=["user_id", "item_id"])
-    holdout = holdout.loc[holdout["user_id"].isin(candidate_bundle.user_ids)]
+    cutoff = pd.Timestamp((parts.get("stats") or {}).get("cutoff") or train_df["event_ts"].max())
     users = pd.Index(pd.unique(holdout["user_id"])).sort_values()
-    seen = train_df.loc[train_df["user_id"].isin(users)]
+    warm = users.isin(candidate_bundle.user_ids)
+    seen = train_df.loc[train_df["user_id"].isin(users), ["user_id", "item_id"]]
     eval_items = candidate_bundle.item_ids.append(
         pd.Index(pd.unique(holdout["item_id"])).difference(candidate_bundle.item_ids)
     )
@@ -239,78 +492,186 @@ def evaluate(
     relevant.sum_duplicates()
     n = cfg.max_k
     n_catalog = len(candidate_bundle.item_ids)
+    segments = read_segments(cfg)
 
-    def score(recs: Recommendations, bundle: ModelBundle):
-        top = _to_eval_space(recs.item_ids(bundle), eval_items)
-        return ranking_metrics(top, relevant, cfg.ks, n_catalog=n_catalog)
-
-    results = {"candidate": score(recommend(candidate_bundle, users, seen, n), candidate_bundle)}
-    pop_items = ranked_filtered(candidate_bundle.popular_order, seen_matrix(candidate_bundle, users, seen), n)
-    pop = Recommendations(users, pop_items, np.zeros(pop_items.shape, np.float32), np.zeros(len(users), bool))
-    results["popularity"] = score(pop, candidate_bundle)
+    # every list in the eval item space, where the candidate's item indices come first
+    seen_csr = seen_matrix(candidate_bundle, users, seen)
+    recent = recent_item_popularity(train_df, candidate_bundle.item_ids, cutoff, cfg.recent_days)
+    lists = {
+        "candidate": _to_eval_space(
+            recommend(candidate_bundle, users, seen, n, user_segments=segments).item_ids(candidate_bundle),
+            eval_items,
+        ),
+        "popularity": ranked_filtered(candidate_bundle.popular_order, seen_csr, n),
+        "recent_popularity": ranked_filtered(
+            popularity_order(recent, candidate_bundle.item_popularity), seen_csr, n
+        ),
+    }
     champion_version = None
     got = registry.download_bundle(cfg, registry.CHAMPION, rc.work_dir(cfg) / "champion")
     if got is not None:
         champion_version, champion_bundle = got
-        results["champion"] = score(recommend(champion_bundle, users, seen, n), champion_bundle)
+        lists["champion"] = _to_eval_space(
+            recommend(champion_bundle, users, seen, n, user_segments=segments).item_ids(champion_bundle),
+            eval_items,
+        )
+    t_lists = time.perf_counter() - t0
+
+    pairs = train_df[["user_id", "item_id"]].drop_duplicates()
+    counts = pairs.groupby("user_id").size()
+    heavy_min = heavy_threshold(counts.to_numpy(), cfg.eval_heavy_quantile)
+    labels = user_slice_labels(
+        counts.reindex(users).fillna(0).to_numpy(),
+        train_df.groupby("user_id")["event_ts"].min().reindex(users),
+        cutoff,
+        heavy_min=heavy_min,
+        new_user_days=cfg.eval_new_user_days,
+    )
+    head = head_item_mask(candidate_bundle.item_popularity, cfg.eval_head_share, n_items=relevant.shape[1])
+    ev = evaluate_models(
+        lists,
+        relevant,
+        cfg.ks,
+        warm=warm,
+        labels=labels,
+        head_items=head,
+        user_ids=np.asarray(users, dtype=object),
+        n_catalog=n_catalog,
+        item_popularity=candidate_bundle.item_popularity,
+        n_train_users=len(candidate_bundle.user_ids),
+        curve_k=_gate_k(cfg),
+        reference="candidate",
+        n_boot=cfg.bootstrap_samples,
+        confidence=cfg.bootstrap_confidence,
+        seed=cfg.seed,
+    )
 
     out = rc.work_dir(cfg) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    per_user = pd.concat(
-        [r.per_user.assign(model=name) for name, r in results.items()], ignore_index=True
+    per_user_path = out / "per_user_metrics.parquet"
+    # user ids leave the pipeline here (MLflow artifact): tokens when pseudonymization is on
+    privacy.pseudonymize_table(ev.per_user.drop(columns=["user_index"])).to_parquet(
+        per_user_path, index=False
     )
-    per_user.to_parquet(out / "per_user_metrics.parquet", index=False)
+    seconds = time.perf_counter() - t0
     report = {
         "ks": cfg.ks,
-        "n_users": len(users),
+        "n_users": int(warm.sum()),
+        "n_users_cold": int((~warm).sum()),
         "n_catalog": n_catalog,
         "champion_version": champion_version,
-        "metrics": {name: r.summary for name, r in results.items()},
+        "metrics": ev.metrics,
+        "popularity_curve": ev.curves,
+        "slices": ev.slices,
+        "paired": ev.paired,
+        "per_user": str(per_user_path),
+        "definitions": EVAL_DEFINITIONS,
+        "settings": {
+            "cutoff": cutoff.isoformat(),
+            "recent_days": cfg.recent_days,
+            "heavy_quantile": cfg.eval_heavy_quantile,
+            "heavy_min_items": heavy_min,
+            "new_user_days": cfg.eval_new_user_days,
+            "head_share": cfg.eval_head_share,
+            "n_head_items": int(head[:n_catalog].sum()),
+            "bootstrap_samples": cfg.bootstrap_samples,
+            "bootstrap_confidence": cfg.bootstrap_confidence,
+            "bootstrap_seed": cfg.seed,
+        },
+        "notes": ev.notes,
+        "seconds": round(seconds, 3),
     }
     _write_json(out / "report.json", report)
     registry.log_to_run(
         cfg,
         model["mlflow_run_id"],
-        metrics={
-            f"{name}.{k}": v
-            for name, r in results.items()
-            for k, v in r.summary.items()
-            if isinstance(v, (int, float))
-        },
+        metrics=_eval_mlflow_metrics(report),
         tags={"champion_version_evaluated": champion_version or "none"},
         artifacts={"evaluation": out},
     )
     log.info(
-        "evaluated %d users: %s",
-        len(users),
-        {name: round(r.summary[cfg.gate_metric], 4) for name, r in results.items()},
+        "evaluated %d models on %d holdout users (%d warm, %d cold) in %.2fs "
+        "(lists %.2fs, metrics + slices + bootstrap %.2fs): %s = %s",
+        len(lists), len(users), int(warm.sum()), int((~warm).sum()), seconds, t_lists,
+        ev.seconds, cfg.gate_metric,
+        {name: round(m.get(cfg.gate_metric, float("nan")), 4) for name, m in ev.metrics.items()},
     )
     return {"report": str(out / "report.json"), "metrics": report["metrics"], "champion_version": champion_version}
 
+def gate(
+    cfg: PipelineConfig,
+    rc: RunContext,
+    ev: dict[str, Any],
+    model: dict[str, Any],
+    snap: dict[str, Any] | None = None,
+    parts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Apply the gate spec to the evaluation report: PASS / FAIL / SKIPPED with a rule table.
 
-def gate(cfg: PipelineConfig, rc: RunContext, ev: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """Decide PASS / FAIL / SKIPPED, record it (JSON + MLflow tags); raise GateFailed on FAIL."""
+    Writes ``gate.json`` and the run card, logs both to MLflow (tags ``gate_verdict``,
+    ``gate_forced``, one ``gate_rule.<name>`` per rule) and raises GateFailed on FAIL, unless
+    ``force_publish`` is set: then a FAIL or SKIPPED verdict is kept but marked ``forced`` (a
+    WARNING in the log, Slack warned by the DAG) and the run goes on to publish; the output
+    validation still stands between the table and CURRENT.
+    """
     from include.recsys import registry
-    from include.recsys.gate import FAIL, GateFailed, decide
+    from include.recsys.gate import FAIL, PASS, GateFailed, decide, force, load_spec, mlflow_tags, spec_sha256
 
-    m = ev["metrics"]
-    result = decide(cfg, m["candidate"], m["popularity"], m.get("champion"))
-    path = _write_json(rc.work_dir(cfg) / "gate.json", result.to_dict())
+    spec = load_spec(cfg)
+    report_path = Path(ev.get("report") or rc.work_dir(cfg) / "eval" / "report.json")
+    report = _read_json(report_path) if report_path.exists() else {"metrics": ev["metrics"]}
+    result = decide(spec, report)
+    if cfg.force_publish and result.verdict != PASS:
+        force(result)
+        log.warning(
+            "FORCED PUBLISH: gate %s on %s overridden by force_publish=true (run %s); failed rules: %s",
+            result.verdict, result.metric, rc.run_id, [r.name for r in result.failed()] or "none",
+        )
+    path = _write_json(
+        rc.work_dir(cfg) / "gate.json",
+        {**result.to_dict(), "spec_path": str(cfg.gate_spec_path), "spec_sha256": spec_sha256(cfg.gate_spec_path)},
+    )
+    card = write_run_card(cfg, rc, model.get("mlflow_run_id"), snap=snap, parts=parts, code_version=registry.code_version())
     registry.log_to_run(
         cfg,
         model["mlflow_run_id"],
-        tags={"gate_verdict": result.verdict},
-        artifacts={"gate": path},
+        tags=mlflow_tags(result),
+        artifacts={"gate": path, **({"run_card": card} if card else {})},
     )
-    log.info("%s", result.explain())
-    if result.verdict == FAIL:
+    log.log(logging.WARNING if result.verdict != PASS else logging.INFO, "%s", result.explain())
+    if result.verdict == FAIL and not result.forced:
         err = GateFailed(result)
-        err.report_path = str(path)  # the run card, named in the Slack alert
+        err.report_path = str(card or path)  # the run card, named in the Slack alert
         raise err
-    return {**result.to_dict(), "path": str(path)}
+    return {**result.to_dict(), "path": str(path), "run_card": str(card) if card else None}
 
 
-RUN_CARD = "run_card.html"  # in the run's work folder; written by the run-card stage when there is one
+RUN_CARD = "run_card.html"  # in the run's work folder (include/recsys/report.py)
+
+
+def write_run_card(
+    cfg: PipelineConfig, rc: RunContext, mlflow_run_id: str | None = None, **kwargs: Any
+) -> Path | None:
+    """(Re)write ``<work>/run_card.html`` (+ ``run_card.json``) from the run's work folder;
+    best effort: a broken card is logged and never changes what the run does."""
+    from include.recsys import report
+
+    try:
+        return report.write_run_card(
+            rc.work_dir(cfg),
+            cfg.runs_root,
+            dag_id=rc.dag_id,
+            run_id=rc.run_id,
+            interval_start=rc.interval_start,
+            interval_end=rc.interval_end,
+            mlflow_run_id=mlflow_run_id,
+            mlflow_experiment=cfg.mlflow_experiment,
+            model_name=cfg.model_name,
+            **kwargs,
+        )
+    except Exception:
+        log.warning("could not write the run card", exc_info=True)
+        return None
 
 
 def register(
@@ -340,12 +701,14 @@ def register(
 
     verdict = _read_json(work / "gate.json") if (work / "gate.json").exists() else {}
     report = _read_json(work / "eval" / "report.json") if (work / "eval" / "report.json").exists() else {}
-    metric = cfg.gate_metric
+    metric = verdict.get("metric") or cfg.gate_metric
     values = {name: m.get(metric) for name, m in (report.get("metrics") or {}).items()}
     run_tags = registry.run_tags(cfg, run_id)
-    card = work / RUN_CARD
+    card = write_run_card(cfg, rc, run_id, snap=snap, model_version=version) or work / RUN_CARD
+    forced = bool(verdict.get("forced"))
     tags = {
         "gate_verdict": verdict.get("verdict", "unknown"),
+        "gate_forced": str(forced).lower(),
         "gate_metric": metric,
         **{f"{metric.replace('@', '_at_')}.{name}": v for name, v in values.items() if v is not None},
         "champion_version_evaluated": report.get("champion_version") or "none",
@@ -357,17 +720,21 @@ def register(
         "code_version": run_tags.get("code_version", registry.code_version()),
         "run_card": str(card),
         "run_card_status": "present" if card.exists() else "pending",
+        "run_card_artifact": f"runs:/{run_id}/run_card/{RUN_CARD}",
     }
     shown = ", ".join(f"{name} {v:.4f}" for name, v in values.items() if v is not None)
     description = (
-        f"Gate {tags['gate_verdict']} on {metric} ({shown}). Data window {tags['data_window']}, "
+        ("FORCED PUBLISH (force_publish=true) despite " if forced else "")
+        + f"Gate {tags['gate_verdict']} on {metric} ({shown}). Data window {tags['data_window']}, "
         f"snapshot sha256 {tags['data_snapshot_sha256'][:12]}. Airflow {rc.dag_id} / {rc.run_id}, "
         f"code {tags['code_version']}. Run card: {card}."
     )
     registry.tag_model_version(cfg, version, tags, description)
     registry.set_alias(
         cfg, registry.CHALLENGER, version,
-        reason=f"passed the gate on {metric} ({shown})", actor=rc.run_id,
+        reason=(f"FORCED past gate {tags['gate_verdict']}" if forced else "passed the gate")
+        + f" on {metric} ({shown})",
+        actor=rc.run_id,
     )
     return {"model_name": cfg.model_name, "model_version": version, "serving_bundle": str(serving_dir)}
 
@@ -385,25 +752,44 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     """Split the snapshot's users (sorted) into ``cfg.shards`` contiguous ranges.
 
     Each range becomes one mapped ``score_shard`` task writing one part file, so the part
-    files are globally sorted by user_id and workers score shards in parallel.
+    files are globally sorted by user_id and workers score shards in parallel. The snapshot's
+    (user, item) pairs are read once here and split into one ``seen-<shard>.parquet`` per
+    shard, so a shard reads only its own users' pairs (not the whole snapshot again).
     """
-    import shutil
-
     from include.recsys.data import write_parquet
-    from include.recsys.publish import _staging_path
+    from include.recsys.publish import discard_staged
 
-    df = pd.read_parquet(snap["snapshot"], columns=["user_id"])
-    users = pd.Index(pd.unique(df["user_id"])).sort_values()
-    path = write_parquet(pd.DataFrame({"user_id": users}), rc.work_dir(cfg) / "precompute" / "users.parquet")
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    # the pairs stay an Arrow table (no pandas string columns for 20M rows); users are grouped
+    # by a stable argsort of integer codes (sorting the id strings themselves is much slower)
+    pairs = pq.read_table(snap["snapshot"], columns=["user_id", "item_id"])
+    pairs = pairs.filter(pc.is_valid(pairs["user_id"]))
+    codes, users = pd.factorize(pairs["user_id"].to_pandas(), sort=True)
+    users = pd.Index(users)
+    pairs = pairs.take(np.argsort(codes, kind="stable"))  # snapshot order kept inside a user
+    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(users)))]
+    del codes
+    folder = rc.work_dir(cfg) / "precompute"
+    path = write_parquet(pd.DataFrame({"user_id": users}), folder / "users.parquet")
     if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
-        shutil.rmtree(_staging_path(cfg.recommendations_root, rc.version), ignore_errors=True)
+        discard_staged(cfg.recommendations_root, rc.version)
     n = max(1, min(cfg.shards, len(users)))
     bounds = np.linspace(0, len(users), n + 1).astype(int)
+    shards = []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        seen = folder / f"seen-{i:05d}.parquet"
+        tmp = seen.with_name(f".{seen.name}.tmp")
+        pq.write_table(pairs.slice(int(starts[lo]), int(starts[hi] - starts[lo])), tmp)
+        tmp.replace(seen)
+        shards.append({"index": i, "lo": int(lo), "hi": int(hi), "users": str(path), "seen": str(seen)})
+    del pairs
+    from include.recsys.data import release_memory
+
+    release_memory()
     log.info("%d users in %d shard(s) of ~%d users", len(users), n, len(users) // n)
-    return [
-        {"index": i, "lo": int(lo), "hi": int(hi), "users": str(path)}
-        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
-    ]
+    return shards
 
 
 def score_shard(
@@ -422,8 +808,11 @@ def score_shard(
         return {"index": shard["index"], "skipped": True}
     bundle = ModelBundle.load(model["bundle"])
     users = pd.Index(pd.read_parquet(shard["users"])["user_id"].iloc[shard["lo"] : shard["hi"]])
-    df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
-    seen = df.loc[df["user_id"].isin(users)]
+    if shard.get("seen"):  # this shard's pairs, split out by plan_shards
+        seen = pd.read_parquet(shard["seen"])
+    else:  # a shard planned before seen files existed
+        df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
+        seen = df.loc[df["user_id"].isin(users)]
     from include.recsys.data import read_segments
 
     recs = recommend(
@@ -438,7 +827,12 @@ def score_shard(
     # where ids leave the pipeline: keyed-HMAC tokens when RECSYS_PSEUDONYMIZE_USER_IDS is on
     table = privacy.pseudonymize_table(table)
     part = write_part(cfg.recommendations_root, rc.version, shard["index"], table)
-    return {**part, "index": shard["index"], "users_by_model": int(recs.from_model.sum())}
+    by_model = int(recs.from_model.sum())
+    del table, recs, seen, bundle
+    from include.recsys.data import release_memory
+
+    release_memory()
+    return {**part, "index": shard["index"], "users_by_model": by_model}
 
 
 def assemble_version(
@@ -483,7 +877,7 @@ def assemble_version(
         "users_by_model": by_model,
         "users_by_fallback": users - by_model,
         "metrics": ev["metrics"]["candidate"],
-        "gate": {"verdict": verdict["verdict"], "metric": verdict["metric"]},
+        "gate": {"verdict": verdict["verdict"], "metric": verdict["metric"], "forced": bool(verdict.get("forced"))},
     }
     folder = finalize_version(root, rc.version, parts, fallback, manifest)
     rows = int(sum(p["rows"] for p in parts))
@@ -544,8 +938,8 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
     Raises OutputValidationError (a DataValidationError: no retries) when the table breaks it;
     publish does not run and CURRENT stays where it was.
     """
-    from include.recsys.publish import read_current, version_dir
-    from include.recsys.validate_output import OutputValidationError, read_table, validate_table
+    from include.recsys.publish import read_current, read_version_table, version_dir
+    from include.recsys.validate_output import OutputValidationError, validate_table
 
     root = cfg.recommendations_root
     served = read_current(root)
@@ -553,10 +947,10 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
     folder.mkdir(parents=True, exist_ok=True)
     current = None
     if served and served != pre["version"] and version_dir(root, served).exists():
-        current = read_table(version_dir(root, served), ["user_id", "item_id"])
+        current = read_version_table(str(version_dir(root, served)), ["user_id", "item_id"])
     try:
         report = validate_table(
-            read_table(pre["path"]),
+            read_version_table(pre["path"]),
             top_n=cfg.top_n,
             seen=_privacy_seen(snap),
             current=current,
@@ -569,6 +963,10 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
         _log_validation_to_mlflow(cfg, rc)
         raise
     _log_validation_to_mlflow(cfg, rc)
+    del current
+    from include.recsys.data import release_memory
+
+    release_memory()
     log.info("output validation of %s: %s", pre["version"], report.summary())
     return {
         "version": pre["version"],
@@ -582,7 +980,8 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
 def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     """Point CURRENT at the new version, then move ``champion``; clean old versions."""
     from include.recsys import registry
-    from include.recsys.publish import cleanup, point_current
+    from include.recsys.publish import MANIFEST, cleanup, point_current, read_manifest
+    from include.recsys.storage import is_remote
 
     root = cfg.recommendations_root
     # the model must be registered (and the registry reachable) before the table is served; a
@@ -594,15 +993,41 @@ def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[
         reason=f"published table version {pre['version']}", actor=rc.run_id,
     )
     removed = cleanup(root, cfg.keep_versions)
-    card = rc.work_dir(cfg) / RUN_CARD
+    card = _published_run_card(cfg, rc, pre, reg, model) or rc.work_dir(cfg) / RUN_CARD
+    manifest_file = Path(pre["path"]) / MANIFEST
+    if is_remote(root):  # MLflow logs local files: a copy of the object store's manifest
+        (rc.work_dir(cfg) / "table").mkdir(parents=True, exist_ok=True)
+        manifest_file = _write_json(rc.work_dir(cfg) / "table" / MANIFEST, read_manifest(root, pre["version"]))
     registry.log_to_run(
         cfg,
         model["mlflow_run_id"],
         tags={"published_version": pre["version"], "champion_version": reg["model_version"]},
-        artifacts={"table": Path(pre["path"]) / "_manifest.json", **({"run_card": card} if card.exists() else {})},
+        artifacts={"table": manifest_file, **({"run_card": card} if card.exists() else {})},
     )
     registry.end_run(cfg, model["mlflow_run_id"])
     return {"version": pre["version"], "path": pre["path"], "moved": moved, "removed": removed}
+
+
+def _published_run_card(
+    cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any]
+) -> Path | None:
+    """Refresh the run card once the table is served (version, rows, model version)."""
+    from include.recsys.publish import read_manifest
+
+    try:
+        manifest = read_manifest(cfg.recommendations_root, pre["version"])
+    except Exception:  # the card is best effort; publish has already happened
+        manifest = {}
+    published = {
+        "version": pre["version"],
+        "path": pre["path"],
+        "rows": manifest.get("rows"),
+        "users": manifest.get("users"),
+        "created_at": manifest.get("created_at"),
+    }
+    return write_run_card(
+        cfg, rc, model.get("mlflow_run_id"), model_version=reg.get("model_version"), published=published
+    )
 
 
 def end_mlflow_run(cfg: PipelineConfig, rc: RunContext, status: str) -> None:
@@ -634,6 +1059,8 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
         summary["evaluation"] = _read_json(work / "eval" / "report.json")
     if (work / "gate.json").exists():
         summary["gate"] = _read_json(work / "gate.json")
+    if (work / RUN_CARD).exists():
+        summary["run_card"] = str(work / RUN_CARD)
     root = cfg.recommendations_root
     if pub.read_current(root) == rc.version:
         summary["published"] = {"version": rc.version, "path": str(pub.version_dir(root, rc.version))}
@@ -659,18 +1086,25 @@ def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None
     metrics = (summary.get("evaluation") or {}).get("metrics") or {}
     if metrics:
         keys = metric_keys or [k for k in metrics["candidate"] if "@" in k and k.split("@")[0] in {"precision", "recall", "ndcg", "map", "coverage"}]
-        header = f"  {'metric':<14}" + "".join(f"{name:>12}" for name in metrics)
+        widths = {name: max(12, len(name) + 2) for name in metrics}
+        header = f"  {'metric':<14}" + "".join(f"{name:>{widths[name]}}" for name in metrics)
         lines.append(header)
         for k in keys:
-            lines.append(f"  {k:<14}" + "".join(f"{metrics[n].get(k, float('nan')):>12.4f}" for n in metrics))
+            lines.append(f"  {k:<14}" + "".join(f"{_num(metrics[n].get(k)):>{widths[n]}}" for n in metrics))
         lines.append(f"  (users evaluated: {metrics['candidate'].get('n_users_evaluated')})")
     g = summary.get("gate") or {}
     if g:
-        lines.append(f"  gate             : {g.get('verdict')} on {g.get('metric')}")
+        forced = "  ** FORCED by force_publish: published anyway **" if g.get("forced") else ""
+        lines.append(f"  gate             : {g.get('verdict')} on {g.get('metric')}{forced}")
+        marks = {"PASS": "ok  ", "FAIL": "FAIL", "SKIP": "skip"}
+        width = max([17, *(len(str(r["name"])) for r in g.get("rules", []))])
         for r in g.get("rules", []):
+            res = r.get("result") or ("PASS" if r["passed"] else "FAIL")
+            note = str(r.get("note") or "")
+            note = note if len(note) <= 90 else note[:87] + "..."
             lines.append(
-                f"    {'ok  ' if r['passed'] else 'FAIL'} {r['name']:<17} observed={_num(r['observed'])} "
-                f"bound={_num(r['bound'])} {r.get('note', '')}".rstrip()
+                f"    {marks.get(res, res)} {r['name']:<{width}} observed={_num(r['observed'])} "
+                f"bound={_num(r['bound'])} {note}".rstrip()
             )
     ov = summary.get("output_validation")
     if ov:
@@ -678,6 +1112,8 @@ def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None
     p = summary.get("published") or {}
     lines.append(f"  published        : {p.get('version', 'nothing')}" + (f" at {p['path']}" if p.get("path") else ""))
     lines.append(f"  MLflow run       : {summary.get('mlflow_run_id', 'n/a')}")
+    if summary.get("run_card"):
+        lines.append(f"  run card         : {summary['run_card']}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,22 @@ A version is written into a hidden staging folder and renamed into place only wh
 so ``version=<id>/`` always holds a whole table. CURRENT is replaced with temp file + fsync +
 ``os.replace`` + fsync of the folder: a reader sees the old or the new id, never a mix. The
 served version and its predecessor are never deleted.
+
+Object stores (the root is a URL such as ``s3://bucket/prefix`` or ``memory://name``; see
+:mod:`include.recsys.storage`) have no rename, so the same functions write differently there:
+
+* parts and ``_fallback.parquet`` go straight to ``version=<id>/`` and ``_manifest.json`` is
+  the LAST object written; a version without a manifest is incomplete: never listed, read
+  nor pointed at (a rewrite of an unserved version deletes its manifest first);
+* ``CURRENT`` is one small object written last, with one PUT (atomic on S3: a reader gets the
+  old or the new id). The PUT is conditional where the store offers it (``If-Match`` on the
+  ETag read, ``If-None-Match: *`` for the first publish), which makes ``point_current`` a
+  compare-and-swap across hosts: a publisher that lost raises :class:`PublishConflict`.
+  With ``RECSYS_STORAGE_CONDITIONAL_WRITES=0`` (stores that reject those headers) or on
+  stores without ETags the check is per process only, and concurrent publishers must be
+  serialised by Airflow (``max_active_runs=1``, a one-slot pool);
+* the publish log cannot be appended to: each CURRENT move is one object
+  ``_history/<sequence>.json`` (created with ``If-None-Match: *``), read back in name order.
 """
 
 from __future__ import annotations
@@ -33,11 +49,16 @@ from typing import Any
 
 import pandas as pd
 
+from include.recsys import storage
+from include.recsys.storage import ObjectStore
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CURRENT = "CURRENT"
 HISTORY = "_history.jsonl"
+HISTORY_DIR = "_history"  # object stores: one object per CURRENT move
+FALLBACK = "_fallback.parquet"
 MANIFEST = "_manifest.json"
 STAGING_PREFIX = ".staging-"
 LOCK = ".publish.lock"
@@ -54,6 +75,15 @@ class PublishConflict(PublishError):
 
 #: ``point_current(expected_previous=ANY)``: no compare-and-swap (the default).
 ANY: Any = object()
+
+
+def _store(root: Path | str) -> ObjectStore | None:
+    """The object store of a URL root; None for a local folder (the default code path)."""
+    return ObjectStore.open(str(storage.normalize(root))) if storage.is_remote(root) else None
+
+
+def _vrel(version: str) -> str:
+    return f"version={version}"
 
 
 @contextlib.contextmanager
@@ -101,14 +131,41 @@ def _clean_staging_on_error(fn):
         try:
             return fn(root, version, *args, **kwargs)
         except BaseException:
-            shutil.rmtree(_staging_path(Path(root), version), ignore_errors=True)
+            if storage.is_remote(root):
+                with contextlib.suppress(Exception):
+                    discard_staged(root, version)
+            else:
+                shutil.rmtree(_staging_path(Path(root), version), ignore_errors=True)
             raise
 
     return wrapper
 
 
 def version_dir(root: Path | str, version: str) -> Path:
+    """The folder of a version: a ``Path`` locally, a pathlib-like ``UPath`` on an object store
+    (``str()`` of it is the URL)."""
+    if storage.is_remote(root):
+        from upath import UPath
+
+        return UPath(f"{storage.normalize(root)}/{_vrel(version)}", **storage.storage_options())
     return Path(root) / f"version={version}"
+
+
+def discard_staged(root: Path | str, version: str) -> None:
+    """Forget the unpublished parts of ``version`` before it is written again (a fresh plan).
+
+    Locally: the staging folder. On an object store, where parts live in ``version=<id>/``
+    itself: the manifest first (the version turns incomplete), then its other objects; the
+    served version is never touched.
+    """
+    store = _store(root)
+    if store is None:
+        shutil.rmtree(_staging_path(Path(root), version), ignore_errors=True)
+        return
+    if read_current(root) == version:
+        return
+    store.delete(f"{_vrel(version)}/{MANIFEST}")
+    store.delete(_vrel(version), recursive=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -134,6 +191,12 @@ def file_sha256(path: Path | str) -> str:
 
 def read_current(root: Path | str) -> str | None:
     """The served version id, or None before the first publish."""
+    store = _store(root)
+    if store is not None:
+        try:
+            return store.read_bytes(CURRENT).decode("utf-8", errors="replace").strip() or None
+        except FileNotFoundError:
+            return None
     try:
         return (Path(root) / CURRENT).read_text().strip() or None
     except FileNotFoundError:
@@ -157,11 +220,14 @@ def write_part(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = Path(root)
+    store = _store(root)
+    root = root if store else Path(root)
     _check_writable(root, version)
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise PublishError(f"recommendation table lacks column(s) {missing}")
+    if store is not None:
+        return _write_part_remote(store, version, index, table, row_group_rows)
     staging = _staging_path(root, version)
     staging.mkdir(parents=True, exist_ok=True)
     table = table[TABLE_COLUMNS].sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
@@ -181,6 +247,72 @@ def write_part(
     return {"path": path.name, "rows": len(table), "users": users, "sha256": file_sha256(path)}
 
 
+def _parquet_bytes(table: pd.DataFrame, **kw: Any) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buf, **kw)
+    return buf.getvalue().to_pybytes()
+
+
+def _write_part_remote(
+    store: ObjectStore, version: str, index: int, table: pd.DataFrame, row_group_rows: int
+) -> dict[str, Any]:
+    """A part written in place (no rename on object stores): one PUT of the whole file."""
+    vrel = _vrel(version)
+    if store.exists(f"{vrel}/{MANIFEST}"):  # rewriting a complete, unserved version
+        log.warning("version %s is rewritten: its manifest goes first", store.url_of(vrel))
+        store.delete(f"{vrel}/{MANIFEST}")
+    table = table[TABLE_COLUMNS].sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    data = _parquet_bytes(table, row_group_size=row_group_rows, compression="zstd")
+    name = f"part-{index:05d}.parquet"
+    store.write_bytes(f"{vrel}/{name}", data)
+    return {
+        "path": name, "rows": len(table), "users": int(table["user_id"].nunique()),
+        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+    }
+
+
+def _full_manifest(version: str, parts: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **manifest,
+        "schema_version": SCHEMA_VERSION,
+        "version": version,
+        "columns": TABLE_COLUMNS,
+        "files": [{k: p[k] for k in ("path", "rows", "sha256")} for p in parts],
+        "rows": int(sum(p["rows"] for p in parts)),
+        "users": int(sum(p["users"] for p in parts)),
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _finalize_remote(
+    root: Path | str, store: ObjectStore, version: str, parts: list[dict[str, Any]],
+    fallback: pd.DataFrame, manifest: dict[str, Any],
+) -> Path:
+    """Object-store twin of :func:`finalize_version`: check the parts (present, same size),
+    drop strays, write the fallback list, then the manifest LAST (the version is complete
+    from that one PUT on)."""
+    vrel = _vrel(version)
+    sizes = store.sizes(vrel)
+    for part in parts:
+        if part["path"] not in sizes or ("size" in part and sizes[part["path"]] != part["size"]):
+            raise PublishError(f"part {part['path']} of version {version} is missing or changed")
+    names = {p["path"] for p in parts}
+    for name in sizes:
+        if name.startswith("part-") and name.endswith(".parquet") and name not in names:
+            store.delete(f"{vrel}/{name}")  # e.g. from an earlier attempt with more shards
+    store.write_bytes(f"{vrel}/{FALLBACK}", _parquet_bytes(fallback))
+    manifest = _full_manifest(version, parts, manifest)
+    store.write_bytes(f"{vrel}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
+    log.info(
+        "version %s complete: %d rows for %d users in %d part(s)",
+        store.url_of(vrel), manifest["rows"], manifest["users"], len(parts),
+    )
+    return version_dir(root, version)
+
+
 def finalize_version(
     root: Path | str,
     version: str,
@@ -191,10 +323,13 @@ def finalize_version(
     """Complete a staged version: fallback list + manifest (written last), then rename it
     into ``version=<id>/`` in one step. Refuses when a part named in ``parts`` is missing or
     differs from what its writer reported."""
-    root = Path(root)
+    store = _store(root)
+    root = root if store else Path(root)
     _check_writable(root, version)
-    staging = _staging_path(root, version)
     parts = sorted(parts, key=lambda p: p["path"])
+    if store is not None:
+        return _finalize_remote(root, store, version, parts, fallback, manifest)
+    staging = _staging_path(root, version)
     for part in parts:
         path = staging / part["path"]
         if not path.exists() or file_sha256(path) != part["sha256"]:
@@ -205,16 +340,7 @@ def finalize_version(
     fb_path = staging / "_fallback.parquet"
     fallback.to_parquet(fb_path, index=False)
     _fsync_file(fb_path)
-    manifest = {
-        **manifest,
-        "schema_version": SCHEMA_VERSION,
-        "version": version,
-        "columns": TABLE_COLUMNS,
-        "files": [{k: p[k] for k in ("path", "rows", "sha256")} for p in parts],
-        "rows": int(sum(p["rows"] for p in parts)),
-        "users": int(sum(p["users"] for p in parts)),
-        "created_at": datetime.now(timezone.utc).isoformat(),
-    }
+    manifest = _full_manifest(version, parts, manifest)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     _fsync_file(staging / MANIFEST)
     _fsync_dir(staging)
@@ -247,11 +373,16 @@ def write_version(
     Re-writing a version that exists but is not served replaces it (a task retry); re-writing
     the served version is refused. On any error the staging folder is removed.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    _check_writable(root, version)
-    t0 = time.perf_counter()
-    shutil.rmtree(_staging_path(root, version), ignore_errors=True)
+    if storage.is_remote(root):
+        _check_writable(root, version)
+        t0 = time.perf_counter()
+        discard_staged(root, version)
+    else:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        _check_writable(root, version)
+        t0 = time.perf_counter()
+        shutil.rmtree(_staging_path(root, version), ignore_errors=True)
     table = table.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
     # parts split at user boundaries so each part holds whole users
     cuts = list(range(0, max(len(table), 1), rows_per_part)) + [len(table)]
@@ -276,6 +407,17 @@ def write_version(
 
 
 def read_manifest(root: Path | str, version: str) -> dict[str, Any]:
+    """The manifest of a complete version; PublishError when it has none (incomplete/absent)."""
+    store = _store(root)
+    if store is not None:
+        try:
+            raw = store.read_bytes(f"{_vrel(version)}/{MANIFEST}")
+        except FileNotFoundError:
+            raise PublishError(f"version {version} has no manifest: it is incomplete or absent") from None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise PublishError(f"the manifest of version {version} is corrupt: {exc}") from None
     path = version_dir(root, version) / MANIFEST
     if not path.exists():
         raise PublishError(f"version {version} has no manifest: it is incomplete or absent")
@@ -289,7 +431,34 @@ def _append_history(root: Path, entry: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def _history_remote(store: ObjectStore) -> list[tuple[str, dict[str, Any]]]:
+    names = [n for n in store.listdir(HISTORY_DIR) if n.endswith(".json")]
+    raw = store.read_many([f"{HISTORY_DIR}/{n}" for n in names])
+    return [(n, json.loads(raw[f"{HISTORY_DIR}/{n}"])) for n in names if f"{HISTORY_DIR}/{n}" in raw]
+
+
+def _append_history_remote(store: ObjectStore, entry: dict[str, Any]) -> None:
+    """One object per CURRENT move, named by a sequence number one past the last; created with
+    If-None-Match so two writers can never take the same number."""
+    names = [n for n in store.listdir(HISTORY_DIR) if n.endswith(".json")]
+    seq = int(names[-1].split(".")[0]) + 1 if names else 1
+    for attempt in range(20):
+        try:
+            store.write_bytes(
+                f"{HISTORY_DIR}/{seq + attempt:010d}.json",
+                json.dumps(entry, default=str).encode(), if_absent=True,
+            )
+            return
+        except storage.WriteConflict:
+            continue
+    raise PublishError(f"could not append to the publish log {store.url_of(HISTORY_DIR)}")
+
+
 def history(root: Path | str) -> list[dict[str, Any]]:
+    """Every CURRENT move, oldest first (``at``, ``version``, ``previous``, ``reason``, ...)."""
+    store = _store(root)
+    if store is not None:
+        return [entry for _, entry in _history_remote(store)]
     path = Path(root) / HISTORY
     if not path.exists():
         return []
@@ -308,6 +477,9 @@ def point_current(
     :class:`PublishConflict` is raised and nothing changes, so exactly one of several
     publishers that read the same CURRENT wins.
     """
+    store = _store(root)
+    if store is not None:
+        return _point_current_remote(root, store, version, reason, expected_previous)
     root = Path(root)
     manifest = read_manifest(root, version)  # refuses incomplete versions
     with publish_lock(root):
@@ -341,16 +513,74 @@ def point_current(
     return True
 
 
+def _point_current_remote(
+    root: Path | str, store: ObjectStore, version: str, reason: str, expected_previous: Any
+) -> bool:
+    """CURRENT on an object store: read it with its ETag, check, then ONE conditional PUT
+    (If-Match on that ETag, or If-None-Match for the first publish). A concurrent move
+    between the read and the PUT makes the PUT fail: PublishConflict, nothing changed."""
+    manifest = read_manifest(root, version)  # refuses incomplete versions
+    try:
+        raw, tag = store.read_tagged(CURRENT)
+    except FileNotFoundError:
+        raw, tag = None, None
+    previous = raw.decode("utf-8", errors="replace").strip() or None if raw is not None else None
+    if previous == version:
+        log.info("CURRENT already names %s; nothing to do", version)
+        return False
+    if expected_previous is not ANY and previous != expected_previous:
+        raise PublishConflict(
+            f"CURRENT is {previous!r}, expected {expected_previous!r}: another publish won; "
+            f"{version} not served"
+        )
+    try:
+        store.write_bytes(
+            CURRENT, (version + "\n").encode(),
+            if_absent=raw is None, if_match=tag if raw is not None else None, expect=raw,
+        )
+    except storage.WriteConflict as exc:
+        raise PublishConflict(
+            f"CURRENT under {store.url} moved while {version} was being published (it was "
+            f"{previous!r}): another publish won; {version} not served"
+        ) from exc
+    _append_history_remote(
+        store,
+        {
+            "at": datetime.now(timezone.utc).isoformat(),
+            "version": version,
+            "previous": previous,
+            "reason": reason,
+            "model_version": manifest.get("model_version"),
+        },
+    )
+    log.info("CURRENT: %s -> %s (%s) at %s", previous, version, reason, store.url)
+    return True
+
+
+def _manifests(root: Path | str) -> list[dict[str, Any]]:
+    """The manifests of the complete versions under ``root`` (any order)."""
+    store = _store(root)
+    if store is not None:
+        rels = [f"{n}/{MANIFEST}" for n in store.listdir() if n.startswith("version=")]
+        out = []
+        for rel, raw in sorted(store.read_many(rels).items()):
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                log.warning("skipping %s: corrupt manifest", store.url_of(rel))
+        return out
+    return [
+        json.loads((d / MANIFEST).read_text())
+        for d in sorted(Path(root).glob("version=*"))
+        if (d / MANIFEST).exists()
+    ]
+
+
 def list_versions(root: Path | str) -> list[dict[str, Any]]:
     """Complete versions (with a manifest), oldest first, with a ``current`` flag."""
-    root = Path(root)
     current = read_current(root)
     out = []
-    for d in sorted(root.glob("version=*")):
-        m = d / MANIFEST
-        if not m.exists():
-            continue
-        info = json.loads(m.read_text())
+    for info in _manifests(root):
         out.append(
             {
                 "version": info["version"],
@@ -368,8 +598,14 @@ def list_versions(root: Path | str) -> list[dict[str, Any]]:
 def cleanup(root: Path | str, keep: int) -> list[str]:
     """Remove staging leftovers, incomplete folders and all but the newest ``keep`` versions.
 
-    CURRENT and the version before it (the rollback target) are always kept.
+    CURRENT and the version before it (the rollback target) are always kept. On an object
+    store there is no staging folder; a version folder without a manifest is an incomplete
+    write and removed (runs are serialised by ``max_active_runs=1``), and an old version
+    loses its manifest first, so it is never seen half deleted.
     """
+    store = _store(root)
+    if store is not None:
+        return _cleanup_remote(root, store, keep)
     root = Path(root)
     removed: list[str] = []
     for d in root.glob(f"{STAGING_PREFIX}*"):
@@ -393,9 +629,54 @@ def cleanup(root: Path | str, keep: int) -> list[str]:
     return removed
 
 
+def _cleanup_remote(root: Path | str, store: ObjectStore, keep: int) -> list[str]:
+    removed: list[str] = []
+    folders = [n for n in store.listdir() if n.startswith("version=")]
+    complete = set(store.read_many([f"{n}/{MANIFEST}" for n in folders]))
+    for name in folders:
+        if f"{name}/{MANIFEST}" not in complete:
+            store.delete(name, recursive=True)
+            removed.append(name)
+    protected = {read_current(root)}
+    hist = history(root)
+    if hist:
+        protected.add(hist[-1].get("previous"))
+    versions = [v["version"] for v in list_versions(root)]
+    for v in versions[: max(len(versions) - keep, 0)]:
+        if v not in protected:
+            store.delete(f"{_vrel(v)}/{MANIFEST}")
+            store.delete(_vrel(v), recursive=True)
+            removed.append(_vrel(v))
+    if removed:
+        log.info("cleanup of %s removed %s", store.url, removed)
+    return removed
+
+
+def read_version_table(folder: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of a version folder (a path, or the URL ``str(version_dir(...))``) as one
+    DataFrame in part order; ``_``-prefixed files (manifest, fallback) are not rows."""
+    if not storage.is_remote(folder):
+        return pd.read_parquet(Path(folder), columns=columns)
+    url = str(storage.normalize(folder))
+    store = ObjectStore.open(url)
+    names = [n for n in store.listdir() if n.startswith("part-") and n.endswith(".parquet")]
+    if not names:
+        raise PublishError(f"{url} holds no part files")
+    return read_parts(store, names, columns).to_pandas()
+
+
+def read_parts(store: ObjectStore, rels: list[str], columns: list[str] | None = None):
+    """Parquet objects under ``store`` concatenated into one pyarrow Table (read in parallel)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = store.read_many(rels, missing_ok=False)
+    return pa.concat_tables([pq.read_table(pa.BufferReader(raw[r]), columns=columns) for r in rels])
+
+
 def rollback(root: Path | str, to: str | None = None) -> str:
     """Point CURRENT back to ``to`` (default: the version served before the current one)."""
-    root = Path(root)
+    root = root if storage.is_remote(root) else Path(root)
     if to is None:
         current = read_current(root)
         previous = [h["previous"] for h in history(root) if h["version"] == current and h["previous"]]

@@ -22,15 +22,22 @@ user), after which a lookup is a dict probe plus an array slice. Every call chec
 with one ``stat``; when it moved (a new inode: CURRENT is replaced, never edited), the store
 loads the new version and switches in one assignment, so an answer never mixes versions.
 Unknown users get the version's fallback list (``source == "fallback"``).
+
+The root may also be an object-store URL (``s3://bucket/prefix``, ``memory://x``; see
+:mod:`include.recsys.storage`): files are read through fsspec, and CURRENT (one GET) is
+re-read at most every ``refresh_s`` seconds (default 5) instead of on every call, so a new
+version is picked up within that delay; lookups stay in-memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from include.recsys import publish
+from include.recsys import publish, storage
 
 
 class UserRecs(NamedTuple):
@@ -67,20 +74,28 @@ class _Loaded:
     int_ids: bool
 
     @classmethod
-    def open(cls, root: Path, version: str) -> _Loaded:
+    def open(cls, root: Path | str, version: str) -> _Loaded:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         manifest = publish.read_manifest(root, version)  # refuses versions without manifest
-        folder = publish.version_dir(root, version)
-        files = [folder / f["path"] for f in manifest.get("files", [])] or sorted(folder.glob("part-*.parquet"))
+        columns = ["user_id", "item_id", "score", "source", "rank"]
         try:
-            table = pa.concat_tables(
-                [pq.read_table(f, columns=["user_id", "item_id", "score", "source", "rank"]) for f in files]
-            )
-            fb = pd.read_parquet(folder / "_fallback.parquet")
-        except (OSError, pa.ArrowException) as exc:
+            store = publish._store(root)
+            if store is not None:
+                vrel = f"version={version}"
+                names = [f["path"] for f in manifest.get("files", [])] or [
+                    n for n in store.listdir(vrel) if n.startswith("part-") and n.endswith(".parquet")
+                ]
+                table = publish.read_parts(store, [f"{vrel}/{n}" for n in names], columns)
+                fb = pd.read_parquet(io.BytesIO(store.read_bytes(f"{vrel}/{publish.FALLBACK}")))
+            else:
+                folder = publish.version_dir(root, version)
+                files = [folder / f["path"] for f in manifest.get("files", [])] or sorted(folder.glob("part-*.parquet"))
+                table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+                fb = pd.read_parquet(folder / "_fallback.parquet")
+        except (OSError, pa.ArrowException, storage.StorageError) as exc:
             raise publish.PublishError(f"version {version} is unreadable: {exc}") from exc
         users_col = table.column("user_id").combine_chunks()
         int_ids = pa.types.is_integer(users_col.type)
@@ -140,15 +155,40 @@ class _Loaded:
 class RecommendationStore:
     """Reads the recommendation tables under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | str, refresh_s: float = 5.0) -> None:
+        self.root: Path | str = storage.normalize(root)  # a Path, or an object-store URL
+        self.refresh_s = float(refresh_s)  # object stores: how often CURRENT is re-read
+        self._remote = storage.is_remote(self.root)
+        self._checked = 0.0
         self._loaded: dict[str, _Loaded] = {}
-        self._current: tuple[tuple[int, int, int], str] | None = None
+        self._current: tuple[Any, str] | None = None
         self._lock = threading.Lock()
 
     # --- versions and pointer ----------------------------------------------------------
+    def _current_remote(self) -> str:
+        """CURRENT of an object store: one GET at most every ``refresh_s`` seconds."""
+        now = time.monotonic()
+        cached = self._current
+        if cached is not None and now - self._checked < self.refresh_s:
+            return cached[1]
+        version = publish.read_current(self.root)
+        if version is None:
+            publish._store(self.root).check_reachable()  # a missing bucket says so
+            raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)")
+        if cached is None or cached[1] != version:
+            store = publish._store(self.root)
+            if not store.listdir(f"version={version}"):
+                raise LookupError(
+                    f"CURRENT under {self.root} is corrupt: it names {version!r}, which is not a version folder"
+                )
+        self._current, self._checked = (None, version), now
+        return version
+
     def current_version(self) -> str:
-        """The served version, re-read only when CURRENT was replaced (one stat per call)."""
+        """The served version, re-read only when CURRENT was replaced (one stat per call;
+        on an object store one GET per ``refresh_s``)."""
+        if self._remote:
+            return self._current_remote()
         path = self.root / publish.CURRENT
         try:
             st = os.stat(path)
@@ -236,6 +276,8 @@ class RecommendationStore:
     def table(self, version: str | None = None) -> pd.DataFrame:
         """The whole table of a version (default: the served one)."""
         folder = publish.version_dir(self.root, version or self.current_version())
+        if self._remote:
+            return publish.read_version_table(str(folder))
         # partitioning=None: no extra hive column from the "version=<id>" folder name
         return pd.read_parquet(sorted(folder.glob("part-*.parquet")), partitioning=None)
 
@@ -243,7 +285,7 @@ class RecommendationStore:
 # --- CLI -----------------------------------------------------------------------------------
 
 
-def _default_root() -> Path:
+def _default_root() -> Path | str:
     from include.recsys.config import load_config
 
     return load_config().recommendations_root
@@ -316,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print_frame(pd.DataFrame(vs)) if vs else print("no versions")
         else:
             print(f"CURRENT -> {publish.rollback(store.root, args.to)}")
-    except (LookupError, ValueError, publish.PublishError) as exc:
+    except (LookupError, ValueError, publish.PublishError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -4,15 +4,17 @@ A :class:`ModelBundle` is everything needed to recommend: factors, the external 
 users and items (index order) and the item popularity of its training data. It is stored as
 plain ``.npz`` + Parquet (loaded with ``allow_pickle=False``) and is what MLflow registers.
 
-Scoring is exact: blocks of users x all items as one float32 GEMM, seen items set to -inf
-straight from the CSR arrays, ``argpartition`` for the top N (no full sort), then a sort of
-those N only. Memory is bounded by ``block_size x n_items`` whatever the number of users.
+Scoring is exact: blocks of users on all cores, each scored against cache-sized item tiles
+(float32 GEMM, BLAS) fused with a thresholded top-N selection (seen items masked straight
+from the CSR arrays, no full sort; see :mod:`include.recsys.topk`). Memory beyond the
+output is one tile and one candidate buffer per worker, whatever the number of users.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,22 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = 1
 
 
+class IdMapMismatch(ValueError):
+    """The factors of a bundle were trained with other id maps than the ones beside them."""
+
+
+def id_maps_sha256(user_ids: pd.Index, item_ids: pd.Index) -> str:
+    """Content hash of the (user, item) id maps in index order: the version of the embeddings."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, ids in (("users", user_ids), ("items", item_ids)):
+        h.update(f"{name}:{len(ids)}\n".encode())
+        h.update("\x1f".join(map(str, ids)).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 @dataclass
 class ModelBundle:
     user_ids: pd.Index
@@ -36,6 +54,26 @@ class ModelBundle:
     seen: sp.csr_matrix | None = None  # (n_users, n_items) training interactions, for filtering
     segment_ids: pd.Index | None = None  # user segments seen in training (e.g. regions)
     segment_popularity: np.ndarray | None = None  # (n_segments, n_items) distinct users per item
+    # hash of the id maps the factors were trained with (set by the trainer, stored with the
+    # factors, checked on load and before scoring): factors are never read through another
+    # run's id maps. None: not bound yet (a hand-made bundle); save() binds the current ids.
+    id_maps_hash: str | None = None
+
+    def verify_id_maps(self) -> None:
+        """Raise :class:`IdMapMismatch` unless ids, factor shapes and the bound hash agree."""
+        if self.user_factors.shape[0] != len(self.user_ids) or self.item_factors.shape[0] != len(self.item_ids):
+            raise IdMapMismatch(
+                f"factors ({self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items) "
+                f"do not match the id maps ({len(self.user_ids)} users, {len(self.item_ids)} items)"
+            )
+        if self.id_maps_hash is None:
+            return
+        actual = id_maps_sha256(self.user_ids, self.item_ids)
+        if actual != self.id_maps_hash:
+            raise IdMapMismatch(
+                f"the factors were trained with id maps {self.id_maps_hash[:12]}..., but the bundle's "
+                f"id maps hash to {actual[:12]}... (id maps of another run?)"
+            )
 
     @property
     def popular_order(self) -> np.ndarray:
@@ -65,7 +103,14 @@ class ModelBundle:
     def save(self, folder: Path | str) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {"user_factors": self.user_factors, "item_factors": self.item_factors}
+        self.verify_id_maps()
+        if self.id_maps_hash is None:
+            self.id_maps_hash = id_maps_sha256(self.user_ids, self.item_ids)
+        arrays = {
+            "user_factors": self.user_factors,
+            "item_factors": self.item_factors,
+            "id_maps_sha256": np.array(self.id_maps_hash),
+        }
         if self.seen is not None:
             arrays.update(seen_indptr=self.seen.indptr, seen_indices=self.seen.indices)
         if self.segment_ids is not None:
@@ -100,13 +145,14 @@ class ModelBundle:
                     shape=(uf.shape[0], vf.shape[0]),
                 )
             seg_pop = z["segment_popularity"] if "segment_popularity" in z.files else None
+            stored_hash = str(z["id_maps_sha256"]) if "id_maps_sha256" in z.files else None
         items = pd.read_parquet(folder / "items.parquet")
         seg_ids = (
             pd.Index(pd.read_parquet(folder / "segments.parquet")["segment"])
             if seg_pop is not None
             else None
         )
-        return cls(
+        bundle = cls(
             user_ids=pd.Index(pd.read_parquet(folder / "users.parquet")["user_id"]),
             item_ids=pd.Index(items["item_id"]),
             user_factors=np.ascontiguousarray(uf, dtype=np.float32),
@@ -115,7 +161,13 @@ class ModelBundle:
             seen=seen,
             segment_ids=seg_ids,
             segment_popularity=seg_pop,
+            id_maps_hash=stored_hash,  # None: a bundle saved before hashes existed
         )
+        try:
+            bundle.verify_id_maps()
+        except IdMapMismatch as exc:
+            raise IdMapMismatch(f"bundle {folder}: {exc}") from None
+        return bundle
 
     def seen_pairs(self, users: pd.Index) -> pd.DataFrame:
         """The training (user_id, item_id) pairs of the given users (empty without ``seen``)."""
@@ -131,39 +183,81 @@ class ModelBundle:
         )
 
 
+TILE_USERS = 256  # users per score tile: 256 x 1024 float32 = 1 MiB stays in a 2 MiB L2
+TILE_ITEMS = 1024
+
+
 def topn_dense(
     user_factors: np.ndarray,
     item_factors: np.ndarray,
     seen: sp.csr_matrix,
     n: int,
     block_size: int = 1024,
+    *,
+    tile_items: int = TILE_ITEMS,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-n items per user by dot product, excluding ``seen`` (rows aligned with users).
 
-    Per block of users: one float32 GEMM against all items (BLAS, all cores), then the
-    compiled selection of :mod:`include.recsys.topk` (seen items masked from the CSR arrays,
-    a size-n heap per row, rows in parallel). Memory: ``block_size x n_items`` floats.
+    Users go in blocks of ``min(block_size, TILE_USERS)`` to a pool of ``threads`` workers
+    (default: all cores), BLAS limited to one thread each. A worker scores its block
+    ``tile_items`` items at a time (the tile stays in cache; items in decreasing-norm order,
+    so strong candidates come first) and selects as it goes with the compiled kernel of
+    :mod:`include.recsys.topk` (seen items masked from the CSR arrays, a threshold that skips
+    almost every score, exact (score desc, item asc) order). Memory beyond the outputs: one
+    tile and one candidate buffer per worker, whatever the number of users.
     Returns (items int32 (U, n), scores float32 (U, n)); -1 / -inf pad users with fewer than
     n unseen items. Ties are broken by lower item index.
     """
-    from include.recsys.topk import topk_block
+    from concurrent.futures import ThreadPoolExecutor
 
-    n_users = user_factors.shape[0]
+    import scipy.linalg.cython_blas  # noqa: F401  (the kernel's np.dot BLAS, limited below)
+    from threadpoolctl import threadpool_limits
+
+    from include.recsys.topk import score_block
+
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if block_size < 1 or tile_items < 1:
+        raise ValueError(f"block_size and tile_items must be >= 1, got {block_size}, {tile_items}")
+    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
+    if seen.shape != (n_users, n_items):
+        raise ValueError(f"seen has shape {seen.shape}, expected {(n_users, n_items)}")
     out_items = np.empty((n_users, n), dtype=np.int32)
     out_scores = np.empty((n_users, n), dtype=np.float32)
     if n_users == 0 or n == 0:
         return out_items, out_scores
     uf = np.ascontiguousarray(user_factors, dtype=np.float32)
-    vt = np.ascontiguousarray(item_factors.T, dtype=np.float32)
-    indptr, indices = seen.indptr, seen.indices
-    buf = np.empty((min(block_size, n_users), vt.shape[1]), dtype=np.float32)
-    for lo in range(0, n_users, block_size):
-        hi = min(lo + block_size, n_users)
-        scores = buf[: hi - lo]
-        np.matmul(uf[lo:hi], vt, out=scores)
-        block_ptr = indptr[lo : hi + 1] - indptr[lo]
-        block_idx = indices[indptr[lo] : indptr[hi]]
-        topk_block(scores, block_ptr, block_idx, n, out_items[lo:hi], out_scores[lo:hi])
+    # items by decreasing norm: the first tile then holds most users' strong candidates, the
+    # threshold starts high and later tiles add few (ranks still use the original ids)
+    item_of = np.argsort(-np.linalg.norm(item_factors, axis=1), kind="stable").astype(np.int32)
+    position = np.empty(n_items, dtype=np.int32)
+    position[item_of] = np.arange(n_items, dtype=np.int32)
+    vf = np.ascontiguousarray(item_factors[item_of], dtype=np.float32)
+    seen = seen.tocsr()
+    indptr = seen.indptr.astype(np.int64, copy=False)
+    indices = seen.indices.astype(np.int32, copy=False)
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_items):
+        raise ValueError(f"seen holds item indices outside [0, {n_items})")  # kernel: no checks
+    rows = min(block_size, TILE_USERS)
+    # candidate keys per user between compactions; never more than the catalog (+1: no
+    # compaction at all when n >= n_items)
+    cap = min(n + max(n, 128), n_items + 1)
+    starts = range(0, n_users, rows)
+
+    def run(lo: int) -> None:
+        hi = min(lo + rows, n_users)
+        score_block(uf[lo:hi], vf, item_of, position, indptr[lo : hi + 1], indices, n,
+                    tile_items, cap, out_items[lo:hi], out_scores[lo:hi])
+
+    workers = max(1, min(threads or os.cpu_count() or 1, len(starts)))
+    with threadpool_limits(1, "blas"):
+        if workers == 1:
+            for lo in starts:
+                run(lo)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="topn") as pool:
+                list(pool.map(run, starts))
     return out_items, out_scores
 
 
@@ -262,6 +356,7 @@ def recommend(
     list; everyone else unknown gets global popularity.
     """
     t0 = time.perf_counter()
+    bundle.verify_id_maps()
     users = pd.Index(users)
     seen_csr = seen_matrix(bundle, users, seen)
     uidx = bundle.user_ids.get_indexer(users)

@@ -253,8 +253,14 @@ def get_or_create_run(
     client = _client(cfg)
     exp_id = experiment_id(cfg)
     found = client.search_runs(
-        [exp_id], filter_string=f"tags.airflow_run_id = '{_quote(airflow_run_id)}'", max_results=1
+        [exp_id],
+        filter_string=f"tags.airflow_run_id = '{_quote(airflow_run_id)}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
     )
+    # child runs (tuning trials) carry the same airflow_run_id tag: the DAG run's run is the
+    # one without a parent
+    found = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     if found:
         run = found[0]
         if reopen and run.info.status != "RUNNING":

@@ -6,7 +6,9 @@ Routes: ``GET /recommendations/{user_id}?n=10`` (the fallback list for unknown u
 ``source: "fallback"``), ``GET /version`` (the served version and its manifest summary),
 ``GET /health`` (200 when a version is served and readable, 503 otherwise). It reads through
 :class:`~include.recsys.reader.RecommendationStore`, so a new CURRENT is picked up on the next
-request and every answer comes from one version. Binds 127.0.0.1 by default.
+request and every answer comes from one version (on an object store, within the reader's
+``refresh_s``). ``--root`` may be a path or an URL (``s3://bucket/prefix``). Binds 127.0.0.1
+by default.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from include.recsys import publish
+from include.recsys import publish, storage
 from include.recsys.reader import RecommendationStore
 
 
@@ -29,7 +31,7 @@ def create_app(root: Path | str):
         try:
             v = store.current_version()
             store.recommend("__health_check__", n=1)
-        except (LookupError, publish.PublishError) as exc:
+        except (LookupError, publish.PublishError, storage.StorageError) as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
         return {"status": "ok", "version": v}
 
@@ -37,7 +39,7 @@ def create_app(root: Path | str):
     def version():
         try:
             m = store.manifest()
-        except (LookupError, publish.PublishError) as exc:
+        except (LookupError, publish.PublishError, storage.StorageError) as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
         keys = ("version", "model_name", "model_version", "created_at", "rows", "users", "top_n", "data_window")
         return {k: m.get(k) for k in keys}
@@ -50,7 +52,7 @@ def create_app(root: Path | str):
             r = store.recommend(user_id, n=n, segment=segment)
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
-        except (LookupError, publish.PublishError) as exc:
+        except (LookupError, publish.PublishError, storage.StorageError) as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
         return {
             "user_id": user_id,

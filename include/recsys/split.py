@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,24 @@ class SplitStats:
 
 def time_split(df: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame, SplitStats]:
     """Return (train, holdout, stats); holdout keeps one row per new (user, item) pair."""
-    is_train = df["event_ts"] < cutoff
+    is_train = (df["event_ts"] < cutoff).to_numpy()
     train = df.loc[is_train].reset_index(drop=True)
-    later = df.loc[~is_train, ["user_id", "item_id", "event_ts"]]
     if train.empty:
         raise ValueError(f"the split leaves no training events before the cutoff {cutoff}")
+    later = df.loc[~is_train, ["user_id", "item_id", "event_ts"]]
+    # (user, item) pairs as integer keys (one hash pass over the strings, not MultiIndexes);
+    # +1 so a missing id (code -1) gets its own key
+    u_codes, users = pd.factorize(df["user_id"])
+    i_codes, items = pd.factorize(df["item_id"])
+    keys = (u_codes.astype(np.int64) + 1) * (len(items) + 1) + (i_codes + 1)
+    later_keys = pd.Series(keys[~is_train])
     # first time each (user, item) pair shows up after the cutoff, minus pairs seen in training
-    later = later.drop_duplicates(["user_id", "item_id"], keep="first")
-    seen = pd.MultiIndex.from_frame(train[["user_id", "item_id"]].drop_duplicates())
-    pairs = pd.MultiIndex.from_frame(later[["user_id", "item_id"]])
-    holdout = later.loc[~pairs.isin(seen)].reset_index(drop=True)
-    train_users = pd.Index(train["user_id"].unique())
-    hold_users = pd.Index(holdout["user_id"].unique())
-    warm = int(hold_users.isin(train_users).sum())
+    new = ~later_keys.duplicated().to_numpy() & ~later_keys.isin(keys[is_train]).to_numpy()
+    holdout = later.loc[new].reset_index(drop=True)
+    in_train = np.bincount(u_codes[is_train] + 1, minlength=len(users) + 1) > 0
+    hold_users = np.unique(u_codes[~is_train][new])
+    warm = int(in_train[hold_users + 1].sum())
+    hold_users = pd.Index(hold_users)
     stats = SplitStats(
         cutoff=cutoff.isoformat(),
         train_rows=len(train),

@@ -1,14 +1,28 @@
 """Train implicit's ALS on the training split and return a :class:`ModelBundle`.
 
-The user-item matrix holds the summed confidence weights of each pair (event-type weights or
-ratings); implicit turns it into confidence ``c = 1 + alpha * r``. BLAS threads are limited
-to one while ALS runs its own threads (implicit warns otherwise and runs slower).
+The matrix ALS sees is built by :mod:`include.recsys.weighting`: event-type weights (or
+ratings), an optional recency decay relative to the training cutoff, one summed entry per
+(user, item) pair, an optional BM25 / TF-IDF re-weighting; implicit turns it into confidence
+``c = 1 + alpha * value``. BLAS threads are limited to one while ALS runs its own threads
+(implicit warns otherwise and runs slower).
+
+Correctness checks made here, each failing with a :class:`TrainingError` that names the input:
+no training event at or after the cutoff (no leak from the evaluation period), finite factors
+after the fit, and the bundle's id-map hash (the factors cannot later be read through another
+run's id maps).
+
+Determinism: implicit's CPU ALS solves every user (item) row independently of the others,
+so a fixed ``seed`` gives bit-identical factors whatever ``num_threads`` is, with the
+conjugate-gradient solver and with Cholesky alike (measured: 3 fits of a 20k x 5k matrix with
+400k non-zeros, 2 threads and 1 thread, CG and Cholesky, all identical). The BLAS product
+``Y^T Y`` runs single-threaded (``threadpool_limits``), which keeps its summation order fixed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +30,26 @@ import pandas as pd
 
 from include.recsys.config import PipelineConfig
 from include.recsys.data import IdMap, interaction_matrix
-from include.recsys.recommend import ModelBundle
+from include.recsys.recommend import ModelBundle, id_maps_sha256
+from include.recsys.weighting import ConfidenceSpec, confidence_matrix
 
 log = logging.getLogger(__name__)
+
+#: Config fields that describe the model (what tuning chooses and what a best config holds).
+MODEL_FIELDS: tuple[str, ...] = (
+    "factors",
+    "regularization",
+    "alpha",
+    "iterations",
+    "weighting",
+    "bm25_k1",
+    "bm25_b",
+    "recency_half_life_days",
+)
+
+
+class TrainingError(RuntimeError):
+    """Training refused its input or produced an unusable model (retrying will not help)."""
 
 
 @dataclass
@@ -28,23 +59,75 @@ class TrainStats:
     nnz: int
     fit_seconds: float
     total_seconds: float
+    iterations: int = 0
 
 
-def fit_als(user_items, cfg: PipelineConfig):
-    """Fit implicit's CPU ALS on a CSR user-item confidence matrix; returns the model."""
+def model_config(cfg: PipelineConfig) -> dict[str, object]:
+    """The model-describing fields of a config (see :data:`MODEL_FIELDS`)."""
+    return {k: getattr(cfg, k) for k in MODEL_FIELDS}
+
+
+def check_no_leak(train_df: pd.DataFrame, cutoff: pd.Timestamp | None) -> None:
+    """Raise :class:`TrainingError` when a training event is at or after ``cutoff``."""
+    if cutoff is None or train_df.empty or "event_ts" not in train_df.columns:
+        return
+    cutoff = pd.Timestamp(cutoff)
+    late = train_df["event_ts"] >= cutoff
+    if late.any():
+        raise TrainingError(
+            f"{int(late.sum())} training event(s) at or after the cutoff {cutoff} (newest "
+            f"{train_df['event_ts'].max()}): the evaluation period would leak into training"
+        )
+
+
+def check_finite(model_factors: dict[str, np.ndarray], cfg: PipelineConfig) -> None:
+    """Raise :class:`TrainingError` if any factor is NaN or infinite (then every score is)."""
+    for name, f in model_factors.items():
+        bad = ~np.isfinite(f)
+        if bad.any():
+            raise TrainingError(
+                f"ALS produced {int(bad.sum())} non-finite {name} value(s) (factors={cfg.factors}, "
+                f"regularization={cfg.regularization}, alpha={cfg.alpha}, weighting={cfg.weighting}); "
+                "scores would not be finite. Raise regularization or lower alpha."
+            )
+
+
+def build_als(cfg: PipelineConfig, iterations: int | None = None):
+    """An unfitted implicit CPU ALS model for the config (fit it inside ``threadpool_limits``)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when the model is built
-        model = AlternatingLeastSquares(
+        return AlternatingLeastSquares(
             factors=cfg.factors,
             regularization=cfg.regularization,
             alpha=cfg.alpha,
-            iterations=cfg.iterations,
+            iterations=iterations or cfg.iterations,
             random_state=cfg.seed,
             num_threads=cfg.num_threads,
+            use_cg=cfg.use_cg,
         )
-        model.fit(user_items, show_progress=False)
+
+
+def fit_als(
+    user_items,
+    cfg: PipelineConfig,
+    *,
+    iterations: int | None = None,
+    callback: Callable[[int, float, float | None], None] | None = None,
+    model=None,
+):
+    """Fit implicit's CPU ALS on a CSR user-item confidence matrix; returns the model.
+
+    ``callback(iteration, seconds, loss)`` is implicit's per-sweep fit callback (0.7.3:
+    ``fit(user_items, show_progress=True, callback=None)``), used for early stopping; pass
+    ``model`` (from :func:`build_als`) when the callback needs to read its factors.
+    """
+    from threadpoolctl import threadpool_limits
+
+    model = model if model is not None else build_als(cfg, iterations)
+    with threadpool_limits(1, "blas"):
+        model.fit(user_items, show_progress=False, callback=callback)
     return model
 
 
@@ -66,36 +149,58 @@ def segment_popularity(ui, users: IdMap, segments: pd.Series) -> tuple[pd.Index,
 
 
 def train(
-    train_df: pd.DataFrame, cfg: PipelineConfig, segments: pd.Series | None = None
+    train_df: pd.DataFrame,
+    cfg: PipelineConfig,
+    segments: pd.Series | None = None,
+    *,
+    cutoff: pd.Timestamp | None = None,
 ) -> tuple[ModelBundle, TrainStats]:
-    """Build the matrix from the training events, fit ALS, bundle factors with the id maps.
+    """Build the confidence matrix from the training events, fit ALS, bundle factors + id maps.
 
+    ``cutoff`` is the end of the training period: events at or after it are refused (leak
+    check) and the recency decay counts ages from it (default: the newest training event).
     With ``segments`` (a user attribute by user_id) the bundle also carries per-segment item
     popularity for the cold-start fallback.
     """
     t0 = time.perf_counter()
+    check_no_leak(train_df, cutoff)
     users = IdMap.from_values(train_df["user_id"])
     items = IdMap.from_values(train_df["item_id"])
-    ui = interaction_matrix(train_df, users, items, value="weight")
-    popularity = np.diff(ui.tocsc().indptr).astype(np.int64)  # distinct users per item
+    # seen-filter and popularity come from the plain summed matrix; ALS gets the confidence
+    seen = interaction_matrix(train_df, users, items, value="weight")
+    spec = ConfidenceSpec.from_config(cfg)
+    ui = confidence_matrix(train_df, users, items, spec, cutoff) if _needs_own_matrix(spec) else seen
+    popularity = np.diff(seen.tocsc().indptr).astype(np.int64)  # distinct users per item
     t1 = time.perf_counter()
     model = fit_als(ui, cfg)
     fit_s = time.perf_counter() - t1
+    uf = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+    vf = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+    check_finite({"user factor": uf, "item factor": vf}, cfg)
     bundle = ModelBundle(
         user_ids=users.ids,
         item_ids=items.ids,
-        user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
-        item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32),
+        user_factors=uf,
+        item_factors=vf,
         item_popularity=popularity,
-        seen=ui,
+        seen=seen,
+        id_maps_hash=id_maps_sha256(users.ids, items.ids),  # binds the factors to these id maps
     )
     if segments is not None:
-        bundle.segment_ids, bundle.segment_popularity = segment_popularity(ui, users, segments)
-    stats = TrainStats(len(users), len(items), int(ui.nnz), fit_s, time.perf_counter() - t0)
+        bundle.segment_ids, bundle.segment_popularity = segment_popularity(seen, users, segments)
+    stats = TrainStats(
+        len(users), len(items), int(ui.nnz), fit_s, time.perf_counter() - t0, cfg.iterations
+    )
     log.info(
-        "ALS fit: %d users x %d items, %d non-zeros, factors=%d, iterations=%d, in %.2fs "
-        "(%.0f nnz-iterations/s); total with data preparation %.2fs",
-        stats.users, stats.items, stats.nnz, cfg.factors, cfg.iterations, fit_s,
-        stats.nnz * cfg.iterations / max(fit_s, 1e-9), stats.total_seconds,
+        "ALS fit: %d users x %d items, %d non-zeros, factors=%d, iterations=%d, weighting=%s, "
+        "recency half-life=%s d, in %.2fs (%.0f nnz-iterations/s); total with data preparation "
+        "%.2fs; id maps %s",
+        stats.users, stats.items, stats.nnz, cfg.factors, cfg.iterations, cfg.weighting,
+        cfg.recency_half_life_days or "off", fit_s, stats.nnz * cfg.iterations / max(fit_s, 1e-9),
+        stats.total_seconds, bundle.id_maps_hash[:12],
     )
     return bundle, stats
+
+
+def _needs_own_matrix(spec: ConfidenceSpec) -> bool:
+    return spec.weighting != "none" or spec.recency_half_life_days > 0

@@ -531,6 +531,25 @@ def _parameters_of(value: Any) -> set[str]:
     return set()
 
 
+def _gx_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as GX should see it: narrow numpy ints/floats widened to int64/float64.
+
+    GX's pandas ``column_values.between`` is vectorised only for ``int``/``float`` (64-bit)
+    dtypes and calls a Python function per row otherwise: float32 weights or scores took ~20 s
+    per 5M rows. Widening is exact, so every result is the same; the dtype contract was
+    already checked on the original frame.
+    """
+    import numpy as np
+
+    wide = {
+        c: df[c].astype(np.float64 if df[c].dtype.kind == "f" else np.int64)
+        for c in df.columns
+        if isinstance(df[c].dtype, np.dtype) and df[c].dtype.kind in "fiu"
+        and df[c].dtype not in (np.dtype(np.float64), np.dtype(np.int64))
+    }
+    return df.assign(**wide) if wide else df
+
+
 def run_suite(
     df: pd.DataFrame,
     definition: dict[str, Any],
@@ -627,7 +646,7 @@ def run_suite(
             )
         )
         checkpoint_result = checkpoint.run(
-            batch_parameters={"dataframe": df},
+            batch_parameters={"dataframe": _gx_frame(df)},
             expectation_parameters=parameters,
             run_id=RunIdentifier(run_name=run_name, run_time=run_time),
         )

@@ -52,10 +52,18 @@ def test_structure(dagbag):
         ("validate_input", "split"),
         ("split", "train"),
         ("snapshot", "train"),
+        ("split", "plan_trials"),  # tuning: trials as mapped tasks, then the refit
+        ("snapshot", "plan_trials"),
+        ("plan_trials", "run_trial"),
+        ("plan_trials", "select_best"),
+        ("run_trial", "select_best"),
+        ("select_best", "train"),
         ("split", "evaluate"),
         ("train", "evaluate"),
         ("evaluate", "gate"),
         ("train", "gate"),
+        ("snapshot", "gate"),  # the run card's data summary
+        ("split", "gate"),
         ("gate", "should_publish"),
         ("should_publish", "register"),
         ("train", "register"),
@@ -80,10 +88,22 @@ def test_structure(dagbag):
     }
     assert edges == expected
     assert set(dag.task_ids) == {
-        "snapshot", "validate_input", "split", "train", "evaluate", "gate",
+        "snapshot", "validate_input", "split", "plan_trials", "run_trial", "select_best", "train",
+        "evaluate", "gate",
         "should_publish", "register", "plan_shards", "score_shard", "assemble_version", "validate_output",
         "publish",
     }
+
+
+def test_tuning_trials_are_mapped_and_select_best_runs_without_trials(dagbag):
+    """Trials scale out as mapped tasks; select_best also runs when no trial was mapped."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = dagbag.dags[DAG_ID]
+    assert isinstance(dag.get_task("run_trial"), MappedOperator)
+    assert dag.get_task("select_best").trigger_rule == "none_failed"
+    assert dag.get_task("train").trigger_rule == "all_success"
+    assert dag.params.get_param("tune").schema["type"] == "boolean"
 
 
 def test_scoring_is_mapped_over_shards(dagbag):

@@ -138,6 +138,7 @@ def test_gate_failure_publishes_nothing_and_alerts(env):
     assert len(msgs) == 1  # one message per failure, not per retry
     text = json.dumps(msgs[0])
     assert "Gate FAIL" in text and "floor" in text  # the rule table, not just a traceback
+    assert r["summary"]["run_card"] in text and Path(r["summary"]["run_card"]).exists()  # written before failing
     assert "recsys_nightly_retrain" in text and r["run_id"] in text
 
 
@@ -186,3 +187,34 @@ def test_rollback_dag_moves_table_and_champion_back_together(env):
     assert champion_version(env) == expected_model
     last = pub.history(root)[-1]
     assert last["reason"] == "rollback" and last["version"] == previous and last["previous"] == before
+
+
+def test_force_publish_publishes_a_failed_gate_loudly(env):
+    """force_publish on a gate FAIL: the run publishes, the verdict stays FAIL with forced=true in
+    gate.json, the manifest, the MLflow run and the run card, and Slack gets one warning."""
+    import mlflow
+
+    before = current(env)
+    n_alerts = len(env["slack"].requests)
+    r = run_demo(env, "--conf", json.dumps({"force_publish": True}), extra_env={"RECSYS_GATE_MIN_METRIC": "0.99"})
+    assert r["state"] == "success", r["stdout"][-3000:]
+    assert r["tasks"]["gate"] == "success" and r["tasks"]["validate_output"] == "success"
+    assert r["tasks"]["publish"] == "success"
+    gate = r["summary"]["gate"]
+    assert gate["verdict"] == "FAIL" and gate["forced"] is True
+    assert "FORCED by force_publish" in r["stdout"]
+    version = current(env)
+    assert version != before
+    manifest = json.loads((env["data"] / "recommendations" / f"version={version}" / "_manifest.json").read_text())
+    assert manifest["gate"] == {"verdict": "FAIL", "metric": "ndcg@10", "forced": True}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{env['data'] / 'mlflow' / 'mlflow.db'}")
+    tags = client.get_run(manifest["mlflow_run_id"]).data.tags
+    assert tags["gate_verdict"] == "FAIL" and tags["gate_forced"] == "true"
+    mv = client.get_model_version("recsys_als", manifest["model_version"])
+    assert mv.tags["gate_forced"] == "true" and mv.tags["run_card_status"] == "present"
+    card = Path(r["summary"]["run_card"])
+    text = card.read_text()
+    assert "FORCED" in text and version in text and "https://" not in text  # refreshed after publish
+    assert env["slack"].wait_for(n_alerts + 1)
+    msgs = env["slack"].payloads[n_alerts:]
+    assert len(msgs) == 1 and "FORCED" in msgs[0]["text"] and str(card) in json.dumps(msgs[0])

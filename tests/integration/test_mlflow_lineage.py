@@ -89,10 +89,11 @@ def test_run_has_lineage_tags_params_metrics_and_artifacts(world):
                 assert metrics[key] == pytest.approx(first["ev"]["metrics"][name][f"{m}@{k}"])
     assert metrics["train_seconds"] > 0 and metrics["train_nnz"] > 0
     arts = set()
-    for folder in ("evaluation", "gate", "table", "validation"):
+    for folder in ("evaluation", "gate", "table", "validation", "run_card"):
         arts |= {a.path for a in _client(cfg).list_artifacts(run.info.run_id, folder)}
     assert {"evaluation/report.json", "evaluation/per_user_metrics.parquet", "gate/gate.json",
-            "table/_manifest.json", "validation/input_report.json"} <= arts
+            "table/_manifest.json", "validation/input_report.json", "run_card/run_card.html"} <= arts
+    assert tags["gate_forced"] == "false" and tags["gate_rule.floor"].startswith("PASS")
     assert run.info.status == "FINISHED"  # publish closed it; registering did not
 
 
@@ -139,7 +140,8 @@ def test_model_version_carries_gate_metrics_window_and_run_card(world):
     assert t["data_window"].startswith(f"[{first['snap']['window_start']}")
     assert t["data_snapshot_sha256"] == first["snap"]["sha256"]
     assert t["airflow_run_id"] == rc.run_id and t["mlflow_run_id"] == first["model"]["mlflow_run_id"]
-    assert t["run_card"] == str(rc.work_dir(cfg) / pipeline.RUN_CARD) and t["run_card_status"] == "pending"
+    assert t["run_card"] == str(rc.work_dir(cfg) / pipeline.RUN_CARD) and t["run_card_status"] == "present"
+    assert (rc.work_dir(cfg) / pipeline.RUN_CARD).exists() and t["gate_forced"] == "false"
     assert "Gate PASS on ndcg@10" in mv.description and f"{cand:.4f}" in mv.description
     assert mv.run_id == first["model"]["mlflow_run_id"]
 

@@ -135,6 +135,8 @@ def test_param_specs(clean_env) -> None:
         "holdout_days": {"exclusiveMinimum": 0},
         "dry_run": {},
         "source_path": {},
+        "force_publish": {},
+        "tune": {},
     }
     assert specs["dry_run"]["type"] == "boolean"
     # empty source_path = the default lake: optional in the trigger form (nullable), or the

@@ -156,6 +156,109 @@ def test_topn_dense_continuous_factors_close_to_reference() -> None:
     np.testing.assert_array_equal(items, ref_items)
 
 
+# --- the fused tile kernel: item tiles, compactions, threads ------------------------------------
+
+
+@pytest.mark.parametrize("tile_items", [1, 7, 64, 100, 333, 5000])
+@pytest.mark.parametrize("n", [1, 3, 40, 150])
+def test_topn_dense_item_tiles_match_brute_force(tile_items: int, n: int) -> None:
+    # 700 items in several tiles (tile edges inside and at the end), few distinct factor rows
+    # (ties everywhere), n up to beyond the candidate buffer (compactions), users who have seen
+    # nothing / almost everything / everything
+    rng = np.random.default_rng(tile_items * 1000 + n)
+    n_users, n_items, f = 37, 700, 4
+    uf = _int_factors(rng, n_users, f)
+    vf = _int_factors(rng, 25, f)[rng.integers(0, 25, n_items)]
+    dense = (rng.random((n_users, n_items)) < 0.3).astype(np.float32)
+    dense[0] = 0
+    dense[1] = 1
+    dense[2] = 1
+    dense[2, rng.choice(n_items, 5, replace=False)] = 0
+    _check_topn(uf, vf, sp.csr_matrix(dense), n, block_size=10)
+
+
+@pytest.mark.parametrize("direction", [1, -1])
+def test_topn_dense_monotone_scores_force_compactions(direction: int) -> None:
+    # scores rising with the item index: every item beats the running threshold, so the
+    # candidate buffer fills and is compacted again and again; falling: the first tile holds
+    # the answer and later tiles must add nothing
+    n_items = 3000
+    vf = (direction * np.arange(n_items, dtype=np.float32))[:, None]
+    uf = np.array([[1.0], [2.0], [0.5]], dtype=np.float32)
+    seen = sp.csr_matrix(np.eye(3, n_items, k=n_items - 3 if direction == 1 else 0))
+    for n in (1, 5, 100, 400):
+        _check_topn(uf, vf, seen, n, block_size=2)
+        items, _ = topn_dense(uf, vf, seen, n, tile_items=256)
+        ref, _ = _brute_topn(uf, vf, seen, n)
+        np.testing.assert_array_equal(items, ref)
+
+
+def test_topn_dense_zero_and_negative_scores() -> None:
+    # all-zero scores: pure tie-break by item index; all-negative scores: the sign handling of
+    # the order-preserving keys; -0.0 ranks as +0.0
+    rng = np.random.default_rng(8)
+    seen = _random_seen(rng, 6, 90, 0.3)
+    _check_topn(np.zeros((6, 3), np.float32), _int_factors(rng, 90, 3), seen, 12, block_size=4)
+    uf = np.abs(_int_factors(rng, 6, 3)) + 1
+    vf = -np.abs(_int_factors(rng, 90, 3)) - 1
+    _check_topn(uf, vf, seen, 12, block_size=4)
+    neg0 = np.zeros((1, 1), np.float32)
+    items, scores = topn_dense(neg0, np.array([[-0.0], [0.0], [-0.0]], np.float32),
+                               sp.csr_matrix((1, 3)), 3)
+    assert items.tolist() == [[0, 1, 2]] and scores.tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_topn_dense_unsorted_seen_indices_and_threads() -> None:
+    rng = np.random.default_rng(9)
+    uf, vf = _int_factors(rng, 300, 5), _int_factors(rng, 400, 5)
+    seen = _random_seen(rng, 300, 400, 0.2)
+    # same matrix, row entries stored in reverse order
+    rev = sp.csr_matrix(
+        (seen.data.copy(), seen.indices.copy(), seen.indptr.copy()), shape=seen.shape
+    )
+    for r in range(rev.shape[0]):
+        lo, hi = rev.indptr[r], rev.indptr[r + 1]
+        rev.indices[lo:hi] = rev.indices[lo:hi][::-1].copy()
+    rev.has_sorted_indices = False
+    ref_items, ref_scores = _brute_topn(uf, vf, seen, 20)
+    for threads in (1, 2, 3):
+        items, scores = topn_dense(uf, vf, rev, 20, block_size=7, tile_items=64, threads=threads)
+        np.testing.assert_array_equal(items, ref_items)
+        np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
+
+
+def test_topn_dense_matches_previous_heap_kernel() -> None:
+    from include.recsys.topk import topk_block
+
+    rng = np.random.default_rng(10)
+    n_users, n_items, n = 200, 2500, 30
+    uf, vf = _int_factors(rng, n_users, 6), _int_factors(rng, n_items, 6)
+    seen = _random_seen(rng, n_users, n_items, 0.1)
+    scores_all = uf @ vf.T
+    old_items = np.empty((n_users, n), np.int32)
+    old_scores = np.empty((n_users, n), np.float32)
+    topk_block(scores_all, seen.indptr, seen.indices, n, old_items, old_scores)
+    items, scores = topn_dense(uf, vf, seen, n)
+    np.testing.assert_array_equal(items, old_items)
+    np.testing.assert_array_equal(scores, old_scores)
+
+
+def test_topn_dense_rejects_bad_arguments() -> None:
+    uf, vf = np.zeros((2, 2), np.float32), np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="n must be"):
+        topn_dense(uf, vf, sp.csr_matrix((2, 3)), -1)
+    with pytest.raises(ValueError, match="seen has shape"):
+        topn_dense(uf, vf, sp.csr_matrix((2, 4)), 1)
+    with pytest.raises(ValueError, match="block_size and tile_items"):
+        topn_dense(uf, vf, sp.csr_matrix((2, 3)), 1, tile_items=0)
+    bad = sp.csr_matrix((2, 3), dtype=np.float32)
+    bad.indices = np.array([5], dtype=np.int32)  # forged: the kernel must never index with it
+    bad.indptr = np.array([0, 1, 1], dtype=np.int32)
+    bad.data = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="outside"):
+        topn_dense(uf, vf, bad, 1)
+
+
 # --- ranked_filtered ------------------------------------------------------------------------
 
 

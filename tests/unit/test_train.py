@@ -110,3 +110,116 @@ def test_popularity_counts_distinct_users_and_seen_sums_weights(tmp_path) -> Non
     assert bundle.seen.toarray().tolist() == [[5.0, 1.0, 0.0], [1.0, 0.0, 0.0], [5.0, 0.0, 1.0]]
     assert bundle.user_factors.dtype == bundle.item_factors.dtype == np.float32
     assert bundle.user_factors.flags.c_contiguous and bundle.item_factors.flags.c_contiguous
+
+
+# --- correctness checks (issue 10) -----------------------------------------------------------
+
+
+def _random_events(n_users: int = 300, n_items: int = 120, n: int = 6000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{u:04d}" for u in rng.integers(0, n_users, n)],
+            "item_id": [f"i{i:04d}" for i in (rng.zipf(1.3, n) % n_items)],
+            "event_ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 30 * 86400, n), unit="s"),
+            "weight": rng.choice(np.array([1.0, 2.0, 5.0], np.float32), n),
+        }
+    )
+
+
+@pytest.mark.parametrize("extra", [{}, {"weighting": "bm25", "recency_half_life_days": 7.0}, {"use_cg": False}])
+def test_same_seed_same_factors_and_top_n_with_threads(tmp_path, extra) -> None:
+    """implicit's CPU ALS solves rows independently: 2 threads are as deterministic as 1."""
+    df = _random_events()
+    cfg = _cfg(tmp_path, seed=11, num_threads=2, factors=8, iterations=5, **extra)
+    a, _ = train(df, cfg)
+    b, _ = train(df, cfg)
+    one, _ = train(df, cfg.with_overrides({"num_threads": 1}))
+    for other in (b, one):
+        assert np.array_equal(a.user_factors, other.user_factors)
+        assert np.array_equal(a.item_factors, other.item_factors)
+    users = pd.Index(sorted(df["user_id"].unique()))
+    ra, rb = recommend(a, users, df, 10), recommend(b, users, df, 10)
+    assert np.array_equal(ra.items, rb.items) and np.array_equal(ra.scores, rb.scores)
+
+
+def test_duplicate_pairs_reach_training_once_whatever_the_weighting(tmp_path) -> None:
+    df = _random_events(n=3000)
+    pairs = df[["user_id", "item_id"]].drop_duplicates()
+    assert len(pairs) < len(df)  # the fixture has repeated pairs
+    for extra in ({}, {"weighting": "tfidf"}, {"recency_half_life_days": 3.0}):
+        _, stats = train(df, _cfg(tmp_path, factors=4, iterations=2, **extra))
+        assert stats.nnz == len(pairs), extra
+
+
+def test_no_event_at_or_after_the_cutoff_reaches_training(tmp_path) -> None:
+    from include.recsys.train import TrainingError
+
+    df = _random_events()
+    cutoff = df["event_ts"].max()  # the newest event is AT the cutoff: refused
+    with pytest.raises(TrainingError, match="at or after the cutoff"):
+        train(df, _cfg(tmp_path, factors=4, iterations=2), cutoff=cutoff)
+    train(df.loc[df["event_ts"] < cutoff], _cfg(tmp_path, factors=4, iterations=2), cutoff=cutoff)
+
+
+def test_non_finite_factors_fail_clearly(tmp_path, monkeypatch) -> None:
+    from include.recsys import train as train_mod
+
+    real = train_mod.fit_als
+
+    def poisoned(ui, cfg, **kw):
+        model = real(ui, cfg, **kw)
+        model.item_factors[0, 0] = np.nan
+        return model
+
+    monkeypatch.setattr(train_mod, "fit_als", poisoned)
+    with pytest.raises(train_mod.TrainingError, match="non-finite item factor"):
+        train(_checkerboard(), _cfg(tmp_path))
+
+
+def test_bundle_cannot_be_scored_with_another_runs_id_maps(tmp_path) -> None:
+    import dataclasses
+    import shutil
+
+    from include.recsys.recommend import IdMapMismatch, ModelBundle
+
+    df = _checkerboard()
+    a, _ = train(df, _cfg(tmp_path))
+    # another run: same shapes, other ids (e.g. users renumbered)
+    other = df.assign(user_id=df["user_id"].str.replace("u", "v"))
+    b, _ = train(other, _cfg(tmp_path))
+    assert a.id_maps_hash != b.id_maps_hash
+    # in memory: factors of run a with the id maps of run b
+    mixed = dataclasses.replace(a, user_ids=b.user_ids)
+    with pytest.raises(IdMapMismatch, match="id maps"):
+        recommend(mixed, b.user_ids[:3], other, 5)
+    # on disk: run b's users.parquet copied next to run a's factors
+    da, db = a.save(tmp_path / "a"), b.save(tmp_path / "b")
+    assert ModelBundle.load(da).id_maps_hash == a.id_maps_hash
+    shutil.copy(db / "users.parquet", da / "users.parquet")
+    with pytest.raises(IdMapMismatch, match="another run"):
+        ModelBundle.load(da)
+
+
+def test_split_is_time_based_and_reproducible() -> None:
+    from include.recsys.split import time_split
+
+    df = _random_events()
+    cutoff = pd.Timestamp("2026-01-24", tz="UTC")
+    tr, ho, stats = time_split(df, cutoff)
+    assert (tr["event_ts"] < cutoff).all()
+    later = df.loc[df["event_ts"] >= cutoff]
+    assert len(tr) + stats.holdout_rows == len(df) and stats.holdout_rows == len(later)
+    assert (ho["event_ts"] >= cutoff).all()
+    seen = pd.MultiIndex.from_frame(tr[["user_id", "item_id"]])
+    assert not pd.MultiIndex.from_frame(ho[["user_id", "item_id"]]).isin(seen).any()
+    # shuffled input, same split
+    tr2, ho2, _ = time_split(df.sample(frac=1.0, random_state=3), cutoff)
+    key = ["user_id", "item_id", "event_ts"]
+    pd.testing.assert_frame_equal(
+        tr.sort_values(key, ignore_index=True), tr2.sort_values(key, ignore_index=True)
+    )
+    pd.testing.assert_frame_equal(
+        ho.sort_values(key, ignore_index=True)[["user_id", "item_id"]],
+        ho2.sort_values(key, ignore_index=True)[["user_id", "item_id"]],
+    )
