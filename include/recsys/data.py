@@ -299,6 +299,37 @@ class IdMap:
     def from_values(cls, values: pd.Series) -> IdMap:
         return cls(pd.Index(pd.unique(values)).sort_values())
 
+    @classmethod
+    def factorize(cls, values: pd.Series) -> tuple[IdMap, np.ndarray]:
+        """``(from_values(values), index_of(values))`` in one hashing pass instead of two.
+
+        ``pd.factorize`` (Arrow's dictionary encoding for string columns) gives codes in order
+        of first appearance; only the distinct ids are then sorted and the codes remapped, so
+        the map and the indices equal the two-pass result. A categorical column uses its codes
+        directly (the map holds the categories present, in the categories' dtype). Missing ids
+        fall back to the two-pass route, which keeps NaN as an id.
+        """
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            codes = np.asarray(values.cat.codes, dtype=np.int64)
+            uniques = pd.Index(values.cat.categories)
+            if len(codes) and codes.min() >= 0:
+                present = np.bincount(codes, minlength=len(uniques)) > 0
+                if not present.all():  # unused categories are not ids
+                    remap = np.cumsum(present) - 1
+                    codes, uniques = remap[codes], uniques[present]
+        else:
+            codes, uniques = pd.factorize(values)
+            codes = np.asarray(codes, dtype=np.int64)
+            if uniques.dtype == object:  # as pd.unique: a plain array, so pd.Index infers "str"
+                uniques = uniques.to_numpy()
+        if len(codes) and codes.min() < 0:
+            ids = cls.from_values(values)
+            return ids, ids.index_of(values)
+        ids, order = pd.Index(uniques).sort_values(return_indexer=True)
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order), dtype=np.int64)
+        return cls(ids), rank[codes]
+
     def index_of(self, values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
         return self.ids.get_indexer(values)
 
@@ -314,22 +345,42 @@ class IdMap:
 
 
 def interaction_matrix(
-    df: pd.DataFrame, users: IdMap, items: IdMap, *, value: str | None = "weight"
+    df: pd.DataFrame,
+    users: IdMap,
+    items: IdMap,
+    *,
+    value: str | None = "weight",
+    codes: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """CSR (users x items) of the summed ``value`` (or 1.0 per pair when ``value`` is None).
 
     Rows whose user or item is not in the maps are dropped. float32, sorted indices.
+    ``codes``: the rows' ``(users.index_of(user_id), items.index_of(item_id))`` when the caller
+    has them already (:meth:`IdMap.factorize`): the string lookups are the slow part.
+    """
+    if codes is None:
+        codes = users.index_of(df["user_id"]), items.index_of(df["item_id"])
+    data = df[value].to_numpy(np.float32) if value else None
+    return csr_from_codes(codes[0], codes[1], data, (len(users), len(items)))
+
+
+def csr_from_codes(u: np.ndarray, i: np.ndarray, data: np.ndarray | None, shape: tuple[int, int]):
+    """CSR float32 of ``data`` summed per (u, i) (None: 1.0 per pair); rows with a -1 dropped.
+
+    Canonical: sorted indices, one entry per pair (what implicit's ALS expects).
     """
     import scipy.sparse as sp
 
-    u = users.index_of(df["user_id"])
-    i = items.index_of(df["item_id"])
     ok = (u >= 0) & (i >= 0)
-    data = df[value].to_numpy(np.float32)[ok] if value else np.ones(int(ok.sum()), np.float32)
-    m = sp.csr_matrix((data, (u[ok], i[ok])), shape=(len(users), len(items)), dtype=np.float32)
+    if not ok.all():
+        u, i = u[ok], i[ok]
+        data = data[ok] if data is not None else None
+    binary = data is None
+    data = np.ones(len(u), np.float32) if binary else data
+    m = sp.csr_matrix((data, (u, i)), shape=shape, dtype=np.float32)
     m.sum_duplicates()
     m.sort_indices()
-    if value is None:
+    if binary:
         m.data[:] = 1.0
     return m
 
@@ -339,12 +390,19 @@ def release_memory() -> None:
 
     pyarrow's allocator (mimalloc) keeps freed pages for reuse: after a stage has dropped a
     20M-row frame the process still holds hundreds of MB, which the next stage run in the same
-    process (``dag.test``, a reused worker) stacks its own peak on. Called at stage ends.
+    process (``dag.test``, a reused worker) stacks its own peak on. Great Expectations' global
+    context (which keeps the last validated frame alive) is dropped first. Called at stage ends.
     """
     import gc
+    import sys
 
     import pyarrow as pa
 
+    gx_factory = sys.modules.get("great_expectations.data_context.data_context.context_factory")
+    if gx_factory is not None:
+        # GX keeps the last context as its global "project": an ephemeral context keeps its
+        # pandas datasource, whose batch holds the whole validated frame (GB on the snapshot)
+        gx_factory.project_manager.set_project(None)
     gc.collect()
     pa.default_memory_pool().release_unused()
     try:  # glibc keeps freed numpy/pandas heap in its arenas until trimmed

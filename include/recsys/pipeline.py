@@ -151,22 +151,21 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
 
 
 def split(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
-    from include.recsys.data import release_memory, write_parquet
-    from include.recsys.split import time_split
+    """Time-based holdout of the snapshot -> ``split/train.parquet`` + ``split/holdout.parquet``
+    (streamed row group by row group: the snapshot frame is never held whole)."""
+    from include.recsys.data import release_memory
+    from include.recsys.split import time_split_file
 
-    df = pd.read_parquet(snap["snapshot"])
+    release_memory()  # what earlier stages of this process left behind
     cutoff = pd.Timestamp(snap["window_end"]) - pd.Timedelta(days=cfg.holdout_days)
-    train_df, holdout, stats = time_split(df, cutoff)
-    del df
     out = rc.work_dir(cfg) / "split"
-    result = {
-        "train": str(write_parquet(train_df, out / "train.parquet")),
-        "holdout": str(write_parquet(holdout, out / "holdout.parquet")),
+    stats = time_split_file(snap["snapshot"], cutoff, out / "train.parquet", out / "holdout.parquet")
+    release_memory()
+    return {
+        "train": str(out / "train.parquet"),
+        "holdout": str(out / "holdout.parquet"),
         "stats": asdict(stats),
     }
-    del train_df, holdout
-    release_memory()
-    return result
 
 
 def _tuning_dir(cfg: PipelineConfig, rc: RunContext) -> Path:
@@ -341,7 +340,7 @@ def train(
     set explicitly (they win). Without it the run's config is used as is.
     """
     from include.recsys import registry
-    from include.recsys.train import model_config
+    from include.recsys.train import model_config, read_training_events
     from include.recsys.train import train as fit
 
     # MLflow first: an unreachable server fails (and is retried) before an expensive fit
@@ -354,7 +353,7 @@ def train(
 
         cfg, kept = apply_config(cfg, best["config"])
         source = best.get("source", "tuned")
-    train_df = pd.read_parquet(parts["train"])
+    train_df = read_training_events(parts["train"])  # only the columns training uses
     cutoff = pd.Timestamp(parts["stats"]["cutoff"]) if parts.get("stats", {}).get("cutoff") else None
     bundle, stats = fit(train_df, cfg, read_segments(cfg), cutoff=cutoff)
     bundle_dir = bundle.save(rc.work_dir(cfg) / "model" / "bundle")
@@ -447,6 +446,13 @@ def _eval_mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _by_id(s: pd.Series) -> pd.Series:
+    """A groupby result keyed by a categorical id column, re-keyed by the plain ids."""
+    if isinstance(s.index, pd.CategoricalIndex):
+        s.index = pd.Index(s.index.categories.take(s.index.codes), name=s.index.name)
+    return s
+
+
 def evaluate(
     cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], model: dict[str, Any]
 ) -> dict[str, Any]:
@@ -473,9 +479,16 @@ def evaluate(
     )
     from include.recsys.recommend import ModelBundle, ranked_filtered, recommend, seen_matrix
 
+    from include.recsys.data import release_memory
+
+    release_memory()  # what earlier stages of this process left behind
     t0 = time.perf_counter()
     candidate_bundle = ModelBundle.load(model["bundle"])
-    train_df = pd.read_parquet(parts["train"], columns=["user_id", "item_id", "event_ts"])
+    # string ids as categoricals (Parquet dictionaries): the lookups below (isin, get_indexer,
+    # drop_duplicates, groupby) run on integer codes, with no 13M-row string columns in memory
+    train_df = pd.read_parquet(
+        parts["train"], columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
+    )
     holdout = pd.read_parquet(parts["holdout"], columns=["user_id", "item_id"])
     cutoff = pd.Timestamp((parts.get("stats") or {}).get("cutoff") or train_df["event_ts"].max())
     users = pd.Index(pd.unique(holdout["user_id"])).sort_values()
@@ -518,11 +531,14 @@ def evaluate(
     t_lists = time.perf_counter() - t0
 
     pairs = train_df[["user_id", "item_id"]].drop_duplicates()
-    counts = pairs.groupby("user_id").size()
+    counts = _by_id(pairs.groupby("user_id", observed=True).size())
+    del pairs
     heavy_min = heavy_threshold(counts.to_numpy(), cfg.eval_heavy_quantile)
+    first_ts = _by_id(train_df.groupby("user_id", observed=True)["event_ts"].min()).reindex(users)
+    del train_df, seen, seen_csr
     labels = user_slice_labels(
         counts.reindex(users).fillna(0).to_numpy(),
-        train_df.groupby("user_id")["event_ts"].min().reindex(users),
+        first_ts,
         cutoff,
         heavy_min=heavy_min,
         new_user_days=cfg.eval_new_user_days,
@@ -596,6 +612,8 @@ def evaluate(
         ev.seconds, cfg.gate_metric,
         {name: round(m.get(cfg.gate_metric, float("nan")), 4) for name, m in ev.metrics.items()},
     )
+    del ev, lists, relevant
+    release_memory()
     return {"report": str(out / "report.json"), "metrics": report["metrics"], "champion_version": champion_version}
 
 def gate(
@@ -689,13 +707,20 @@ def register(
     from include.recsys import registry
     from include.recsys.recommend import ModelBundle, seen_matrix
 
+    from include.recsys.data import release_memory
+
+    release_memory()  # what earlier stages of this process left behind
     work = rc.work_dir(cfg)
     snapshot_path = Path(snap["snapshot"]) if snap else work / "snapshot" / "interactions.parquet"
     bundle = ModelBundle.load(model["bundle"])
-    pairs = pd.read_parquet(snapshot_path, columns=["user_id", "item_id"])
+    # string ids as categoricals: seen_matrix's id lookups run once per distinct id
+    columns = ["user_id", "item_id"]
+    pairs = pd.read_parquet(snapshot_path, columns=columns, read_dictionary=columns)
     serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, pairs)).save(
         work / "model" / "serving_bundle"
     )
+    del pairs, bundle
+    release_memory()
     run_id = model["mlflow_run_id"]
     version = registry.register_model(cfg, run_id, serving_dir)
 
@@ -748,6 +773,28 @@ def _already_served(cfg: PipelineConfig, rc: RunContext) -> bool:
     return False
 
 
+def _sorted_user_codes(path: str | Path) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize(user_id, sort=True)`` of a Parquet file's ``user_id`` column: codes in
+    sorted id order (-1 for a null id) and the sorted ids. String ids are read as Parquet
+    dictionaries (integer indices plus each distinct id once), not as a 20M-row string column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.recsys.split import dictionary_codes
+
+    col = pq.read_table(path, columns=["user_id"], read_dictionary=["user_id"]).unify_dictionaries()["user_id"]
+    if not pa.types.is_dictionary(col.type) or col.num_chunks == 0:  # e.g. integer ids
+        codes, users = pd.factorize(col.to_pandas(), sort=True)
+        return codes, pd.Index(users)
+    codes, n = dictionary_codes(col)
+    ids = pd.Index(col.chunk(0).dictionary.to_pandas())
+    used = np.bincount(codes[codes >= 0], minlength=n) > 0  # a dictionary may hold unused ids
+    order = np.flatnonzero(used)[ids[used].argsort()]
+    rank = np.full(n + 1, -1, np.int64)  # last slot: null (-1) stays -1
+    rank[order] = np.arange(len(order))
+    return rank[codes], ids[order]
+
+
 def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> list[dict[str, Any]]:
     """Split the snapshot's users (sorted) into ``cfg.shards`` contiguous ranges.
 
@@ -756,21 +803,21 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     (user, item) pairs are read once here and split into one ``seen-<shard>.parquet`` per
     shard, so a shard reads only its own users' pairs (not the whole snapshot again).
     """
-    from include.recsys.data import write_parquet
+    from include.recsys.data import release_memory, write_parquet
     from include.recsys.publish import discard_staged
 
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    release_memory()  # what earlier stages of this process left behind
     # the pairs stay an Arrow table (no pandas string columns for 20M rows); users are grouped
-    # by a stable argsort of integer codes (sorting the id strings themselves is much slower)
+    # by a stable argsort of integer codes (sorting the id strings themselves is much slower),
+    # and each shard takes only its own rows (no sorted copy of the whole table)
+    codes, users = _sorted_user_codes(snap["snapshot"])
+    rows = np.flatnonzero(codes >= 0)  # a null user has no list
+    order = rows[np.argsort(codes[rows], kind="stable")]  # snapshot order kept inside a user
+    starts = np.r_[0, np.cumsum(np.bincount(codes[rows], minlength=len(users)))]
+    del codes, rows
     pairs = pq.read_table(snap["snapshot"], columns=["user_id", "item_id"])
-    pairs = pairs.filter(pc.is_valid(pairs["user_id"]))
-    codes, users = pd.factorize(pairs["user_id"].to_pandas(), sort=True)
-    users = pd.Index(users)
-    pairs = pairs.take(np.argsort(codes, kind="stable"))  # snapshot order kept inside a user
-    starts = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(users)))]
-    del codes
     folder = rc.work_dir(cfg) / "precompute"
     path = write_parquet(pd.DataFrame({"user_id": users}), folder / "users.parquet")
     if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
@@ -781,12 +828,10 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         seen = folder / f"seen-{i:05d}.parquet"
         tmp = seen.with_name(f".{seen.name}.tmp")
-        pq.write_table(pairs.slice(int(starts[lo]), int(starts[hi] - starts[lo])), tmp)
+        pq.write_table(pairs.take(order[starts[lo] : starts[hi]]), tmp)
         tmp.replace(seen)
         shards.append({"index": i, "lo": int(lo), "hi": int(hi), "users": str(path), "seen": str(seen)})
-    del pairs
-    from include.recsys.data import release_memory
-
+    del pairs, order
     release_memory()
     log.info("%d users in %d shard(s) of ~%d users", len(users), n, len(users) // n)
     return shards
@@ -926,10 +971,16 @@ def _pseudonymized() -> bool:
 
 
 def _privacy_seen(snap: dict[str, Any]) -> pd.DataFrame:
-    """The snapshot's (user, item) pairs, with user ids tokenised as the table's are."""
+    """The snapshot's (user, item) pairs, with user ids tokenised as the table's are.
+
+    Without pseudonymization string ids are read as categoricals (Parquet dictionaries: codes
+    plus each distinct id once), which the output checks look up per category."""
     from include.recsys import privacy
 
-    return privacy.pseudonymize_table(pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"]))
+    columns = ["user_id", "item_id"]
+    if privacy.enabled():
+        return privacy.pseudonymize_table(pd.read_parquet(snap["snapshot"], columns=columns))
+    return pd.read_parquet(snap["snapshot"], columns=columns, read_dictionary=columns)
 
 
 def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], pre: dict[str, Any]) -> dict[str, Any]:
@@ -938,9 +989,11 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
     Raises OutputValidationError (a DataValidationError: no retries) when the table breaks it;
     publish does not run and CURRENT stays where it was.
     """
+    from include.recsys.data import release_memory
     from include.recsys.publish import read_current, read_version_table, version_dir
     from include.recsys.validate_output import OutputValidationError, validate_table
 
+    release_memory()  # what earlier stages of this process left behind
     root = cfg.recommendations_root
     served = read_current(root)
     folder = rc.work_dir(cfg) / "validation"
@@ -964,8 +1017,6 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
         raise
     _log_validation_to_mlflow(cfg, rc)
     del current
-    from include.recsys.data import release_memory
-
     release_memory()
     log.info("output validation of %s: %s", pre["version"], report.summary())
     return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,3 +63,90 @@ def time_split(df: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd
         stats.holdout_users_cold,
     )
     return train, holdout, stats
+
+
+def dictionary_codes(column) -> tuple[np.ndarray, int]:
+    """Integer codes of a (chunked) dictionary column whose chunks share one dictionary
+    (``Table.unify_dictionaries``); null -> -1. Returns (codes, number of distinct values)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chunks = column.chunks
+    if not chunks:
+        return np.zeros(0, np.int64), 0
+    codes = np.concatenate(
+        [pc.fill_null(c.indices.cast(pa.int64()), -1).to_numpy(zero_copy_only=False) for c in chunks]
+    )
+    return codes, len(chunks[0].dictionary)
+
+
+def time_split_file(
+    path: str | Path, cutoff: pd.Timestamp, train_path: str | Path, holdout_path: str | Path
+) -> SplitStats:
+    """:func:`time_split` of the Parquet file ``path``, written to ``train_path`` and
+    ``holdout_path`` (the same rows, columns and order), without the whole frame in memory.
+
+    The ids are read once as Parquet dictionaries (integer codes, the strings of each distinct
+    id only); the training rows are then copied row group by row group, so the peak is one row
+    group plus the codes instead of the frame, its training copy and pandas' factorize buffers.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.recsys.data import write_parquet
+
+    path, train_path = Path(path), Path(train_path)
+    ids = pq.read_table(
+        path, columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
+    ).unify_dictionaries()
+    is_train = (ids["event_ts"].to_pandas() < cutoff).to_numpy()
+    if not is_train.any():
+        raise ValueError(f"the split leaves no training events before the cutoff {cutoff}")
+    u_codes, n_users = dictionary_codes(ids["user_id"])
+    i_codes, n_items = dictionary_codes(ids["item_id"])
+    del ids
+    # the same keys as time_split: +1 so a missing id (code -1) gets its own key
+    keys = (u_codes + 1) * (n_items + 1) + (i_codes + 1)
+    del i_codes
+    later_keys = pd.Series(keys[~is_train])
+    new = ~later_keys.duplicated().to_numpy() & ~later_keys.isin(keys[is_train]).to_numpy()
+    del later_keys, keys
+    in_train = np.bincount(u_codes[is_train] + 1, minlength=n_users + 1) > 0
+    hold_users = np.unique(u_codes[~is_train][new])
+    warm = int(in_train[hold_users + 1].sum())
+    del u_codes, in_train
+
+    pf = pq.ParquetFile(path)
+    train_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = train_path.with_name(f".{train_path.name}.tmp")
+    later_parts = []
+    start = 0
+    with pq.ParquetWriter(tmp, pf.schema_arrow) as writer:
+        for g in range(pf.num_row_groups):
+            group = pf.read_row_group(g)
+            mask = is_train[start : start + group.num_rows]
+            start += group.num_rows
+            writer.write_table(group.filter(pa.array(mask)))
+            later_parts.append(group.select(["user_id", "item_id", "event_ts"]).filter(pa.array(~mask)))
+            del group
+    tmp.replace(train_path)
+    later = pa.concat_tables(later_parts)
+    del later_parts
+    holdout = later.filter(pa.array(new)).to_pandas()
+    del later
+    write_parquet(holdout, holdout_path)
+    stats = SplitStats(
+        cutoff=cutoff.isoformat(),
+        train_rows=int(is_train.sum()),
+        holdout_rows=int((~is_train).sum()),
+        holdout_pairs_new=len(holdout),
+        holdout_users_warm=warm,
+        holdout_users_cold=len(hold_users) - warm,
+    )
+    log.info(
+        "split at %s: %d train rows, %d holdout rows -> %d new (user, item) pairs for %d warm "
+        "users (%d cold users not scored)",
+        cutoff, stats.train_rows, stats.holdout_rows, stats.holdout_pairs_new, warm,
+        stats.holdout_users_cold,
+    )
+    return stats

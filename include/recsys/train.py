@@ -131,6 +131,25 @@ def fit_als(
     return model
 
 
+#: Columns of the training split that :func:`train` reads (the others are not loaded).
+TRAIN_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "weight", "event_ts")
+
+
+def read_training_events(path) -> pd.DataFrame:
+    """The training split's columns that :func:`train` uses, from a Parquet file.
+
+    The rest (``event_type`` strings) is not loaded. (Reading the ids as Parquet dictionaries
+    / pandas categoricals was measured too: no faster than Arrow strings + ``pd.factorize``.)
+    """
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    missing = {"user_id", "item_id", "weight"} - set(names)
+    if missing:
+        raise TrainingError(f"training split {path} lacks column(s) {sorted(missing)}")
+    return pd.read_parquet(path, columns=[c for c in TRAIN_COLUMNS if c in names])
+
+
 def segment_popularity(ui, users: IdMap, segments: pd.Series) -> tuple[pd.Index, np.ndarray]:
     """Distinct users per item within each segment: (segment ids, (n_segments, n_items))."""
     import scipy.sparse as sp
@@ -164,13 +183,20 @@ def train(
     """
     t0 = time.perf_counter()
     check_no_leak(train_df, cutoff)
-    users = IdMap.from_values(train_df["user_id"])
-    items = IdMap.from_values(train_df["item_id"])
+    # one hashing pass per id column gives both the sorted id map and every row's index
+    users, u = IdMap.factorize(train_df["user_id"])
+    items, i = IdMap.factorize(train_df["item_id"])
     # seen-filter and popularity come from the plain summed matrix; ALS gets the confidence
-    seen = interaction_matrix(train_df, users, items, value="weight")
+    seen = interaction_matrix(train_df, users, items, value="weight", codes=(u, i))
     spec = ConfidenceSpec.from_config(cfg)
-    ui = confidence_matrix(train_df, users, items, spec, cutoff) if _needs_own_matrix(spec) else seen
-    popularity = np.diff(seen.tocsc().indptr).astype(np.int64)  # distinct users per item
+    ui = (
+        confidence_matrix(train_df, users, items, spec, cutoff, codes=(u, i))
+        if _needs_own_matrix(spec)
+        else seen
+    )
+    del u, i
+    # distinct users per item: entries per column of the canonical CSR (no CSC copy)
+    popularity = np.bincount(seen.indices, minlength=len(items)).astype(np.int64)
     t1 = time.perf_counter()
     model = fit_als(ui, cfg)
     fit_s = time.perf_counter() - t1

@@ -59,7 +59,28 @@ def read_table(folder: str | Path, columns: list[str] | None = None) -> pd.DataF
 
 
 def _codes(values: pd.Series, index: pd.Index) -> np.ndarray:
+    """Position of each value in ``index`` (-1 if absent or missing).
+
+    A categorical column (the snapshot pairs read as Parquet dictionaries) is looked up once
+    per category, not once per row: no 20M-row string index is built."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat = values.array
+        # code -1 (missing) -> where the index holds a missing value (as get_indexer does), or -1
+        missing = np.flatnonzero(index.isna())
+        lookup = np.append(index.get_indexer(cat.categories), missing[0] if len(missing) else -1)
+        return lookup[cat.codes]
     return index.get_indexer(pd.Index(values))
+
+
+def _unique(values: pd.Series) -> pd.Index:
+    """``pd.Index(pd.unique(values))`` (order of appearance); plain values for a categorical."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat = values.array
+        codes = pd.unique(cat.codes)
+        if not (codes < 0).any():
+            return cat.categories.take(codes)
+        values = values.astype(cat.categories.dtype)  # a missing id: exactly as for plain values
+    return pd.Index(pd.unique(values))
 
 
 def _sample(values: Any) -> list[Any]:
@@ -81,7 +102,7 @@ def set_checks(
     t = table[["user_id", "rank", "item_id", "score"]].dropna(subset=["user_id", "item_id"])
     t = t.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
     users = pd.Index(pd.unique(t["user_id"]))
-    catalog = pd.Index(pd.unique(seen["item_id"]))
+    catalog = _unique(seen["item_id"])
     u = _codes(t["user_id"], users)
     i = _codes(t["item_id"], catalog)
     n_cat = len(catalog)
@@ -155,7 +176,7 @@ def set_checks(
     ))
 
     # coverage of the snapshot's users
-    active = pd.Index(pd.unique(seen["user_id"]))
+    active = _unique(seen["user_id"])
     coverage = float(active.isin(users).mean()) if len(active) else 1.0
     spec = out["min_user_coverage"]
     results.append(check_result(
@@ -233,7 +254,8 @@ def validate_table(
         table: ``user_id, rank, item_id, score, source`` (+ model columns).
         top_n: The configured N.
         seen: The snapshot interactions (``user_id``, ``item_id``): seen pairs, the catalog
-            (its items) and the active users (its users).
+            (its items) and the active users (its users); string or categorical columns
+            (categorical ones are looked up per category: far less memory on 20M pairs).
         current: The CURRENT table (``user_id``, ``item_id``) or None before the first publish.
     """
     from datetime import datetime, timezone

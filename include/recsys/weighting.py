@@ -112,19 +112,23 @@ def confidence_matrix(
     items,
     spec: ConfidenceSpec,
     cutoff: pd.Timestamp | None = None,
+    *,
+    codes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> sp.csr_matrix:
     """users x items CSR float32: event weights x recency decay, summed per pair, re-weighted.
 
     ``users`` / ``items`` are :class:`include.recsys.data.IdMap`; rows of unknown ids are
     dropped. ``cutoff`` is the end of the training period (default: the newest event).
+    ``codes``: the rows' user and item indices when the caller has them (``IdMap.factorize``).
     """
-    from include.recsys.data import interaction_matrix
+    from include.recsys.data import csr_from_codes
 
     w = df["weight"].to_numpy(np.float32)
     if spec.recency_half_life_days > 0:
         ref = cutoff if cutoff is not None else df["event_ts"].max()
         # an old interaction fades but stays a positive (a stored 0 would not be one)
         w = np.maximum(w * recency_decay(df["event_ts"], ref, spec.recency_half_life_days), MIN_WEIGHT)
-    frame = pd.DataFrame({"user_id": df["user_id"].to_numpy(), "item_id": df["item_id"].to_numpy(), "weight": w})
-    ui = interaction_matrix(frame, users, items, value="weight")  # sums duplicate pairs
+    if codes is None:
+        codes = users.index_of(df["user_id"]), items.index_of(df["item_id"])
+    ui = csr_from_codes(codes[0], codes[1], w, (len(users), len(items)))  # sums duplicate pairs
     return reweight(ui, spec.weighting, spec.bm25_k1, spec.bm25_b)

@@ -84,3 +84,41 @@ def test_nothing_after_cutoff_gives_empty_holdout() -> None:
     assert len(train) == 1 and holdout.empty
     counts = (stats.holdout_rows, stats.holdout_pairs_new, stats.holdout_users_warm, stats.holdout_users_cold)
     assert counts == (0, 0, 0, 0)
+
+
+def test_file_split_matches_frame_split(tmp_path) -> None:
+    """time_split_file (row groups, dictionary codes) writes exactly time_split's frames."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from include.recsys.split import time_split_file
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    days = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 20 * 86400, n), unit="s")
+    df = pd.DataFrame({
+        "user_id": pd.Series([f"u{k}" for k in rng.integers(0, 60, n)], dtype="str"),
+        "item_id": pd.Series([f"i{k}" for k in rng.integers(0, 40, n)], dtype="str"),
+        "event_ts": days.astype("datetime64[us, UTC]"),
+        "event_type": "view",
+        "weight": rng.random(n).astype("float32"),
+    })
+    df.loc[[5, 17, 2500], "user_id"] = None  # missing ids get their own key, as in time_split
+    df.loc[[9, 2999], "item_id"] = None
+    src = tmp_path / "snap.parquet"
+    df.to_parquet(src, index=False, row_group_size=700)  # several row groups
+    train, holdout, stats = time_split(df, CUTOFF)
+    got = time_split_file(src, CUTOFF, tmp_path / "train.parquet", tmp_path / "holdout.parquet")
+    assert asdict(got) == asdict(stats)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "train.parquet"), train)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "holdout.parquet"), holdout)
+
+
+def test_file_split_without_training_rows_raises(tmp_path) -> None:
+    from include.recsys.split import time_split_file
+
+    src = tmp_path / "snap.parquet"
+    _events([("a", "x", "2024-01-11")]).to_parquet(src, index=False)
+    with pytest.raises(ValueError, match="no training events"):
+        time_split_file(src, CUTOFF, tmp_path / "t.parquet", tmp_path / "h.parquet")
