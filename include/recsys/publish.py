@@ -484,14 +484,8 @@ def point_current(
     manifest = read_manifest(root, version)  # refuses incomplete versions
     with publish_lock(root):
         previous = read_current(root)
-        if previous == version:
-            log.info("CURRENT already names %s; nothing to do", version)
+        if not _should_move(previous, version, expected_previous):
             return False
-        if expected_previous is not ANY and previous != expected_previous:
-            raise PublishConflict(
-                f"CURRENT is {previous!r}, expected {expected_previous!r}: another publish won; "
-                f"{version} not served"
-            )
         tmp = root / f".{CURRENT}.{os.getpid()}.tmp"
         with open(tmp, "w") as fh:
             fh.write(version + "\n")
@@ -513,6 +507,20 @@ def point_current(
     return True
 
 
+def _should_move(previous: str | None, version: str, expected_previous: Any) -> bool:
+    """False when CURRENT already names ``version`` (a rerun); PublishConflict when the
+    compare-and-swap expectation does not hold; else True."""
+    if previous == version:
+        log.info("CURRENT already names %s; nothing to do", version)
+        return False
+    if expected_previous is not ANY and previous != expected_previous:
+        raise PublishConflict(
+            f"CURRENT is {previous!r}, expected {expected_previous!r}: another publish won; "
+            f"{version} not served"
+        )
+    return True
+
+
 def _point_current_remote(
     root: Path | str, store: ObjectStore, version: str, reason: str, expected_previous: Any
 ) -> bool:
@@ -525,14 +533,8 @@ def _point_current_remote(
     except FileNotFoundError:
         raw, tag = None, None
     previous = raw.decode("utf-8", errors="replace").strip() or None if raw is not None else None
-    if previous == version:
-        log.info("CURRENT already names %s; nothing to do", version)
+    if not _should_move(previous, version, expected_previous):
         return False
-    if expected_previous is not ANY and previous != expected_previous:
-        raise PublishConflict(
-            f"CURRENT is {previous!r}, expected {expected_previous!r}: another publish won; "
-            f"{version} not served"
-        )
     try:
         store.write_bytes(
             CURRENT, (version + "\n").encode(),

@@ -35,34 +35,46 @@ def time_split(df: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd
     if train.empty:
         raise ValueError(f"the split leaves no training events before the cutoff {cutoff}")
     later = df.loc[~is_train, ["user_id", "item_id", "event_ts"]]
-    # (user, item) pairs as integer keys (one hash pass over the strings, not MultiIndexes);
-    # +1 so a missing id (code -1) gets its own key
     u_codes, users = pd.factorize(df["user_id"])
     i_codes, items = pd.factorize(df["item_id"])
-    keys = (u_codes.astype(np.int64) + 1) * (len(items) + 1) + (i_codes + 1)
-    later_keys = pd.Series(keys[~is_train])
-    # first time each (user, item) pair shows up after the cutoff, minus pairs seen in training
-    new = ~later_keys.duplicated().to_numpy() & ~later_keys.isin(keys[is_train]).to_numpy()
+    new, warm, cold = _new_pairs(u_codes.astype(np.int64), i_codes, len(users), len(items), is_train)
     holdout = later.loc[new].reset_index(drop=True)
-    in_train = np.bincount(u_codes[is_train] + 1, minlength=len(users) + 1) > 0
+    return train, holdout, _stats(cutoff, is_train, len(holdout), warm, cold)
+
+
+def _new_pairs(
+    u_codes: np.ndarray, i_codes: np.ndarray, n_users: int, n_items: int, is_train: np.ndarray
+) -> tuple[np.ndarray, int, int]:
+    """Which later events start a new (user, item) pair: the first time a pair shows up after the
+    cutoff, minus pairs seen in training. Returns (mask over the later events, warm, cold users).
+
+    Pairs are integer keys (one hash pass, not MultiIndexes); +1 so a missing id (code -1) gets
+    its own key.
+    """
+    keys = (u_codes + 1) * (n_items + 1) + (i_codes + 1)
+    later_keys = pd.Series(keys[~is_train])
+    new = ~later_keys.duplicated().to_numpy() & ~later_keys.isin(keys[is_train]).to_numpy()
+    in_train = np.bincount(u_codes[is_train] + 1, minlength=n_users + 1) > 0
     hold_users = np.unique(u_codes[~is_train][new])
     warm = int(in_train[hold_users + 1].sum())
-    hold_users = pd.Index(hold_users)
+    return new, warm, len(hold_users) - warm
+
+
+def _stats(cutoff: pd.Timestamp, is_train: np.ndarray, new_pairs: int, warm: int, cold: int) -> SplitStats:
     stats = SplitStats(
         cutoff=cutoff.isoformat(),
-        train_rows=len(train),
+        train_rows=int(is_train.sum()),
         holdout_rows=int((~is_train).sum()),
-        holdout_pairs_new=len(holdout),
+        holdout_pairs_new=new_pairs,
         holdout_users_warm=warm,
-        holdout_users_cold=len(hold_users) - warm,
+        holdout_users_cold=cold,
     )
     log.info(
         "split at %s: %d train rows, %d holdout rows -> %d new (user, item) pairs for %d warm "
         "users (%d cold users not scored)",
-        cutoff, stats.train_rows, stats.holdout_rows, stats.holdout_pairs_new, warm,
-        stats.holdout_users_cold,
+        cutoff, stats.train_rows, stats.holdout_rows, new_pairs, warm, cold,
     )
-    return train, holdout, stats
+    return stats
 
 
 def dictionary_codes(column) -> tuple[np.ndarray, int]:
@@ -105,16 +117,8 @@ def time_split_file(
     u_codes, n_users = dictionary_codes(ids["user_id"])
     i_codes, n_items = dictionary_codes(ids["item_id"])
     del ids
-    # the same keys as time_split: +1 so a missing id (code -1) gets its own key
-    keys = (u_codes + 1) * (n_items + 1) + (i_codes + 1)
-    del i_codes
-    later_keys = pd.Series(keys[~is_train])
-    new = ~later_keys.duplicated().to_numpy() & ~later_keys.isin(keys[is_train]).to_numpy()
-    del later_keys, keys
-    in_train = np.bincount(u_codes[is_train] + 1, minlength=n_users + 1) > 0
-    hold_users = np.unique(u_codes[~is_train][new])
-    warm = int(in_train[hold_users + 1].sum())
-    del u_codes, in_train
+    new, warm, cold = _new_pairs(u_codes, i_codes, n_users, n_items, is_train)
+    del u_codes, i_codes
 
     pf = pq.ParquetFile(path)
     train_path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,18 +139,4 @@ def time_split_file(
     holdout = later.filter(pa.array(new)).to_pandas()
     del later
     write_parquet(holdout, holdout_path)
-    stats = SplitStats(
-        cutoff=cutoff.isoformat(),
-        train_rows=int(is_train.sum()),
-        holdout_rows=int((~is_train).sum()),
-        holdout_pairs_new=len(holdout),
-        holdout_users_warm=warm,
-        holdout_users_cold=len(hold_users) - warm,
-    )
-    log.info(
-        "split at %s: %d train rows, %d holdout rows -> %d new (user, item) pairs for %d warm "
-        "users (%d cold users not scored)",
-        cutoff, stats.train_rows, stats.holdout_rows, stats.holdout_pairs_new, warm,
-        stats.holdout_users_cold,
-    )
-    return stats
+    return _stats(cutoff, is_train, len(holdout), warm, cold)
