@@ -134,15 +134,20 @@ class ObjectStore:
         if not self._s3:
             return self.read_bytes(rel), None
         key = self.key(rel)
-        try:
-            self.fs.invalidate_cache(key)
-            # s3fs reads an opened object with If-Match on its ETag: content and tag agree
-            with self.fs.open(key, "rb") as fh:
-                return fh.read(), fh.details.get("ETag")
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise self._fail("reading", rel, exc) from exc
+        for attempt in range(5):
+            try:
+                self.fs.invalidate_cache(key)
+                # s3fs reads an opened object with If-Match on its ETag: content and tag agree
+                with self.fs.open(key, "rb") as fh:
+                    return fh.read(), fh.details.get("ETag")
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                # replaced between the HEAD and the GET (a concurrent publish): read it again
+                if type(exc).__name__ == "FileExpired" and attempt < 4:
+                    continue
+                raise self._fail("reading", rel, exc) from exc
+        raise AssertionError("unreachable")
 
     def read_many(self, rels: list[str], *, missing_ok: bool = True) -> dict[str, bytes]:
         """rel -> content of several objects, fetched concurrently where the store can (s3fs).

@@ -126,6 +126,7 @@ def test_conditional_put_loses_to_a_concurrent_publish(root, monkeypatch) -> Non
 def _race(root: str, versions: list[str], expected_previous) -> list[str]:
     """All ``versions`` try to become CURRENT at once (compare-and-swap); returns the winners."""
     results: dict[str, object] = {}
+    errors: list[Exception] = []
     barrier = threading.Barrier(len(versions))
 
     def go(v: str) -> None:
@@ -134,12 +135,16 @@ def _race(root: str, versions: list[str], expected_previous) -> list[str]:
             results[v] = pub.point_current(root, v, expected_previous=expected_previous)
         except PublishConflict as exc:
             results[v] = exc
+        except Exception as exc:  # anything else is a bug: the caller asserts on it
+            results[v] = exc
+            errors.append(exc)
 
     threads = [threading.Thread(target=go, args=(v,)) for v in versions]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, f"a racing publisher failed with something else than PublishConflict: {errors!r}"
     return [v for v, r in results.items() if r is True]
 
 
