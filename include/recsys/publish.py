@@ -617,10 +617,7 @@ def cleanup(root: Path | str, keep: int) -> list[str]:
         if not (d / MANIFEST).exists():
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
-    protected = {read_current(root)}
-    hist = history(root)
-    if hist:
-        protected.add(hist[-1].get("previous"))
+    protected = _protected(root)
     versions = [v["version"] for v in list_versions(root)]
     for v in versions[: max(len(versions) - keep, 0)]:
         if v not in protected:
@@ -631,6 +628,15 @@ def cleanup(root: Path | str, keep: int) -> list[str]:
     return removed
 
 
+def _protected(root: Path | str) -> set[str | None]:
+    """The versions retention never deletes: the served one and the one served before it."""
+    protected = {read_current(root)}
+    hist = history(root)
+    if hist:
+        protected.add(hist[-1].get("previous"))
+    return protected
+
+
 def _cleanup_remote(root: Path | str, store: ObjectStore, keep: int) -> list[str]:
     removed: list[str] = []
     folders = [n for n in store.listdir() if n.startswith("version=")]
@@ -639,10 +645,7 @@ def _cleanup_remote(root: Path | str, store: ObjectStore, keep: int) -> list[str
         if f"{name}/{MANIFEST}" not in complete:
             store.delete(name, recursive=True)
             removed.append(name)
-    protected = {read_current(root)}
-    hist = history(root)
-    if hist:
-        protected.add(hist[-1].get("previous"))
+    protected = _protected(root)
     versions = [v["version"] for v in list_versions(root)]
     for v in versions[: max(len(versions) - keep, 0)]:
         if v not in protected:
