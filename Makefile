@@ -26,7 +26,10 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt -c constraints.txt
+	# --compile-bytecode: every task process imports Airflow, MLflow and Great Expectations;
+	# without .pyc files (uv's default, or PYTHONDONTWRITEBYTECODE) each import recompiles them
+	# from source: seconds per task (measured: `import great_expectations` 7.5 s -> 1.5 s)
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.txt -c constraints.txt
 	touch $@
 
 airflow-db: venv

@@ -24,6 +24,8 @@ from include.recsys.config import PipelineConfig
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_ts")
+#: String columns the Parquet reader returns as pandas categoricals (see ``_read_parquet_window``).
+DICTIONARY_COLUMNS = ("user_id", "item_id", "event_type")
 SNAPSHOT_COLUMNS = ["user_id", "item_id", "event_ts", "event_type", "weight"]
 
 
@@ -52,8 +54,9 @@ class Window:
         return f"[{self.start.isoformat()}, {self.end.isoformat()})"
 
 
-def _read_parquet_window(root: Path, window: Window) -> pd.DataFrame:
-    """Read only the date partitions that overlap the window."""
+def _read_parquet_window(root: Path, window: Window, categorical: bool = False) -> pd.DataFrame:
+    """Read only the date partitions that overlap the window (``categorical``: string ids and
+    types as pandas categoricals, read from Parquet's dictionaries)."""
     first = window.start.strftime("%Y-%m-%d")
     last = (window.end - pd.Timedelta(microseconds=1)).strftime("%Y-%m-%d")
     files = [
@@ -73,7 +76,11 @@ def _read_parquet_window(root: Path, window: Window) -> pd.DataFrame:
     tables = []
     for f in files:
         try:
-            tables.append(pq.read_table(f))
+            # string ids and types come as Parquet dictionaries (pandas categoricals): each
+            # distinct string is decoded once per row group instead of once per row
+            schema = pq.read_schema(f)
+            as_dict = string_columns(schema, DICTIONARY_COLUMNS) if categorical else []
+            tables.append(pq.read_table(f, read_dictionary=as_dict))
         except (pa.ArrowException, OSError) as exc:  # truncated / corrupted / not Parquet
             raise SourceError(f"cannot read Parquet file {f}: {exc}") from exc
 
@@ -82,6 +89,16 @@ def _read_parquet_window(root: Path, window: Window) -> pd.DataFrame:
     except pa.ArrowInvalid as exc:
         raise SourceError(f"partitions of {root} disagree on their schema: {exc}") from exc
     return table.to_pandas()
+
+
+def string_columns(schema, names) -> list[str]:
+    """Those of ``names`` that are (large) string columns of the Arrow ``schema``."""
+    import pyarrow as pa
+
+    def is_str(t) -> bool:
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+    return [c for c in names if c in schema.names and is_str(schema.field(c).type)]
 
 
 def _read_movielens(path: Path) -> pd.DataFrame:
@@ -100,13 +117,17 @@ def _read_movielens(path: Path) -> pd.DataFrame:
     )
 
 
-def read_source(cfg: PipelineConfig, window: Window) -> pd.DataFrame:
-    """Read the configured source, restricted to the window, in the snapshot's raw schema."""
+def read_source(cfg: PipelineConfig, window: Window, *, categorical: bool = False) -> pd.DataFrame:
+    """Read the configured source, restricted to the window, in the snapshot's raw schema.
+
+    ``categorical``: a Parquet source's string ``user_id`` / ``item_id`` / ``event_type`` come
+    as pandas categoricals (decoded once per distinct value; what the snapshot builder uses).
+    """
     path = cfg.source
     if not path.exists():
         raise SourceError(f"interaction source {path} does not exist")
     if cfg.source_format == "parquet":
-        df = _read_parquet_window(path, window)
+        df = _read_parquet_window(path, window, categorical)
     elif cfg.source_format == "movielens":
         df = _read_movielens(path)
     else:
@@ -207,45 +228,100 @@ class SnapshotStats:
     extra_columns: list[str] = field(default_factory=list)
 
 
-def _duplicated_rows(*columns: np.ndarray) -> np.ndarray:
-    """``DataFrame(columns).duplicated()`` (first occurrence kept), fast when duplicates are rare.
+@dataclass
+class IndexedSnapshot:
+    """A snapshot frame with its sorted id maps: ``frame`` holds the snapshot columns plus
+    ``user_idx`` / ``item_idx`` (int32, each row's position in ``users`` / ``items``; -1 for a
+    missing item id). String ids and types read from Parquet are pandas categoricals here;
+    :func:`write_snapshot_parquet` stores them as plain strings."""
 
-    A 64-bit hash of each row finds the candidates (rows whose hash repeats); only those go
-    through the exact pandas check, so a hash collision costs time, never a wrong answer.
+    frame: pd.DataFrame
+    stats: SnapshotStats
+    users: IdMap
+    items: IdMap
+
+
+#: Integer-code columns the snapshot and the split files carry next to the string ids.
+CODE_COLUMNS = ("user_idx", "item_idx")
+
+
+def _time_user_order(ts: np.ndarray, user_codes: np.ndarray, n_users: int) -> np.ndarray:
+    """Stable order of rows by (event_ts, user code), NaT last.
+
+    One stable argsort of a combined int64 key when it fits (landed data is nearly time-ordered,
+    so the sort is close to linear); ``np.lexsort`` otherwise. Ties keep source order.
     """
-    from pandas.util import hash_array
+    nat = ts == np.iinfo(np.int64).min
+    valid = ts[~nat]
+    lo = int(valid.min()) if len(valid) else 0
+    hi = int(valid.max()) + 1 if len(valid) else 1  # NaT sorts as hi (after every timestamp)
+    span, width = hi - lo + 1, n_users + 1
+    if span < (np.iinfo(np.int64).max // width):
+        key = np.where(nat, hi, ts) - lo
+        key *= width
+        key += user_codes + 1
+        return np.argsort(key, kind="stable")
+    return np.lexsort((user_codes, np.where(nat, np.iinfo(np.int64).max, ts)))
 
-    h = np.zeros(len(columns[0]), np.uint64)
-    with np.errstate(over="ignore"):
-        for k, col in enumerate(columns):
-            h = h * np.uint64(0x100000001B3 + 2 * k) ^ hash_array(np.asarray(col))
-    cand = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
-    dup = np.zeros(len(h), bool)
+
+def _duplicated_in_order(
+    order: np.ndarray, ts: np.ndarray, user_codes: np.ndarray, *rest: np.ndarray
+) -> np.ndarray:
+    """Exact duplicate rows (first occurrence in source order kept), given ``order`` by
+    (event_ts, user) with ties in source order: duplicates share (event_ts, user), so only rows
+    in runs of equal (event_ts, user) are compared on the remaining columns."""
+    t, u = ts[order], user_codes[order]
+    same = (t[1:] == t[:-1]) & (u[1:] == u[:-1])
+    in_run = np.zeros(len(order), bool)
+    in_run[1:] |= same
+    in_run[:-1] |= same
+    dup = np.zeros(len(order), bool)
+    cand = order[in_run]  # in sorted order, so a run's first row comes first
     if len(cand):
-        sub = pd.DataFrame({f"c{k}": np.asarray(col)[cand] for k, col in enumerate(columns)})
+        cols = {"t": ts[cand], "u": user_codes[cand]}
+        cols.update({f"c{k}": np.asarray(c)[cand] for k, c in enumerate(rest)})
+        sub = pd.DataFrame(cols)
         dup[cand] = sub.duplicated().to_numpy()
     return dup
 
 
 def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, SnapshotStats]:
-    """Source -> window -> weights -> exact-duplicate drop -> active users. Sorted by time."""
+    """Source -> window -> weights -> exact-duplicate drop -> active users. Sorted by time.
+
+    The snapshot schema only (see :func:`build_indexed_snapshot` for the id maps and codes).
+    """
+    snap = build_indexed_snapshot(cfg, window)
+    df = snap.frame.drop(columns=list(CODE_COLUMNS))
+    for c in DICTIONARY_COLUMNS:  # the plain string columns the written snapshot has
+        if isinstance(df[c].dtype, pd.CategoricalDtype):
+            df[c] = df[c].astype(df[c].cat.categories.dtype)
+    return df, snap.stats
+
+
+def build_indexed_snapshot(cfg: PipelineConfig, window: Window) -> IndexedSnapshot:
+    """:func:`build_snapshot` plus the sorted id maps and every row's integer codes.
+
+    Ids read as Parquet dictionaries are ranked from their distinct values, other ids hashed
+    once (``pd.factorize``); dedupe, the active-user filter and the sort run on integer codes,
+    and one take (of categorical codes, for Parquet) puts the rows into time order.
+    """
     t0 = time.perf_counter()
-    raw = read_source(cfg, window)
+    raw = read_source(cfg, window, categorical=True)
     rows_read = len(raw)
     source_stats = dict(raw.attrs.get("source_stats") or {})
     df = add_weights(raw, cfg.event_weights)
     del raw
     release_memory()
-    # Dedupe, active filter and sort on integer codes, then one take of the string columns
-    # (each pandas take/sort of a 20M-row string column costs seconds and a copy of it).
-    # user codes in sorted id order, so (event_ts, user code) sorts as (event_ts, user_id)
-    user_codes, users = pd.factorize(df["user_id"], sort=True)
-    item_codes, items = pd.factorize(df["item_id"])
+    # codes in sorted id order: (event_ts, user code) sorts as (event_ts, user_id), and the
+    # distinct ids are the sorted id maps (no second pass over the strings)
+    user_codes, users = _sorted_factorize(df["user_id"])
+    item_codes, items = _sorted_factorize(df["item_id"])
     type_codes = pd.factorize(df["event_type"])[0]
     ts = df["event_ts"].array.asi8  # microseconds (read_source makes it datetime64[us, UTC])
+    order = _time_user_order(ts, user_codes, len(users))
     # exact duplicates only: a view and a click of one item in the same second are two events
-    keep = ~_duplicated_rows(
-        user_codes, item_codes, ts, type_codes, df["weight"].to_numpy(np.float32, na_value=np.nan)
+    keep = ~_duplicated_in_order(
+        order, ts, user_codes, item_codes, type_codes, df["weight"].to_numpy(np.float32, na_value=np.nan)
     )
     dups = rows_read - int(keep.sum())
     before = rows_read - dups
@@ -259,21 +335,24 @@ def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, S
             f"no user has >= {cfg.active_min_events} events in the last {cfg.active_days} days "
             f"of the window {window} ({before} events read)"
         )
-    rows = np.flatnonzero(keep)
-    ts_key = np.where(ts[rows] == np.iinfo(np.int64).min, np.iinfo(np.int64).max, ts[rows])  # NaT last
-    order = rows[np.lexsort((user_codes[rows], ts_key))]  # stable: ties keep source order
-    n_users = int(np.count_nonzero(np.bincount(user_codes[rows], minlength=len(users))))
-    kept_items = item_codes[rows]
-    n_items = int(np.count_nonzero(np.bincount(kept_items[kept_items >= 0], minlength=len(items))))
-    del user_codes, item_codes, type_codes, ts, ts_key, keep, rows, kept_items
+    order = order[keep[order]]  # the kept rows, in (event_ts, user) order
+    del keep, ok, recent, counts, type_codes
+    # id maps of the kept rows only (still sorted), and the codes renumbered into them
+    u = user_codes[order]
+    i = item_codes[order]
+    del user_codes, item_codes
+    user_map = _present_map(users, u)
+    item_map = _present_map(items, i)
     df = df.take(order).reset_index(drop=True)
+    df["user_idx"] = user_map[1][u]
+    df["item_idx"] = item_map[1][i]
     stats = SnapshotStats(
         rows_read=rows_read,
         duplicates_dropped=dups,
         inactive_rows_dropped=before - len(df),
         rows=len(df),
-        users=n_users,
-        items=n_items,
+        users=len(user_map[0]),
+        items=len(item_map[0]),
         seconds=time.perf_counter() - t0,
         **source_stats,
     )
@@ -283,7 +362,28 @@ def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, S
         window, rows_read, dups, stats.inactive_rows_dropped, stats.rows, stats.users,
         stats.items, stats.seconds, rows_read / max(stats.seconds, 1e-9),
     )
-    return df, stats
+    return IndexedSnapshot(df, stats, IdMap(user_map[0]), IdMap(item_map[0]))
+
+
+def _sorted_factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize(values, sort=True)``; a categorical is ranked from its categories (no
+    hashing of the rows; categories unused by the rows stay in the uniques)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return pd.factorize(values, sort=True)
+    cats = values.cat.categories
+    order = cats.argsort()
+    rank = np.empty(len(cats) + 1, np.int64)
+    rank[order] = np.arange(len(cats))
+    rank[-1] = -1  # code -1 (missing id) stays -1
+    return rank[values.cat.codes.to_numpy()], cats[order]
+
+
+def _present_map(uniques, codes: np.ndarray) -> tuple[pd.Index, np.ndarray]:
+    """(the ids ``codes`` use, in their sorted order; old code -> new int32 code, -1 -> -1)."""
+    present = np.bincount(codes[codes >= 0], minlength=len(uniques)) > 0
+    remap = np.full(len(uniques) + 1, -1, np.int32)  # last slot: code -1 stays -1
+    remap[:-1][present] = np.arange(int(present.sum()), dtype=np.int32)
+    return pd.Index(uniques[present]), remap
 
 
 # --- id maps and matrices ------------------------------------------------------------------
@@ -411,6 +511,25 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def write_snapshot_parquet(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write a snapshot frame atomically; categorical id columns are stored as the plain
+    strings they stand for.
+
+    The categoricals go to Parquet as Arrow dictionaries (Parquet's own dictionary pages, no
+    string per row materialised) and the Arrow schema is not stored, so every reader gets the
+    plain string columns back, exactly as if the frame had held strings.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, store_schema=False)
+    tmp.replace(path)
+    return path
 
 
 def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:

@@ -116,7 +116,8 @@ Paired bootstrap (:func:`paired_bootstrap`)
 -------------------------------------------
 Per-user values ``a_u`` and ``b_u`` of two models on the same users; ``d_u = a_u - b_u``.
 ``n_boot`` resamples of the users with replacement (``n`` draws each, numpy ``Generator``
-seeded with ``seed``; the same resamples for every metric of a comparison); the CI is the
+seeded with ``seed``; the same resamples for every metric of a comparison, and for every
+comparison of one evaluation: they are drawn once, :func:`paired_bootstrap_tables`); the CI is the
 percentile interval ``[q_{(1-c)/2}, q_{(1+c)/2}]`` (numpy's default linear interpolation)
 of the resampled mean differences, ``mean_diff`` is the observed mean of ``d``. Pairs with
 a NaN on either side are dropped first (``n_users`` counts the pairs used).
@@ -132,8 +133,8 @@ same seen-item filter: each user's training items are removed and the next items
 Implementation
 --------------
 Membership of ``top_items[u, r]`` in row ``u`` of ``relevant`` is decided for all
-``(u, r)`` at once with one ``np.searchsorted`` of the keys ``u * n_items + item``
-against the same keys of the canonical (sorted, deduplicated) CSR. The per-user
+``(u, r)`` at once with one element lookup ``csr[u, item]`` into the canonical (sorted,
+deduplicated, no explicit zeros) CSR: scipy's C loop binary-searches each short row. The per-user
 metrics are then accumulated from the coordinates of the hits with ``np.bincount``;
 every k reuses that one membership pass. Exposure, novelty and diversity are accumulated
 incrementally over the rank columns between consecutive k. Peak extra memory is a few
@@ -184,8 +185,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -202,13 +204,16 @@ __all__ = [
     "USER_TYPES",
     "BootstrapCI",
     "Evaluation",
+    "HoldoutInputs",
     "MetricsResult",
     "evaluate_models",
     "gini",
     "head_item_mask",
     "heavy_threshold",
+    "holdout_inputs",
     "paired_bootstrap",
     "paired_bootstrap_table",
+    "paired_bootstrap_tables",
     "popularity_curve",
     "popularity_order",
     "popularity_topn",
@@ -279,23 +284,20 @@ def _row_ids(indptr: np.ndarray) -> np.ndarray:
 def _membership(csr: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Whether ``items[i, j]`` is a stored entry of row ``rows[i]`` of ``csr``.
 
-    ``csr`` must be canonical (see :func:`_binary_csr`). Negative or out-of-range
-    items are never members. Entries are matched through the combined key
-    ``row * n_cols + item``, which is globally sorted for a canonical CSR, so one
-    ``np.searchsorted`` answers all queries.
+    ``csr`` must be canonical (see :func:`_binary_csr`: every stored value is nonzero).
+    Negative or out-of-range items are never members. One scipy element lookup
+    (``csr[r, c]``: a binary search within each short sorted row, in C) answers all queries;
+    padding is looked up as column 0 and masked out.
     """
     n_cols = csr.shape[1]
     out = np.zeros(items.shape, dtype=bool)
     if items.size == 0 or csr.nnz == 0:
         return out
-    keys = _row_ids(csr.indptr) * n_cols + csr.indices.astype(np.int64)
-    query = rows.astype(np.int64)[:, None] * n_cols + items
-    # Padding / out-of-range items get key -1, which matches nothing (keys are >= 0).
-    query[(items < 0) | (items >= n_cols)] = -1
-    pos = np.searchsorted(keys, query)
-    np.minimum(pos, keys.size - 1, out=pos)
-    out = keys[pos] == query
-    return out
+    valid = (items >= 0) & (items < n_cols)
+    r = np.broadcast_to(np.asarray(rows, dtype=np.int64)[:, None], items.shape).ravel()
+    c = np.where(valid, items, 0).astype(np.int64).ravel()
+    values = np.asarray(csr[r, c]).reshape(items.shape)
+    return (values != 0) & valid
 
 
 def _validate_ks(ks: Sequence[int]) -> list[int]:
@@ -647,26 +649,50 @@ def _check_boot_args(n_boot: int, confidence: float) -> None:
 def _bootstrap_means(diff: np.ndarray, n_boot: int, seed: int | None) -> np.ndarray:
     """``(n_boot, m)`` means of ``diff`` (``(n, m)``) over resamples of its rows.
 
+    :func:`_bootstrap_means_many` of one matrix.
+    """
+    return _bootstrap_means_many([diff], n_boot, seed)[0]
+
+
+def _bootstrap_means_many(
+    diffs: Sequence[np.ndarray], n_boot: int, seed: int | None
+) -> list[np.ndarray]:
+    """``(n_boot, m_j)`` means of each ``diffs[j]`` (``(n, m_j)``, same ``n``) over the same
+    resamples of the rows.
+
     Each resample draws ``n`` row indices with replacement (``Generator.integers``). With
     more than two columns the draws of a chunk of resamples become per-row counts (one
     ``bincount``), so the means of all ``m`` columns are one matrix product; otherwise the
     values are gathered directly. The chunk size depends on ``n`` only, so the
-    draws (and the result) depend on ``(n, n_boot, seed)`` only, not on ``m``.
+    draws (and the result) depend on ``(n, n_boot, seed)`` only, not on ``m``. The draws and
+    the counts are made once for all matrices (the expensive part); each matrix then gets the
+    very product it would get on its own, so the result for ``diffs[j]`` is bit-identical to
+    ``_bootstrap_means_many([diffs[j]], ...)`` (same seed, same CI).
     """
-    n, m = diff.shape
+    if not diffs:
+        return []
+    n = diffs[0].shape[0]
+    if any(d.ndim != 2 or d.shape[0] != n for d in diffs):
+        raise ValueError(f"every diff must be 2-d with {n} rows, got {[d.shape for d in diffs]}")
     rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, m), dtype=np.float64)
+    outs = [np.empty((n_boot, d.shape[1]), dtype=np.float64) for d in diffs]
+    narrow = [j for j, d in enumerate(diffs) if d.shape[1] <= 2]  # few columns: gather
+    wide = [j for j, d in enumerate(diffs) if d.shape[1] > 2]  # counts @ diff
     per_chunk = max(1, min(n_boot, _BOOT_CHUNK // max(n, 1)))
     for lo in range(0, n_boot, per_chunk):
         rows = min(per_chunk, n_boot - lo)
         idx = rng.integers(0, n, size=(rows, n), dtype=np.int64)
-        if m <= 2:  # few columns: gathering is cheaper than counting
-            out[lo : lo + rows] = diff[idx].mean(axis=1)
+        for j in narrow:
+            outs[j][lo : lo + rows] = diffs[j][idx].mean(axis=1)
+        if not wide:
             continue
         idx += (np.arange(rows, dtype=np.int64) * n)[:, None]
         weights = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
-        out[lo : lo + rows] = (weights.astype(np.float64) @ diff) / n
-    return out
+        del idx
+        weights = weights.astype(np.float64)
+        for j in wide:
+            outs[j][lo : lo + rows] = (weights @ diffs[j]) / n
+    return outs
 
 
 def _ci(diff: np.ndarray, means: np.ndarray, n_boot: int, confidence: float) -> BootstrapCI:
@@ -737,26 +763,57 @@ def paired_bootstrap_table(
     ``paired_bootstrap(a[c], b[c], n_boot, confidence, seed)`` (same resamples; equal up to
     floating-point summation order).
     """
+    return paired_bootstrap_tables(a, {"b": b}, columns, n_boot, confidence, seed)["b"]
+
+
+def paired_bootstrap_tables(
+    a: pd.DataFrame,
+    others: Mapping[str, pd.DataFrame],
+    columns: Sequence[str],
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+) -> dict[str, dict[str, BootstrapCI]]:
+    """:func:`paired_bootstrap_table` of ``a`` against each frame of ``others`` (name -> frame).
+
+    Every comparison gets exactly what ``paired_bootstrap_table(a, other, ...)`` gives (the
+    same seed means the same resamples, so the CIs are bit-identical), but the resamples are
+    drawn and counted once for all comparisons (:func:`_bootstrap_means_many`): with three
+    other models that is a third of the work.
+    """
     _check_boot_args(n_boot, confidence)
-    if len(a) != len(b):
-        raise ValueError(f"a and b must have the same users (rows), got {len(a)} and {len(b)}")
-    missing = [c for c in columns if c not in a.columns or c not in b.columns]
+    cols = list(columns)
+    missing = [c for c in cols if c not in a.columns]
+    for name, b in others.items():
+        if len(a) != len(b):
+            raise ValueError(
+                f"a and {name} must have the same users (rows), got {len(a)} and {len(b)}"
+            )
+        missing += [c for c in cols if c not in b.columns and c not in missing]
     if missing:
         raise ValueError(f"columns missing from a or b: {missing}")
-    cols = list(columns)
+    out: dict[str, dict[str, BootstrapCI]] = {name: {} for name in others}
     if not cols:
-        return {}
-    diff = a[cols].to_numpy(dtype=np.float64) - b[cols].to_numpy(dtype=np.float64)
-    clean = ~np.isnan(diff).any(axis=0)
-    out: dict[str, BootstrapCI] = {}
-    if len(a) and clean.any():
-        means = _bootstrap_means(diff[:, clean], n_boot, seed)
-        for j, c in enumerate(np.asarray(cols, dtype=object)[clean]):
-            out[c] = _ci(diff[:, clean][:, j], means[:, j], n_boot, confidence)
-    for c in cols:
-        if c not in out:
-            out[c] = paired_bootstrap(a[c], b[c], n_boot, confidence, seed)
-    return {c: out[c] for c in cols}
+        return out
+    a_values = a[cols].to_numpy(dtype=np.float64)
+    diffs: dict[str, np.ndarray] = {}
+    clean: dict[str, np.ndarray] = {}
+    for name, b in others.items():
+        diff = a_values - b[cols].to_numpy(dtype=np.float64)
+        clean[name] = ~np.isnan(diff).any(axis=0)
+        if len(a) and clean[name].any():
+            diffs[name] = diff[:, clean[name]]
+    means = dict(zip(diffs, _bootstrap_means_many(list(diffs.values()), n_boot, seed), strict=True))
+    for name, b in others.items():
+        got = out[name]
+        if name in diffs:
+            for j, c in enumerate(np.asarray(cols, dtype=object)[clean[name]]):
+                got[c] = _ci(diffs[name][:, j], means[name][:, j], n_boot, confidence)
+        for c in cols:
+            if c not in got:
+                got[c] = paired_bootstrap(a[c], b[c], n_boot, confidence, seed)
+        out[name] = {c: got[c] for c in cols}
+    return out
 
 
 def heavy_threshold(train_counts: np.ndarray, quantile: float) -> int:
@@ -796,7 +853,10 @@ def user_slice_labels(
         A frame (one row per user, input order) with string columns ``activity``, ``user``.
     """
     counts = np.asarray(train_counts, dtype=np.int64).ravel()
-    first = pd.to_datetime(pd.Series(np.asarray(first_train_ts)), utc=True)
+    if isinstance(first_train_ts, pd.Series):  # positional; no per-row Timestamp objects
+        first = pd.to_datetime(first_train_ts.reset_index(drop=True), utc=True)
+    else:
+        first = pd.to_datetime(pd.Series(np.asarray(first_train_ts)), utc=True)
     if len(first) != counts.size:
         raise ValueError(
             f"train_counts ({counts.size}) and first_train_ts ({len(first)}) differ in length"
@@ -1005,6 +1065,11 @@ def evaluate_models(
         else ["ild@k skipped: no item features (intra-list diversity needs item feature vectors)"]
     )
 
+    ids = None  # object array of the external ids (once; not by iterating an Arrow array)
+    if isinstance(user_ids, (pd.Index, pd.Series)):
+        ids = user_ids.to_numpy(dtype=object)
+    elif user_ids is not None:
+        ids = np.asarray(user_ids, dtype=object)
     metrics: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[str, Any]] = {}
     slices: dict[str, dict[str, dict[str, float]]] = {}
@@ -1038,8 +1103,7 @@ def evaluate_models(
             lab = labels.reset_index(drop=True).iloc[frame["user_index"].to_numpy()]
             for col in lab.columns:
                 frame[col] = lab[col].to_numpy()
-        if user_ids is not None:
-            ids = np.asarray(user_ids, dtype=object)
+        if ids is not None:
             frame.insert(0, "user_id", ids[frame["user_index"].to_numpy()])
         frame.insert(0, "model", name)
         metric_cols = [c for c in frame.columns if "@" in c]
@@ -1059,15 +1123,17 @@ def evaluate_models(
         warm_frames[name] = frame.loc[frame["in_headline"]].reset_index(drop=True)
         frames.append(frame)
 
-    paired: dict[str, dict[str, dict[str, float]]] = {}
     ref = warm_frames[reference]
-    for name, other in warm_frames.items():
-        if name == reference:
-            continue
+    others = {name: other for name, other in warm_frames.items() if name != reference}
+    for other in others.values():
         if not np.array_equal(ref["user_index"].to_numpy(), other["user_index"].to_numpy()):
             raise RuntimeError("per-user frames of the models are not aligned")  # cannot happen
-        cis = paired_bootstrap_table(ref, other, accuracy_cols, n_boot, confidence, seed)
-        paired[f"{reference}_vs_{name}"] = {c: ci.to_dict() for c, ci in cis.items()}
+    # one set of resamples for every comparison (same seed: the CIs each comparison gets alone)
+    tables = paired_bootstrap_tables(ref, others, accuracy_cols, n_boot, confidence, seed)
+    paired: dict[str, dict[str, dict[str, float]]] = {
+        f"{reference}_vs_{name}": {c: ci.to_dict() for c, ci in cis.items()}
+        for name, cis in tables.items()
+    }
 
     per_user = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     seconds = time.perf_counter() - t0
@@ -1140,3 +1206,329 @@ def popularity_topn(
     from include.recsys.recommend import ranked_filtered
 
     return ranked_filtered(order, csr[users_arr], n).astype(np.int64)
+
+
+# --- the holdout inputs of the pipeline's evaluate stage -----------------------------------
+
+
+@dataclass
+class HoldoutInputs:
+    """Everything the pipeline's evaluate stage scores on, built by :func:`holdout_inputs`.
+
+    Attributes:
+        users: the holdout users (sorted external ids); row ``r`` of every matrix below.
+        warm: bool per user: known to the candidate (has training events).
+        eval_items: the eval item space: the candidate's items (its index order), then the
+            holdout items the candidate does not know (sorted); one more dummy column follows.
+        relevant: ``(len(users), len(eval_items) + 1)`` holdout matrix (entries: event counts).
+        seen: ``(len(users), candidate items)`` training pairs of each user (the seen filter).
+        recent: per candidate item, the distinct users with a training event in the
+            ``recent_days`` before the cutoff (:func:`recent_item_popularity`).
+        train_counts: distinct training items of every training user (heavy threshold).
+        user_counts: distinct training items per holdout user (0: cold).
+        first_ts: first training event per holdout user (NaT: none), positional.
+        cutoff: the train/holdout split time.
+        source: ``"codes"`` (the split files' ``user_idx`` / ``item_idx`` into the snapshot's id
+            maps) or ``"strings"`` (the string ids: files without codes).
+    """
+
+    users: pd.Index
+    warm: np.ndarray
+    eval_items: pd.Index
+    relevant: sp.csr_matrix
+    seen: sp.csr_matrix
+    recent: np.ndarray
+    train_counts: np.ndarray
+    user_counts: np.ndarray
+    first_ts: pd.Series
+    cutoff: pd.Timestamp
+    source: str
+    _seen_for: Callable[[Any], sp.csr_matrix] | None = field(default=None, repr=False)
+
+    def seen_for(self, bundle: Any) -> sp.csr_matrix:
+        """The seen filter (same pairs as :attr:`seen`) in another model's item space: rows
+        are :attr:`users`, columns ``bundle.item_ids``; items it lacks are dropped."""
+        if self._seen_for is None:
+            raise RuntimeError("these inputs were not built by holdout_inputs")
+        return self._seen_for(bundle)
+
+    def to_eval_space(self, items: np.ndarray, item_ids: pd.Index) -> np.ndarray:
+        """Item indices of a model with ``item_ids`` (``-1`` padded) -> eval item indices.
+
+        Items outside the eval space go to the never-relevant dummy column ``len(eval_items)``.
+        """
+        pos = self.eval_items.get_indexer(pd.Index(item_ids))
+        pos = np.where(pos < 0, len(self.eval_items), pos).astype(np.int64)
+        items = np.asarray(items)
+        return np.where(items >= 0, pos[np.maximum(items, 0)], -1)
+
+
+def holdout_inputs(
+    train_path: str | Path,
+    holdout_path: str | Path,
+    bundle: Any,
+    *,
+    recent_days: float,
+    cutoff: pd.Timestamp | None = None,
+    users_map: str | Path | None = None,
+    items_map: str | Path | None = None,
+) -> HoldoutInputs:
+    """Read the split files once and build the evaluation inputs for a candidate model.
+
+    ``bundle`` is the candidate (a :class:`~include.recsys.recommend.ModelBundle`: its
+    ``user_ids`` / ``item_ids``). With the snapshot's
+    id maps (``users_map`` / ``items_map``) and split files that carry ``user_idx`` /
+    ``item_idx`` (all valid), everything is built from those integer codes: no string column
+    is read. Otherwise (older work folders, hand-made files, missing ids) the string ids are
+    used. Both routes give the same inputs (``tests/unit/test_evaluate_inputs.py``).
+
+    Raises:
+        ValueError: if a file lacks the columns it needs.
+    """
+    got = None
+    if users_map and items_map:
+        got = _inputs_from_codes(
+            train_path, holdout_path, bundle, recent_days, cutoff, users_map, items_map
+        )
+    if got is None:
+        got = _inputs_from_strings(train_path, holdout_path, bundle, recent_days, cutoff)
+    log.info(
+        "evaluation inputs from %s: %d holdout users (%d warm), %d eval items, %d relevant and "
+        "%d seen pairs",
+        got.source, len(got.users), int(got.warm.sum()), len(got.eval_items), got.relevant.nnz,
+        got.seen.nnz,
+    )
+    return got
+
+
+def _by_id(s: pd.Series) -> pd.Series:
+    """A groupby result keyed by a categorical id column, re-keyed by the plain ids."""
+    if isinstance(s.index, pd.CategoricalIndex):
+        s.index = pd.Index(s.index.categories.take(s.index.codes), name=s.index.name)
+    return s
+
+
+def _inputs_from_strings(
+    train_path: str | Path,
+    holdout_path: str | Path,
+    bundle: Any,
+    recent_days: float,
+    cutoff: pd.Timestamp | None,
+) -> HoldoutInputs:
+    """:func:`holdout_inputs` from the string ids (files without integer codes)."""
+    from include.recsys.recommend import seen_matrix
+
+    item_ids = bundle.item_ids
+
+    # string ids as categoricals (Parquet dictionaries): the lookups below (isin, get_indexer,
+    # drop_duplicates, groupby) run on integer codes, with no 13M-row string columns in memory
+    train_df = pd.read_parquet(
+        train_path, columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
+    )
+    holdout = pd.read_parquet(holdout_path, columns=["user_id", "item_id"])
+    cutoff = pd.Timestamp(cutoff if cutoff is not None else train_df["event_ts"].max())
+    users = pd.Index(pd.unique(holdout["user_id"])).sort_values()
+    warm = np.asarray(users.isin(bundle.user_ids), dtype=bool)
+    seen_df = train_df.loc[train_df["user_id"].isin(users), ["user_id", "item_id"]]
+    eval_items = item_ids.append(pd.Index(pd.unique(holdout["item_id"])).difference(item_ids))
+    rows = users.get_indexer(holdout["user_id"])
+    cols = eval_items.get_indexer(holdout["item_id"])
+    relevant = sp.csr_matrix(
+        (np.ones(len(holdout), np.float32), (rows, cols)), shape=(len(users), len(eval_items) + 1)
+    )
+    relevant.sum_duplicates()
+    del holdout, rows, cols
+
+    def seen_for(model: Any) -> sp.csr_matrix:
+        return seen_matrix(model, users, seen_df)
+
+    seen = seen_for(bundle)
+    recent = recent_item_popularity(train_df, item_ids, cutoff, recent_days)
+    pairs = train_df[["user_id", "item_id"]].drop_duplicates()
+    counts = _by_id(pairs.groupby("user_id", observed=True).size())
+    del pairs
+    first_ts = _by_id(train_df.groupby("user_id", observed=True)["event_ts"].min()).reindex(users)
+    del train_df
+    return HoldoutInputs(
+        users=users,
+        warm=warm,
+        eval_items=eval_items,
+        relevant=relevant,
+        seen=seen,
+        recent=recent,
+        train_counts=counts.to_numpy(),
+        user_counts=counts.reindex(users).fillna(0).to_numpy().astype(np.int64),
+        first_ts=first_ts.reset_index(drop=True),
+        cutoff=cutoff,
+        source="strings",
+        _seen_for=seen_for,
+    )
+
+
+def _code_positions(codes_map: pd.Index, ids: pd.Index) -> np.ndarray:
+    """Per code of the sorted ``codes_map``: the position of that id in ``ids`` (-1: absent)."""
+    out = np.full(len(codes_map), -1, dtype=np.int64)
+    at = codes_map.get_indexer(pd.Index(ids))
+    ok = at >= 0
+    out[at[ok]] = np.flatnonzero(ok)
+    return out
+
+
+def _remap_columns(m: sp.csr_matrix, position: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    """``m`` with column ``c`` moved to ``position[c]`` (dropped where -1), canonical CSR."""
+    cols = position[m.indices]
+    keep = cols >= 0
+    if keep.all():
+        out = sp.csr_matrix((m.data.copy(), cols.astype(np.int32), m.indptr.copy()), shape=(m.shape[0], n_cols))
+    else:
+        row_len = np.bincount(_row_ids(m.indptr)[keep], minlength=m.shape[0])
+        indptr = np.concatenate([[0], np.cumsum(row_len)]).astype(m.indptr.dtype)
+        out = sp.csr_matrix(
+            (m.data[keep], cols[keep].astype(np.int32), indptr), shape=(m.shape[0], n_cols)
+        )
+    kept = position[position >= 0]
+    if kept.size > 1 and not bool(np.all(np.diff(kept) > 0)):  # order changed within rows
+        out.has_sorted_indices = False
+    out.sort_indices()
+    out.has_canonical_format = True
+    return out
+
+
+def _inputs_from_codes(
+    train_path: str | Path,
+    holdout_path: str | Path,
+    bundle: Any,
+    recent_days: float,
+    cutoff: pd.Timestamp | None,
+    users_map: str | Path,
+    items_map: str | Path,
+) -> HoldoutInputs | None:
+    """:func:`holdout_inputs` from the ``user_idx`` / ``item_idx`` codes; None when the files
+    lack them, a code is missing (-1) or out of range, or the maps are not strictly sorted
+    (the string route then decides, with its own semantics)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from include.recsys.data import CODE_COLUMNS, IdMap
+
+    for path in (train_path, holdout_path):
+        if not set(CODE_COLUMNS) <= set(pq.read_schema(path).names):
+            log.info("%s has no %s columns: evaluation inputs from the string ids", path, CODE_COLUMNS)
+            return None
+    user_map, item_map = IdMap.read(users_map, "user").ids, IdMap.read(items_map, "item").ids
+    for name, ids in (("user", user_map), ("item", item_map)):
+        if not (ids.is_monotonic_increasing and ids.is_unique):
+            log.warning("%s id map is not strictly sorted: evaluation inputs from the string ids", name)
+            return None
+    n_u, n_i = len(user_map), len(item_map)
+    hold = pq.read_table(holdout_path, columns=list(CODE_COLUMNS))
+    train = pq.read_table(train_path, columns=[*CODE_COLUMNS, "event_ts"])
+    arrays = {}
+    for label, table in (("holdout", hold), ("train", train)):
+        for col, n in zip(CODE_COLUMNS, (n_u, n_i), strict=True):
+            c = pc.fill_null(table.column(col), -1).to_numpy()  # int32: half the memory
+            if c.size and (int(c.min()) < 0 or int(c.max()) >= n):
+                log.warning(
+                    "%s %s holds missing or out-of-range codes (id map of %d): evaluation inputs "
+                    "from the string ids", label, col, n,
+                )
+                return None
+            arrays[label, col] = c
+    hu, hi = arrays["holdout", "user_idx"], arrays["holdout", "item_idx"]
+    tu, ti = arrays["train", "user_idx"], arrays["train", "item_idx"]
+    ts_type = train.schema.field("event_ts").type
+    if not pa.types.is_timestamp(ts_type):
+        log.warning("%s: event_ts is %s, not a timestamp: evaluation inputs from the string ids", train_path, ts_type)
+        return None
+    ts = train.column("event_ts")
+    if cutoff is None:
+        cutoff = pd.Timestamp(pc.max(ts).as_py())
+    cutoff = pd.Timestamp(cutoff)
+    ts_int = pc.fill_null(ts.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
+    del hold, train, ts, arrays
+
+    users_codes = np.flatnonzero(np.bincount(hu, minlength=n_u))  # sorted, distinct
+    users = user_map[users_codes]
+    row_of = np.full(n_u, -1, dtype=np.int64)
+    row_of[users_codes] = np.arange(users_codes.size)
+    warm = _code_positions(user_map, bundle.user_ids)[users_codes] >= 0
+    item_pos = _code_positions(item_map, bundle.item_ids)
+    n_model = len(bundle.item_ids)
+    extra = np.flatnonzero(np.bincount(hi[item_pos[hi] < 0], minlength=n_i))
+    eval_col = item_pos.copy()
+    eval_col[extra] = n_model + np.arange(extra.size)
+    eval_items = bundle.item_ids.append(item_map[extra])
+    relevant = sp.csr_matrix(
+        (np.ones(hu.size, np.float32), (row_of[hu], eval_col[hi])),
+        shape=(users.size, len(eval_items) + 1),
+    )
+    relevant.sum_duplicates()
+    del hu, hi, row_of, eval_col
+
+    # distinct training (user, item) pairs of every snapshot user: one canonical CSR
+    pairs = sp.csr_matrix((np.ones(tu.size, np.float32), (tu, ti)), shape=(n_u, n_i))
+    pairs.sum_duplicates()
+    counts = np.diff(pairs.indptr).astype(np.int64)
+    held = pairs[users_codes]
+    del pairs
+
+    def seen_for(model: Any) -> sp.csr_matrix:
+        return _remap_columns(held, _code_positions(item_map, model.item_ids), len(model.item_ids))
+
+    seen = _remap_columns(held, item_pos, n_model)
+
+    # recent popularity: distinct (user, item) pairs in [cutoff - recent_days, cutoff)
+    since, until = _time_bounds(cutoff, recent_days, ts_type.unit)
+    window = (ts_int >= since) & (ts_int < until)
+    keys = _distinct(tu[window].astype(np.int64) * n_i + ti[window])
+    per_code = np.bincount(keys % n_i, minlength=n_i).astype(np.int64)
+    model_codes = item_map.get_indexer(bundle.item_ids)
+    recent = np.where(model_codes >= 0, per_code[np.maximum(model_codes, 0)], 0).astype(np.int64)
+    del window, keys
+
+    # first training event per user (NaT events ignored, as groupby's min does)
+    nat, never = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    valid = ts_int != nat
+    first = np.full(n_u, never, dtype=np.int64)
+    np.minimum.at(first, tu[valid], ts_int[valid])
+    first = first[users_codes]
+    first[first == never] = nat
+    first_ts = pd.Series(first.view(f"datetime64[{ts_type.unit}]"))  # the column's dtype:
+    if ts_type.tz is not None:  # UTC instants, shown in the column's time zone
+        first_ts = first_ts.dt.tz_localize("UTC").dt.tz_convert(ts_type.tz)
+    return HoldoutInputs(
+        users=users,
+        warm=warm,
+        eval_items=eval_items,
+        relevant=relevant,
+        seen=seen,
+        recent=recent,
+        train_counts=counts[counts > 0],
+        user_counts=counts[users_codes],
+        first_ts=first_ts,
+        cutoff=cutoff,
+        source="codes",
+        _seen_for=seen_for,
+    )
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (``np.unique`` without its hash table, much slower here)."""
+    out = np.sort(values)
+    if out.size:
+        out = out[np.concatenate([[True], out[1:] != out[:-1]])]
+    return out
+
+
+def _time_bounds(cutoff: pd.Timestamp, days: float, unit: str) -> tuple[int, int]:
+    """``[cutoff - days, cutoff)`` as integer bounds on timestamps stored in ``unit`` (UTC):
+    ``ts >= lo and ts < hi`` on the integers is the same test on the instants."""
+    cut = pd.Timestamp(cutoff)
+    cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
+    per = int(pd.Timedelta(1, unit=unit).value)  # nanoseconds per stored unit
+
+    def ceil_units(t: pd.Timestamp) -> int:
+        return -(-int(t.value) // per)
+
+    return ceil_units(cut - pd.Timedelta(days=float(days))), ceil_units(cut)

@@ -84,16 +84,25 @@ def _read_json(path: Path | str) -> Any:
 
 def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     """Window of the source ending at the interval end -> snapshot Parquet + id maps."""
-    from include.recsys.data import IdMap, Window, build_snapshot, release_memory, write_parquet
+    from include.recsys.data import (
+        Window,
+        build_indexed_snapshot,
+        release_memory,
+        write_parquet,
+        write_snapshot_parquet,
+    )
     from include.recsys.publish import file_sha256
 
     window = Window.ending_at(rc.end, cfg.window_days)
-    df, stats = build_snapshot(cfg, window)
+    snap = build_indexed_snapshot(cfg, window)
+    stats = snap.stats
     out = rc.work_dir(cfg) / "snapshot"
-    path = write_parquet(df, out / "interactions.parquet")
-    write_parquet(IdMap.from_values(df["user_id"]).to_frame("user"), out / "users.parquet")
-    write_parquet(IdMap.from_values(df["item_id"]).to_frame("item"), out / "items.parquet")
-    del df
+    # the rows carry int32 user_idx / item_idx into the sorted id maps written beside them, so
+    # later stages join, group and build matrices on integers instead of string ids
+    path = write_snapshot_parquet(snap.frame, out / "interactions.parquet")
+    write_parquet(snap.users.to_frame("user"), out / "users.parquet")
+    write_parquet(snap.items.to_frame("item"), out / "items.parquet")
+    del snap
     release_memory()
     return {
         "snapshot": str(path),
@@ -112,9 +121,9 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
     Reports and Data Docs go to ``<work>/validation/`` (logged to MLflow by ``train``); the
     statistics are appended to ``<data_dir>/validation_history/<dag_id>.jsonl`` only on success.
     """
-    from include.recsys.validate_history import history_path, validate_snapshot
+    from include.recsys.validate_history import history_path, read_snapshot, validate_snapshot
 
-    df = pd.read_parquet(snap["snapshot"])
+    df, codes = read_snapshot(snap["snapshot"])  # codes: user_idx/item_idx when the snapshot has them
     folder = rc.work_dir(cfg) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     report_path = folder / "input_report.json"
@@ -131,12 +140,13 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
             event_types=list(cfg.event_weights),
             report_path=report_path,
             docs_dir=folder / "data_docs" / "input",
+            codes=codes,
         )
     except DataValidationError:
         # a refused snapshot never reaches train: its reports and Data Docs go to MLflow now
         _log_validation_to_mlflow(cfg, rc)
         raise
-    del df
+    del df, codes
     from include.recsys.data import release_memory
 
     release_memory()
@@ -164,6 +174,9 @@ def split(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str
     return {
         "train": str(out / "train.parquet"),
         "holdout": str(out / "holdout.parquet"),
+        # the id maps the files' user_idx / item_idx index (the snapshot's)
+        "users": snap.get("users"),
+        "items": snap.get("items"),
         "stats": asdict(stats),
     }
 
@@ -345,7 +358,7 @@ def train(
 
     # MLflow first: an unreachable server fails (and is retried) before an expensive fit
     run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags(), reopen=True)
-    from include.recsys.data import read_segments
+    from include.recsys.data import IdMap, read_segments
 
     source, kept = "config", []
     if best:
@@ -353,9 +366,16 @@ def train(
 
         cfg, kept = apply_config(cfg, best["config"])
         source = best.get("source", "tuned")
-    train_df = read_training_events(parts["train"])  # only the columns training uses
+    # only the columns training uses; the snapshot's integer codes instead of string ids
+    coded = bool(parts.get("users") and parts.get("items"))
     cutoff = pd.Timestamp(parts["stats"]["cutoff"]) if parts.get("stats", {}).get("cutoff") else None
-    bundle, stats = fit(train_df, cfg, read_segments(cfg), cutoff=cutoff)
+    # the leak check runs while reading; event times are kept only for a recency decay
+    train_df = read_training_events(
+        parts["train"], codes=coded, cutoff=cutoff, need_times=cfg.recency_half_life_days > 0
+    )
+    id_maps = (IdMap.read(parts["users"], "user"), IdMap.read(parts["items"], "item")) if coded else None
+    bundle, stats = fit(train_df, cfg, read_segments(cfg), cutoff=cutoff, id_maps=id_maps)
+    del train_df
     bundle_dir = bundle.save(rc.work_dir(cfg) / "model" / "bundle")
     validation = rc.work_dir(cfg) / "validation"  # GX report (+ Data Docs when written there)
     log.info(
@@ -394,16 +414,6 @@ def train(
         "config": model_config(cfg),
         "config_source": source,
     }
-
-
-def _to_eval_space(item_ids: np.ndarray, eval_items: pd.Index) -> np.ndarray:
-    """External item ids (None = padding) -> eval index; items outside the eval space -> dummy."""
-    flat = item_ids.ravel()
-    pad = pd.isna(flat)
-    idx = eval_items.get_indexer(pd.Index(np.where(pad, eval_items[0], flat)))
-    idx = np.where(idx < 0, len(eval_items), idx)  # unknown item: the never-relevant dummy column
-    idx[pad] = -1
-    return idx.reshape(item_ids.shape)
 
 
 def _gate_k(cfg: PipelineConfig) -> int:
@@ -446,13 +456,6 @@ def _eval_mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _by_id(s: pd.Series) -> pd.Series:
-    """A groupby result keyed by a categorical id column, re-keyed by the plain ids."""
-    if isinstance(s.index, pd.CategoricalIndex):
-        s.index = pd.Index(s.index.categories.take(s.index.codes), name=s.index.name)
-    return s
-
-
 def evaluate(
     cfg: PipelineConfig, rc: RunContext, parts: dict[str, Any], model: dict[str, Any]
 ) -> dict[str, Any]:
@@ -461,11 +464,11 @@ def evaluate(
 
     Headline metrics are over warm holdout users (as before); cold holdout users get each
     model's fallback list and are scored in the ``activity=cold`` slice. See
-    :mod:`include.recsys.evaluate` for every definition.
+    :mod:`include.recsys.evaluate` for every definition. The holdout, seen and training
+    figures come from the split files' integer codes when they carry them
+    (:func:`include.recsys.evaluate.holdout_inputs`; string ids otherwise).
     """
     import time
-
-    import scipy.sparse as sp
 
     from include.recsys import privacy, registry
     from include.recsys.data import read_segments
@@ -473,76 +476,63 @@ def evaluate(
         evaluate_models,
         head_item_mask,
         heavy_threshold,
+        holdout_inputs,
         popularity_order,
-        recent_item_popularity,
         user_slice_labels,
     )
-    from include.recsys.recommend import ModelBundle, ranked_filtered, recommend, seen_matrix
+    from include.recsys.recommend import ModelBundle, ranked_filtered, recommend
 
     from include.recsys.data import release_memory
 
     release_memory()  # what earlier stages of this process left behind
     t0 = time.perf_counter()
     candidate_bundle = ModelBundle.load(model["bundle"])
-    # string ids as categoricals (Parquet dictionaries): the lookups below (isin, get_indexer,
-    # drop_duplicates, groupby) run on integer codes, with no 13M-row string columns in memory
-    train_df = pd.read_parquet(
-        parts["train"], columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
+    stats_cutoff = (parts.get("stats") or {}).get("cutoff")
+    inputs = holdout_inputs(
+        parts["train"],
+        parts["holdout"],
+        candidate_bundle,
+        recent_days=cfg.recent_days,
+        cutoff=pd.Timestamp(stats_cutoff) if stats_cutoff else None,
+        users_map=parts.get("users"),
+        items_map=parts.get("items"),
     )
-    holdout = pd.read_parquet(parts["holdout"], columns=["user_id", "item_id"])
-    cutoff = pd.Timestamp((parts.get("stats") or {}).get("cutoff") or train_df["event_ts"].max())
-    users = pd.Index(pd.unique(holdout["user_id"])).sort_values()
-    warm = users.isin(candidate_bundle.user_ids)
-    seen = train_df.loc[train_df["user_id"].isin(users), ["user_id", "item_id"]]
-    eval_items = candidate_bundle.item_ids.append(
-        pd.Index(pd.unique(holdout["item_id"])).difference(candidate_bundle.item_ids)
-    )
-    rows = users.get_indexer(holdout["user_id"])
-    cols = eval_items.get_indexer(holdout["item_id"])
-    relevant = sp.csr_matrix(
-        (np.ones(len(holdout), np.float32), (rows, cols)), shape=(len(users), len(eval_items) + 1)
-    )
-    relevant.sum_duplicates()
+    users, warm, relevant, cutoff = inputs.users, inputs.warm, inputs.relevant, inputs.cutoff
+    t_inputs = time.perf_counter() - t0
     n = cfg.max_k
     n_catalog = len(candidate_bundle.item_ids)
     segments = read_segments(cfg)
 
-    # every list in the eval item space, where the candidate's item indices come first
-    seen_csr = seen_matrix(candidate_bundle, users, seen)
-    recent = recent_item_popularity(train_df, candidate_bundle.item_ids, cutoff, cfg.recent_days)
+    # every list in the eval item space, where the candidate's item indices come first (its
+    # lists need no mapping); one seen matrix serves the candidate and both baselines
     lists = {
-        "candidate": _to_eval_space(
-            recommend(candidate_bundle, users, seen, n, user_segments=segments).item_ids(candidate_bundle),
-            eval_items,
-        ),
-        "popularity": ranked_filtered(candidate_bundle.popular_order, seen_csr, n),
+        "candidate": recommend(
+            candidate_bundle, users, inputs.seen, n, user_segments=segments
+        ).items,
+        "popularity": ranked_filtered(candidate_bundle.popular_order, inputs.seen, n),
         "recent_popularity": ranked_filtered(
-            popularity_order(recent, candidate_bundle.item_popularity), seen_csr, n
+            popularity_order(inputs.recent, candidate_bundle.item_popularity), inputs.seen, n
         ),
     }
     champion_version = None
     got = registry.download_bundle(cfg, registry.CHAMPION, rc.work_dir(cfg) / "champion")
     if got is not None:
         champion_version, champion_bundle = got
-        lists["champion"] = _to_eval_space(
-            recommend(champion_bundle, users, seen, n, user_segments=segments).item_ids(champion_bundle),
-            eval_items,
+        champion = recommend(
+            champion_bundle, users, inputs.seen_for(champion_bundle), n, user_segments=segments
         )
+        lists["champion"] = inputs.to_eval_space(champion.items, champion_bundle.item_ids)
     t_lists = time.perf_counter() - t0
 
-    pairs = train_df[["user_id", "item_id"]].drop_duplicates()
-    counts = _by_id(pairs.groupby("user_id", observed=True).size())
-    del pairs
-    heavy_min = heavy_threshold(counts.to_numpy(), cfg.eval_heavy_quantile)
-    first_ts = _by_id(train_df.groupby("user_id", observed=True)["event_ts"].min()).reindex(users)
-    del train_df, seen, seen_csr
+    heavy_min = heavy_threshold(inputs.train_counts, cfg.eval_heavy_quantile)
     labels = user_slice_labels(
-        counts.reindex(users).fillna(0).to_numpy(),
-        first_ts,
+        inputs.user_counts,
+        inputs.first_ts,
         cutoff,
         heavy_min=heavy_min,
         new_user_days=cfg.eval_new_user_days,
     )
+    del inputs
     head = head_item_mask(candidate_bundle.item_popularity, cfg.eval_head_share, n_items=relevant.shape[1])
     ev = evaluate_models(
         lists,
@@ -551,7 +541,7 @@ def evaluate(
         warm=warm,
         labels=labels,
         head_items=head,
-        user_ids=np.asarray(users, dtype=object),
+        user_ids=users,
         n_catalog=n_catalog,
         item_popularity=candidate_bundle.item_popularity,
         n_train_users=len(candidate_bundle.user_ids),
@@ -607,9 +597,9 @@ def evaluate(
     )
     log.info(
         "evaluated %d models on %d holdout users (%d warm, %d cold) in %.2fs "
-        "(lists %.2fs, metrics + slices + bootstrap %.2fs): %s = %s",
-        len(lists), len(users), int(warm.sum()), int((~warm).sum()), seconds, t_lists,
-        ev.seconds, cfg.gate_metric,
+        "(inputs %.2fs, lists %.2fs, metrics + slices + bootstrap %.2fs): %s = %s",
+        len(lists), len(users), int(warm.sum()), int((~warm).sum()), seconds, t_inputs,
+        t_lists - t_inputs, ev.seconds, cfg.gate_metric,
         {name: round(m.get(cfg.gate_metric, float("nan")), 4) for name, m in ev.metrics.items()},
     )
     del ev, lists, relevant
@@ -692,6 +682,42 @@ def write_run_card(
         return None
 
 
+def _serving_seen(bundle: Any, snapshot_path: Path, snap: dict[str, Any] | None) -> Any:
+    """What :func:`include.recsys.recommend.seen_matrix` needs for the serving bundle: every
+    snapshot (user, item) pair of the bundle's users and items.
+
+    A snapshot with the int32 ``user_idx`` / ``item_idx`` columns (and its id maps beside it)
+    gives the CSR directly: the bundle's ids are looked up once per distinct id (the maps), the
+    rows are two integer gathers. An older snapshot without them gives the string pairs.
+    """
+    import pyarrow.parquet as pq
+
+    from include.recsys.data import IdMap, csr_from_codes
+
+    maps = [
+        Path((snap or {}).get(name) or snapshot_path.with_name(f"{name}.parquet")) for name in ("users", "items")
+    ]
+    names = set(pq.read_schema(snapshot_path).names)
+    if {"user_idx", "item_idx"} <= names and all(m.exists() for m in maps):
+        users, items = IdMap.read(maps[0], "user"), IdMap.read(maps[1], "item")
+        # snapshot code -> bundle index (-1: not in the model); the extra last slot takes code -1
+        rows = np.append(bundle.user_ids.get_indexer(users.ids), -1).astype(np.int32)
+        cols = np.append(bundle.item_ids.get_indexer(items.ids), -1).astype(np.int32)
+        table = pq.read_table(snapshot_path, columns=["user_idx", "item_idx"])
+        u, i = (
+            (col.fill_null(-1) if col.null_count else col).to_numpy()
+            for col in (table.column("user_idx"), table.column("item_idx"))
+        )
+        del table
+        for name, codes, n in (("user_idx", u, len(users)), ("item_idx", i, len(items))):
+            if len(codes) and (codes.min() < -1 or codes.max() >= n):
+                raise ValueError(f"{snapshot_path}: {name} outside [-1, {n}) of the id map beside it")
+        return csr_from_codes(rows[u], cols[i], None, (len(bundle.user_ids), len(bundle.item_ids)))
+    # string ids as categoricals: seen_matrix's id lookups run once per distinct id
+    columns = ["user_id", "item_id"]
+    return pd.read_parquet(snapshot_path, columns=columns, read_dictionary=columns)
+
+
 def register(
     cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], snap: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -713,9 +739,7 @@ def register(
     work = rc.work_dir(cfg)
     snapshot_path = Path(snap["snapshot"]) if snap else work / "snapshot" / "interactions.parquet"
     bundle = ModelBundle.load(model["bundle"])
-    # string ids as categoricals: seen_matrix's id lookups run once per distinct id
-    columns = ["user_id", "item_id"]
-    pairs = pd.read_parquet(snapshot_path, columns=columns, read_dictionary=columns)
+    pairs = _serving_seen(bundle, snapshot_path, snap)  # a CSR, or string pairs (old snapshot)
     serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, pairs)).save(
         work / "model" / "serving_bundle"
     )
@@ -795,6 +819,51 @@ def _sorted_user_codes(path: str | Path) -> tuple[np.ndarray, pd.Index]:
     return rank[codes], ids[order]
 
 
+def _coded(snap: dict[str, Any]) -> bool:
+    """Whether the snapshot carries ``user_idx`` / ``item_idx`` into its id maps (pipeline.snapshot)."""
+    import pyarrow.parquet as pq
+
+    from include.recsys.data import CODE_COLUMNS
+
+    names = pq.read_schema(snap["snapshot"]).names
+    return bool(snap.get("users") and snap.get("items")) and all(c in names for c in CODE_COLUMNS)
+
+
+def _plan_coded_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`plan_shards` on the snapshot's integer codes: the sorted user map is the
+    snapshot's (``user_idx`` indexes it), so a shard is a contiguous code range and its seen file
+    holds its rows' ``user_idx`` / ``item_idx`` (no string column is read or written)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.recsys.data import CODE_COLUMNS, IdMap, release_memory
+    from include.recsys.publish import discard_staged
+
+    users = IdMap.read(snap["users"], "user").ids
+    pairs = pq.read_table(snap["snapshot"], columns=list(CODE_COLUMNS))
+    codes = pairs["user_idx"].to_numpy()
+    folder = rc.work_dir(cfg) / "precompute"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
+        discard_staged(cfg.recommendations_root, rc.version)
+    n = max(1, min(cfg.shards, len(users)))
+    bounds = np.linspace(0, len(users), n + 1).astype(int)
+    shards = []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        seen = folder / f"seen-{i:05d}.parquet"
+        tmp = seen.with_name(f".{seen.name}.tmp")
+        pq.write_table(pairs.filter(pa.array((codes >= lo) & (codes < hi))), tmp)
+        tmp.replace(seen)
+        shards.append({
+            "index": i, "lo": int(lo), "hi": int(hi), "users": snap["users"], "items": snap["items"],
+            "seen": str(seen),
+        })
+    del pairs, codes
+    release_memory()
+    log.info("%d users in %d shard(s) of ~%d users", len(users), n, len(users) // n)
+    return shards
+
+
 def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> list[dict[str, Any]]:
     """Split the snapshot's users (sorted) into ``cfg.shards`` contiguous ranges.
 
@@ -809,6 +878,8 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     import pyarrow.parquet as pq
 
     release_memory()  # what earlier stages of this process left behind
+    if _coded(snap):
+        return _plan_coded_shards(cfg, rc, snap)
     # the pairs stay an Arrow table (no pandas string columns for 20M rows); users are grouped
     # by a stable argsort of integer codes (sorting the id strings themselves is much slower),
     # and each shard takes only its own rows (no sorted copy of the whole table)
@@ -837,6 +908,18 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     return shards
 
 
+def _coded_seen(shard: dict[str, Any], users: pd.Index, bundle: Any):
+    """The shard's seen CSR (its users x the model's items) from its ``user_idx`` / ``item_idx``."""
+    from include.recsys.data import IdMap, csr_from_codes
+
+    pairs = pd.read_parquet(shard["seen"])
+    # snapshot item index -> model item index (-1: an item the model was not trained on)
+    to_model = bundle.item_ids.get_indexer(IdMap.read(shard["items"], "item").ids)
+    rows = pairs["user_idx"].to_numpy().astype(np.int64) - shard["lo"]
+    cols = np.where(pairs["item_idx"].to_numpy() >= 0, to_model[pairs["item_idx"].to_numpy()], -1)
+    return csr_from_codes(rows, cols, None, (len(users), len(bundle.item_ids)))
+
+
 def score_shard(
     cfg: PipelineConfig,
     rc: RunContext,
@@ -853,7 +936,9 @@ def score_shard(
         return {"index": shard["index"], "skipped": True}
     bundle = ModelBundle.load(model["bundle"])
     users = pd.Index(pd.read_parquet(shard["users"])["user_id"].iloc[shard["lo"] : shard["hi"]])
-    if shard.get("seen"):  # this shard's pairs, split out by plan_shards
+    if shard.get("items"):  # codes into the snapshot's id maps (_plan_coded_shards)
+        seen = _coded_seen(shard, users, bundle)
+    elif shard.get("seen"):  # this shard's pairs, split out by plan_shards
         seen = pd.read_parquet(shard["seen"])
     else:  # a shard planned before seen files existed
         df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
@@ -970,13 +1055,30 @@ def _pseudonymized() -> bool:
     return privacy.enabled()
 
 
-def _privacy_seen(snap: dict[str, Any]) -> pd.DataFrame:
+def _privacy_seen(snap: dict[str, Any]) -> Any:
     """The snapshot's (user, item) pairs, with user ids tokenised as the table's are.
 
-    Without pseudonymization string ids are read as categoricals (Parquet dictionaries: codes
-    plus each distinct id once), which the output checks look up per category."""
-    from include.recsys import privacy
+    A coded snapshot (``user_idx`` / ``item_idx`` and its id maps, see :func:`_coded`) gives
+    :class:`~include.recsys.validate_output.SeenPairs`: two int32 columns plus the maps, and
+    only the ~140k distinct user ids are tokenised. Otherwise string ids are read as
+    categoricals (Parquet dictionaries: codes plus each distinct id once), which the output
+    checks look up per category."""
+    import pyarrow.parquet as pq
 
+    from include.recsys import privacy
+    from include.recsys.data import CODE_COLUMNS, IdMap
+    from include.recsys.validate_output import SeenPairs
+
+    if _coded(snap):
+        table = pq.read_table(snap["snapshot"], columns=list(CODE_COLUMNS))
+        if not any(table.column(c).null_count for c in CODE_COLUMNS):
+            u, i = (table.column(c).to_numpy() for c in CODE_COLUMNS)
+            del table
+            if len(i) == 0 or i.min() >= 0:  # a missing id (-1): the frame route below keeps it
+                users = IdMap.read(snap["users"], "user").ids
+                if privacy.enabled():
+                    users = pd.Index(privacy.pseudonymize_ids(users, privacy.load_key()))
+                return SeenPairs.from_codes(users, IdMap.read(snap["items"], "item").ids, u, i)
     columns = ["user_id", "item_id"]
     if privacy.enabled():
         return privacy.pseudonymize_table(pd.read_parquet(snap["snapshot"], columns=columns))

@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from include.recsys import storage
@@ -208,6 +209,18 @@ def _check_writable(root: Path, version: str) -> None:
         raise PublishError(f"version {version} is served by CURRENT and cannot be rewritten")
 
 
+def _sorted_by_user_rank(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` sorted by (user_id, rank); a shard's rows usually are already (users in id
+    order, ranks ascending), and then the string sort is skipped."""
+    users = table["user_id"]
+    if users.is_monotonic_increasing:
+        u = users.to_numpy()
+        same = u[1:] == u[:-1]
+        if (np.diff(table["rank"].to_numpy())[same] > 0).all():
+            return table.reset_index(drop=True)
+    return table.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+
+
 def write_part(
     root: Path | str, version: str, index: int, table: pd.DataFrame, *, row_group_rows: int = 16_384
 ) -> dict[str, Any]:
@@ -230,7 +243,7 @@ def write_part(
         return _write_part_remote(store, version, index, table, row_group_rows)
     staging = _staging_path(root, version)
     staging.mkdir(parents=True, exist_ok=True)
-    table = table[TABLE_COLUMNS].sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    table = _sorted_by_user_rank(table[TABLE_COLUMNS])
     path = staging / f"part-{index:05d}.parquet"
     tmp = staging / f".part-{index:05d}.parquet.tmp"
     try:
@@ -264,7 +277,7 @@ def _write_part_remote(
     if store.exists(f"{vrel}/{MANIFEST}"):  # rewriting a complete, unserved version
         log.warning("version %s is rewritten: its manifest goes first", store.url_of(vrel))
         store.delete(f"{vrel}/{MANIFEST}")
-    table = table[TABLE_COLUMNS].sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    table = _sorted_by_user_rank(table[TABLE_COLUMNS])
     data = _parquet_bytes(table, row_group_size=row_group_rows, compression="zstd")
     name = f"part-{index:05d}.parquet"
     store.write_bytes(f"{vrel}/{name}", data)

@@ -14,9 +14,16 @@ only from this project's registry.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from include.recsys.recommend import ModelBundle
 
 
 def _as_ids(model_input, like: pd.Index) -> pd.Index:
@@ -35,6 +42,25 @@ def _as_ids(model_input, like: pd.Index) -> pd.Index:
     return users
 
 
+def _seen_rows(bundle: ModelBundle, users: pd.Index) -> sp.csr_matrix:
+    """The bundle's seen matrix restricted to ``users``, one row per requested user in request
+    order (empty for users the model does not know): what ``recommend`` would build from
+    ``bundle.seen_pairs(users)``, without turning the pairs into string ids and back."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    shape = (len(users), len(bundle.item_ids))
+    if bundle.seen is None:
+        return sp.csr_matrix(shape, dtype=np.float32)
+    uidx = bundle.user_ids.get_indexer(users)
+    known = uidx >= 0
+    sub = bundle.seen[uidx[known]]  # the known users' rows, in request order
+    counts = np.zeros(len(users), dtype=np.int64)
+    counts[known] = np.diff(sub.indptr)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((sub.data, sub.indices, indptr), shape=shape)
+
+
 class ALSRecommenderModel(PythonModel):
     def load_context(self, context) -> None:
         from include.recsys.recommend import ModelBundle
@@ -48,7 +74,7 @@ class ALSRecommenderModel(PythonModel):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         users = _as_ids(model_input, self.bundle.user_ids)
-        recs = recommend(self.bundle, users, self.bundle.seen_pairs(users), n)
+        recs = recommend(self.bundle, users, _seen_rows(self.bundle, users), n)
         return recs.to_frame(self.bundle)
 
 

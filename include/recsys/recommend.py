@@ -39,7 +39,8 @@ def id_maps_sha256(user_ids: pd.Index, item_ids: pd.Index) -> str:
     h = hashlib.sha256()
     for name, ids in (("users", user_ids), ("items", item_ids)):
         h.update(f"{name}:{len(ids)}\n".encode())
-        h.update("\x1f".join(map(str, ids)).encode())
+        # object array first: iterating an Arrow-backed Index yields its strings one by one (slow)
+        h.update("\x1f".join(map(str, np.asarray(ids, dtype=object))).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -267,29 +268,40 @@ def ranked_filtered(order: np.ndarray, seen: sp.csr_matrix, n: int) -> np.ndarra
     ``order`` is a permutation of all item indices (e.g. by decreasing popularity). For a row
     whose seen items sit at sorted positions ``s_0 < s_1 < ...`` of ``order``, the j-th unseen
     position is ``j + #{i : s_i - i <= j}``: one ``searchsorted`` over combined
-    ``row * (n_items + 1) + (s_i - i)`` keys answers every (row, j). Memory is
-    O(nnz(seen) + rows x n) however many items a row has seen. Returns int32, -1 padded.
+    ``row * (n_items + 1) + (s_i - i)`` keys answers every (row, j). Only seen items at
+    positions ``< m - 1 + len(row)`` (``m = min(n, n_items)``) can count for ``j < m`` (for the
+    others ``s_i - i > m - 1``), and they are the first ones of the row in position order, so
+    the others are dropped before the sort: for a popularity order that is most of them.
+    Memory is O(nnz(seen) + rows x n) however many items a row has seen. Returns int32,
+    -1 padded.
     """
     n_rows, n_items = seen.shape
     out = np.full((n_rows, n), -1, dtype=np.int32)
     if n == 0 or n_rows == 0 or n_items == 0:
         return out
     order = np.asarray(order, dtype=np.int64)
+    m = min(n, n_items)
     position = np.empty(n_items, dtype=np.int64)  # item -> position in `order`
     position[order] = np.arange(n_items, dtype=np.int64)
     seen = seen.tocsr()
-    seen_rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(seen.indptr))
-    row_start = seen.indptr[:-1].astype(np.int64)
+    indptr = seen.indptr.astype(np.int64)
+    row_len = np.diff(indptr)
+    pos = position[seen.indices]
+    keep = pos < np.repeat(m - 1 + row_len, row_len)  # the entries that can count
+    pos = pos[keep]
+    kept = np.concatenate([[0], np.cumsum(keep)])
+    row_start = kept[indptr[:-1]]  # rows of the kept entries stay grouped, in row order
+    seen_rows = np.repeat(np.arange(n_rows, dtype=np.int64), kept[indptr[1:]] - row_start)
     stride = n_items + 1
-    # seen items of each row sorted by their position in `order` (rows stay grouped)
-    seen_pos = np.sort(seen_rows * stride + position[seen.indices]) - seen_rows * stride
-    offset_in_row = np.arange(seen_pos.size, dtype=np.int64) - row_start[seen_rows]
-    keys = seen_rows * stride + (seen_pos - offset_in_row)  # non-decreasing overall
-    j = np.arange(min(n, n_items), dtype=np.int64)
+    # seen positions of each row sorted (rows stay grouped), minus their rank in the row
+    keys = seen_rows * stride + pos
+    keys.sort()
+    keys -= np.arange(keys.size, dtype=np.int64) - row_start[seen_rows]  # non-decreasing
+    j = np.arange(m, dtype=np.int64)
     query = np.arange(n_rows, dtype=np.int64)[:, None] * stride + j[None, :]
     target = j[None, :] + np.searchsorted(keys, query, side="right") - row_start[:, None]
     ok = target < n_items
-    head = out[:, : j.size]
+    head = out[:, :m]
     head[ok] = order[target[ok]]
     return out
 
@@ -325,8 +337,20 @@ class Recommendations:
         )
 
 
-def seen_matrix(bundle: ModelBundle, users: pd.Index, seen: pd.DataFrame) -> sp.csr_matrix:
-    """CSR (len(users) x bundle items) of the (user_id, item_id) pairs in ``seen``."""
+def seen_matrix(bundle: ModelBundle, users: pd.Index, seen: pd.DataFrame | sp.spmatrix) -> sp.csr_matrix:
+    """CSR (len(users) x bundle items) of the (user_id, item_id) pairs in ``seen``.
+
+    ``seen`` may already be that matrix (built from integer codes by the caller): it is checked
+    for shape and returned as a canonical CSR.
+    """
+    if sp.issparse(seen):
+        want = (len(users), len(bundle.item_ids))
+        if seen.shape != want:
+            raise ValueError(f"seen matrix has shape {seen.shape}, expected (users, model items) = {want}")
+        m = sp.csr_matrix(seen, dtype=np.float32)
+        m.sum_duplicates()
+        m.sort_indices()
+        return m
     r = users.get_indexer(seen["user_id"])
     c = bundle.item_ids.get_indexer(seen["item_id"])
     ok = (r >= 0) & (c >= 0)
@@ -342,7 +366,7 @@ def seen_matrix(bundle: ModelBundle, users: pd.Index, seen: pd.DataFrame) -> sp.
 def recommend(
     bundle: ModelBundle,
     users: pd.Index,
-    seen: pd.DataFrame,
+    seen: pd.DataFrame | sp.spmatrix,
     n: int,
     *,
     block_size: int = 1024,
@@ -351,9 +375,10 @@ def recommend(
     """Top-n for each external user id; users unknown to the model get the popularity fallback.
 
     ``seen`` holds the (user_id, item_id) pairs to exclude (what each user already interacted
-    with); it applies to model and fallback rows alike. With ``user_segments`` (segment by
-    user_id) an unknown user whose segment the model knows gets that segment's popularity
-    list; everyone else unknown gets global popularity.
+    with), or the CSR :func:`seen_matrix` would build from them; it applies to model and
+    fallback rows alike. With ``user_segments`` (segment by user_id) an unknown user whose
+    segment the model knows gets that segment's popularity list; everyone else unknown gets
+    global popularity.
     """
     t0 = time.perf_counter()
     bundle.verify_id_maps()

@@ -324,34 +324,64 @@ def log_to_run(
 
     Params are write-once in MLflow: ones already logged are skipped (a retry), with a warning
     if the value differs. Metric names: ``@`` becomes ``_at_`` (``ndcg@10`` -> ``ndcg_at_10``).
+    Params, metrics and tags go in as few ``log_batch`` calls as MLflow's batch limits allow
+    (one for the usual few dozen values) instead of one call per tag.
     """
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param, RunTag
 
     client = _client(cfg)
+    ps: list[Param] = []
     if params:
         existing = client.get_run(run_id).data.params
-        new = {}
         for k, v in params.items():
             if k not in existing:
-                new[k] = str(v)
+                ps.append(Param(k, str(v)))
             elif existing[k] != str(v):
                 log.warning("param %s already logged as %r; keeping it (new value %r)", k, existing[k], v)
-        items = list(new.items())
-        for lo in range(0, len(items), 100):
-            client.log_batch(run_id, params=[Param(k, v) for k, v in items[lo : lo + 100]])
+    ms: list[Metric] = []
     if metrics:
         now = int(time.time() * 1000)
         ms = [Metric(k.replace("@", "_at_"), float(v), now, 0) for k, v in metrics.items()]
-        for lo in range(0, len(ms), 1000):
-            client.log_batch(run_id, metrics=ms[lo : lo + 1000])
-    for k, v in (tags or {}).items():
-        client.set_tag(run_id, k, str(v))
+    ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    for batch in _log_batches(ps, ms, ts):
+        client.log_batch(run_id, **batch)
     for sub, path in (artifacts or {}).items():
         path = Path(path)
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=sub)
         elif path.exists():
             client.log_artifact(run_id, str(path), artifact_path=sub)
+
+
+# MLflow's log_batch limits (mlflow.utils.validation): 100 params, 100 tags, 1000 metrics and
+# 1000 entities per call, 1 MB per request (a tracking server refuses more); the byte budget
+# keeps well under the latter (a tag value may be 8000 characters)
+_BATCH_PARAMS_TAGS, _BATCH_ENTITIES, _BATCH_BYTES = 100, 1000, 500_000
+
+
+def _log_batches(params: list, metrics: list, tags: list) -> list[dict[str, list]]:
+    """Split params / metrics / tags into ``log_batch`` keyword sets within MLflow's limits,
+    keeping each kind in its order (params first, then metrics, then tags, as before)."""
+    batches: list[dict[str, list]] = []
+    cur: dict[str, list] = {"params": [], "metrics": [], "tags": []}
+    size = 0
+    for kind, entities in (("params", params), ("metrics", metrics), ("tags", tags)):
+        for e in entities:
+            cost = len(e.key) + len(str(e.value)) + 64
+            n = sum(len(v) for v in cur.values())
+            full = (
+                n >= _BATCH_ENTITIES
+                or (kind != "metrics" and len(cur[kind]) >= _BATCH_PARAMS_TAGS)
+                or (n and size + cost > _BATCH_BYTES)
+            )
+            if full:
+                batches.append(cur)
+                cur, size = {"params": [], "metrics": [], "tags": []}, 0
+            cur[kind].append(e)
+            size += cost
+    if any(cur.values()):
+        batches.append(cur)
+    return batches
 
 
 @_guarded

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from include.recsys.data import CODE_COLUMNS, DICTIONARY_COLUMNS, string_columns
+
 log = logging.getLogger(__name__)
 
 
@@ -98,9 +100,11 @@ def time_split_file(
     """:func:`time_split` of the Parquet file ``path``, written to ``train_path`` and
     ``holdout_path`` (the same rows, columns and order), without the whole frame in memory.
 
-    The ids are read once as Parquet dictionaries (integer codes, the strings of each distinct
-    id only); the training rows are then copied row group by row group, so the peak is one row
-    group plus the codes instead of the frame, its training copy and pandas' factorize buffers.
+    A snapshot with ``user_idx`` / ``item_idx`` (the pipeline's) is split on those integer codes
+    and both outputs keep them; otherwise the ids are read once as Parquet dictionaries (integer
+    codes, the strings of each distinct id only). The training rows are then copied row group
+    by row group, string columns as Parquet dictionaries, so the peak is one row group plus the
+    codes instead of the frame, its training copy and pandas' factorize buffers.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -108,35 +112,50 @@ def time_split_file(
     from include.recsys.data import write_parquet
 
     path, train_path = Path(path), Path(train_path)
-    ids = pq.read_table(
-        path, columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
-    ).unify_dictionaries()
+    names = pq.read_schema(path).names
+    coded = all(c in names for c in CODE_COLUMNS)  # a snapshot with integer codes (pipeline.snapshot)
+    if coded:
+        ids = pq.read_table(path, columns=["event_ts", *CODE_COLUMNS])
+        u_codes = ids["user_idx"].to_numpy().astype(np.int64)
+        i_codes = ids["item_idx"].to_numpy().astype(np.int64)
+        n_users = int(u_codes.max(initial=-1)) + 1
+        n_items = int(i_codes.max(initial=-1)) + 1
+    else:
+        ids = pq.read_table(
+            path, columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
+        ).unify_dictionaries()
+        u_codes, n_users = dictionary_codes(ids["user_id"])
+        i_codes, n_items = dictionary_codes(ids["item_id"])
     is_train = (ids["event_ts"].to_pandas() < cutoff).to_numpy()
+    del ids
     if not is_train.any():
         raise ValueError(f"the split leaves no training events before the cutoff {cutoff}")
-    u_codes, n_users = dictionary_codes(ids["user_id"])
-    i_codes, n_items = dictionary_codes(ids["item_id"])
-    del ids
     new, warm, cold = _new_pairs(u_codes, i_codes, n_users, n_items, is_train)
     del u_codes, i_codes
 
-    pf = pq.ParquetFile(path)
+    holdout_columns = ["user_id", "item_id", "event_ts", *(CODE_COLUMNS if coded else ())]
+    # string columns pass through as Parquet dictionaries (decoded and re-encoded once per
+    # distinct value, not per row); without the Arrow schema stored, readers get plain strings
+    pf = pq.ParquetFile(path, read_dictionary=string_columns(pq.read_schema(path), DICTIONARY_COLUMNS))
     train_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = train_path.with_name(f".{train_path.name}.tmp")
     later_parts = []
     start = 0
-    with pq.ParquetWriter(tmp, pf.schema_arrow) as writer:
+    with pq.ParquetWriter(tmp, pf.schema_arrow, store_schema=False) as writer:
         for g in range(pf.num_row_groups):
             group = pf.read_row_group(g)
             mask = is_train[start : start + group.num_rows]
             start += group.num_rows
             writer.write_table(group.filter(pa.array(mask)))
-            later_parts.append(group.select(["user_id", "item_id", "event_ts"]).filter(pa.array(~mask)))
+            later_parts.append(group.select(holdout_columns).filter(pa.array(~mask)))
             del group
     tmp.replace(train_path)
     later = pa.concat_tables(later_parts)
     del later_parts
-    holdout = later.filter(pa.array(new)).to_pandas()
+    holdout = later.filter(pa.array(new))
     del later
-    write_parquet(holdout, holdout_path)
-    return _stats(cutoff, is_train, len(holdout), warm, cold)
+    holdout = holdout.cast(pa.schema([  # the plain string columns the holdout file holds
+        pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in holdout.schema
+    ]))
+    write_parquet(holdout.to_pandas(), holdout_path)
+    return _stats(cutoff, is_train, holdout.num_rows, warm, cold)

@@ -135,19 +135,61 @@ def fit_als(
 TRAIN_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "weight", "event_ts")
 
 
-def read_training_events(path) -> pd.DataFrame:
+def read_training_events(
+    path, *, codes: bool = False, cutoff: pd.Timestamp | None = None, need_times: bool = True
+) -> pd.DataFrame:
     """The training split's columns that :func:`train` uses, from a Parquet file.
 
-    The rest (``event_type`` strings) is not loaded. (Reading the ids as Parquet dictionaries
-    / pandas categoricals was measured too: no faster than Arrow strings + ``pd.factorize``.)
+    The rest (``event_type`` strings) is not loaded. With ``codes`` and a split that carries the
+    snapshot's ``user_idx`` / ``item_idx``, those int32 columns are read instead of the string
+    ids (pass the snapshot's id maps to :func:`train`): no string column is loaded at all.
+    With ``cutoff`` the leak check (:func:`check_no_leak`) runs here on the Arrow column, and
+    ``need_times=False`` (no recency decay) then leaves ``event_ts`` out of the frame.
     """
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    from include.recsys.data import CODE_COLUMNS
 
     names = pq.read_schema(path).names
     missing = {"user_id", "item_id", "weight"} - set(names)
     if missing:
         raise TrainingError(f"training split {path} lacks column(s) {sorted(missing)}")
-    return pd.read_parquet(path, columns=[c for c in TRAIN_COLUMNS if c in names])
+    columns = [c for c in TRAIN_COLUMNS if c in names]
+    if codes and all(c in names for c in CODE_COLUMNS):
+        columns = [*CODE_COLUMNS, *(c for c in columns if c not in ("user_id", "item_id"))]
+    table = pq.read_table(path, columns=columns)
+    if cutoff is not None and "event_ts" in columns and table.num_rows:
+        newest = pc.max(table["event_ts"]).as_py()
+        if newest is not None and pd.Timestamp(newest) >= pd.Timestamp(cutoff):
+            check_no_leak(table.select(["event_ts"]).to_pandas(), cutoff)  # the full message
+        if not need_times:
+            table = table.drop_columns(["event_ts"])
+    return table.to_pandas()
+
+
+def _index(df: pd.DataFrame, name: str, id_map: IdMap | None) -> tuple[IdMap, np.ndarray]:
+    """The sorted id map of ``df``'s ``<name>_id`` values and every row's index into it.
+
+    From the ``<name>_idx`` codes into ``id_map`` (the snapshot's sorted map) when both are
+    there: the map is the subset of ``id_map`` the rows use, so it equals
+    ``IdMap.factorize(df["<name>_id"])`` without hashing a string; else that factorize.
+    """
+    col = f"{name}_idx"
+    if id_map is None or col not in df.columns:
+        if f"{name}_id" not in df.columns:
+            raise TrainingError(f"training events have {col} but no {name} id map was given")
+        return IdMap.factorize(df[f"{name}_id"])
+    codes = df[col].to_numpy()
+    if len(codes) and int(codes.max()) >= len(id_map):
+        raise TrainingError(
+            f"{col} holds {int(codes.max())}, beyond the {len(id_map)} ids of the {name} id map: "
+            "the split and the id maps come from different snapshots"
+        )
+    present = np.bincount(codes[codes >= 0], minlength=len(id_map)) > 0
+    remap = np.full(len(id_map) + 1, -1, np.int64)  # last slot: code -1 (missing id) stays -1
+    remap[:-1][present] = np.arange(int(present.sum()))
+    return IdMap(id_map.ids[present]), remap[codes]
 
 
 def segment_popularity(ui, users: IdMap, segments: pd.Series) -> tuple[pd.Index, np.ndarray]:
@@ -173,19 +215,21 @@ def train(
     segments: pd.Series | None = None,
     *,
     cutoff: pd.Timestamp | None = None,
+    id_maps: tuple[IdMap, IdMap] | None = None,
 ) -> tuple[ModelBundle, TrainStats]:
     """Build the confidence matrix from the training events, fit ALS, bundle factors + id maps.
 
     ``cutoff`` is the end of the training period: events at or after it are refused (leak
     check) and the recency decay counts ages from it (default: the newest training event).
     With ``segments`` (a user attribute by user_id) the bundle also carries per-segment item
-    popularity for the cold-start fallback.
+    popularity for the cold-start fallback. ``id_maps`` (the snapshot's user and item maps) lets
+    ``train_df`` carry ``user_idx`` / ``item_idx`` codes instead of the string ids.
     """
     t0 = time.perf_counter()
     check_no_leak(train_df, cutoff)
-    # one hashing pass per id column gives both the sorted id map and every row's index
-    users, u = IdMap.factorize(train_df["user_id"])
-    items, i = IdMap.factorize(train_df["item_id"])
+    # the sorted id maps and every row's index: from the snapshot's codes, or one hashing pass
+    users, u = _index(train_df, "user", id_maps[0] if id_maps else None)
+    items, i = _index(train_df, "item", id_maps[1] if id_maps else None)
     # seen-filter and popularity come from the plain summed matrix; ALS gets the confidence
     seen = interaction_matrix(train_df, users, items, value="weight", codes=(u, i))
     spec = ConfidenceSpec.from_config(cfg)

@@ -44,7 +44,9 @@ interval -- this module never calls ``now()`` (the GX run identifier uses ``wind
 as its run time too).
 
 great_expectations is imported lazily inside functions: importing it takes seconds, and
-this module is imported at DAG-parse time.
+this module is imported at DAG-parse time. GX's per-batch
+md5 fingerprint of every cell (a Data Docs "batch marker" only) is skipped for frames above
+:data:`GX_FINGERPRINT_MAX_BYTES`, as GX itself skips it above 1 GB.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -478,6 +481,18 @@ def _failure_message(res: dict[str, Any], gx_result: dict[str, Any], missing: li
     return f"{etype}({column or 'table'}) failed: observed {res['observed_value']!r}"
 
 
+def _quiet_gx() -> None:
+    """Analytics off; the ``great_expectations`` logger at WARNING unless configured explicitly.
+
+    GX logs hundreds of INFO lines on import (docs-decorator registration, datasource
+    loading), so this must run before the first import.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    gx_logger = logging.getLogger("great_expectations")
+    if gx_logger.level == logging.NOTSET:
+        gx_logger.setLevel(logging.WARNING)
+
+
 def _gx_context(docs_dir: str | Path | None = None) -> Any:
     """Create a quiet ephemeral GX context (no progress bars, no analytics).
 
@@ -488,10 +503,7 @@ def _gx_context(docs_dir: str | Path | None = None) -> Any:
     With ``docs_dir`` the context gets one Data Docs site (``local``): a plain folder of
     static HTML (``index.html``) that the checkpoint's ``UpdateDataDocsAction`` fills.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    gx_logger = logging.getLogger("great_expectations")
-    if gx_logger.level == logging.NOTSET:
-        gx_logger.setLevel(logging.WARNING)
+    _quiet_gx()
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -548,6 +560,31 @@ def _gx_frame(df: pd.DataFrame) -> pd.DataFrame:
         and df[c].dtype not in (np.dtype(np.float64), np.dtype(np.int64))
     }
     return df.assign(**wide) if wide else df
+
+
+#: GX's pandas engine fingerprints every batch whose shallow memory use is below its
+#: ``HASH_THRESHOLD`` (1e9 bytes): md5 over ``pd.util.hash_pandas_object`` of every cell. The
+#: fingerprint is only a batch marker (shown under "Batch Markers" in Data Docs, used by no
+#: expectation), yet on the 17M-row snapshot (0.96 GB, just under GX's limit) it costs ~4.5
+#: CPU seconds -- as much as all expectations together. GX itself skips it above 1e9 bytes;
+#: here the limit is lowered so only small frames (tests, small presets) keep a fingerprint.
+GX_FINGERPRINT_MAX_BYTES = 64 * 2**20
+
+
+@contextmanager
+def _gx_fingerprint_limit(max_bytes: float) -> Any:
+    """Temporarily lower GX's pandas batch-fingerprint threshold to ``max_bytes``."""
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    previous = getattr(engine, "HASH_THRESHOLD", None)
+    if previous is None:  # a GX version without the threshold: nothing to lower
+        yield
+        return
+    engine.HASH_THRESHOLD = min(previous, max_bytes)
+    try:
+        yield
+    finally:
+        engine.HASH_THRESHOLD = previous
 
 
 def run_suite(
@@ -645,11 +682,12 @@ def run_suite(
                 result_format={"result_format": "BASIC"},
             )
         )
-        checkpoint_result = checkpoint.run(
-            batch_parameters={"dataframe": _gx_frame(df)},
-            expectation_parameters=parameters,
-            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
-        )
+        with _gx_fingerprint_limit(GX_FINGERPRINT_MAX_BYTES):
+            checkpoint_result = checkpoint.run(
+                batch_parameters={"dataframe": _gx_frame(df)},
+                expectation_parameters=parameters,
+                run_id=RunIdentifier(run_name=run_name, run_time=run_time),
+            )
         gx_success = bool(checkpoint_result.success)
         for suite_result in checkpoint_result.run_results.values():
             for exp_result in suite_result.results:

@@ -303,3 +303,56 @@ def test_idmap_round_trip(tmp_path) -> None:
     assert frame.to_dict("list") == {"user_index": [0, 1, 2], "user_id": [10, 20, 30]}
     frame.to_parquet(tmp_path / "users.parquet")
     assert IdMap.read(tmp_path / "users.parquet", "user").ids.tolist() == [10, 20, 30]
+
+
+# --- the indexed snapshot (integer codes beside the string ids) ------------------------------
+
+
+def test_indexed_snapshot_codes_index_the_sorted_id_maps(tmp_path, lake, tiny_events) -> None:
+    from include.recsys.data import build_indexed_snapshot
+
+    cfg = load_config({"data_dir": tmp_path, "source_path": str(lake), "window_days": 40})
+    window = Window.ending_at(datetime(2024, 4, 1), 40)
+    snap = build_indexed_snapshot(cfg, window)
+    df = snap.frame
+    assert df["user_idx"].dtype == np.int32 and df["item_idx"].dtype == np.int32
+    # ids read from Parquet are categoricals here (written back as plain strings)
+    assert isinstance(df["user_id"].dtype, pd.CategoricalDtype)
+    plain, stats = build_snapshot(cfg, window)
+    assert plain["user_id"].dtype == tiny_events["user_id"].dtype  # the plain strings again
+    # the maps are exactly the sorted distinct ids of the kept rows (what from_values gives)
+    assert snap.users.ids.equals(IdMap.from_values(plain["user_id"]).ids)
+    assert snap.items.ids.equals(IdMap.from_values(plain["item_id"]).ids)
+    assert (snap.users.ids[df["user_idx"]] == plain["user_id"].to_numpy()).all()
+    assert (snap.items.ids[df["item_idx"]] == plain["item_id"].to_numpy()).all()
+    assert (snap.stats.users, snap.stats.items) == (len(snap.users), len(snap.items))
+    assert stats.rows == snap.stats.rows and stats.duplicates_dropped == snap.stats.duplicates_dropped
+    # the snapshot as written reads back as the plain frame plus the codes
+    from include.recsys.data import write_snapshot_parquet
+
+    back = pd.read_parquet(write_snapshot_parquet(df, tmp_path / "snap.parquet"))
+    pd.testing.assert_frame_equal(back.drop(columns=["user_idx", "item_idx"]), plain)
+    np.testing.assert_array_equal(back["user_idx"], df["user_idx"])
+
+
+def test_snapshot_order_is_time_then_user_with_source_order_for_ties(tmp_path) -> None:
+    """(event_ts, user_id) order, ties in source order; a row without a time is outside every window."""
+    rows = [
+        ("b", "x", "2024-01-30T10:00:00Z", "view"),
+        ("a", "y", "2024-01-30T10:00:00Z", "view"),
+        ("b", "z", "2024-01-30T10:00:00Z", "click"),  # tie with row 0: stays after it
+        ("b", "x", "2024-01-30T10:00:00Z", "view"),  # exact duplicate of row 0: dropped
+        ("a", "x", "2024-01-29T00:00:00Z", "view"),
+        ("a", "z", None, "view"),
+    ]
+    path = tmp_path / "events.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "event_ts", "event_type"]).to_csv(path, index=False)
+    cfg = load_config({"data_dir": tmp_path, "source_path": str(path), "source_format": "csv",
+                       "active_days": 7, "active_min_events": 1})
+    from include.recsys.data import build_indexed_snapshot
+
+    window = Window.ending_at(datetime(2024, 1, 31), 30)
+    snap = build_indexed_snapshot(cfg, window)
+    got = list(zip(snap.frame["user_id"], snap.frame["item_id"], snap.frame["event_type"]))
+    assert got == [("a", "x", "view"), ("a", "y", "view"), ("b", "x", "view"), ("b", "z", "click")]
+    assert snap.stats.duplicates_dropped == 1

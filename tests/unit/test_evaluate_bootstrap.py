@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.evaluate import paired_bootstrap, paired_bootstrap_table
+from include.recsys.evaluate import paired_bootstrap, paired_bootstrap_table, paired_bootstrap_tables
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -113,3 +113,24 @@ def test_many_resamples_are_chunked_deterministically() -> None:
     first = paired_bootstrap(a, b, n_boot=150, seed=1)
     assert paired_bootstrap(a, b, n_boot=150, seed=1) == first
     assert first.lo < first.mean_diff < first.hi
+
+
+def test_tables_share_resamples_and_match_each_comparison_alone() -> None:
+    # one set of draws for every comparison: each gets bit-for-bit what it gets on its own
+    rng = np.random.default_rng(4)
+    n = 500
+    cols = ["p", "q", "r", "s"]
+    a = pd.DataFrame(rng.random((n, 4)), columns=cols)
+    others = {name: pd.DataFrame(rng.random((n, 4)), columns=cols) for name in ("x", "y", "z")}
+    others["y"].loc[7, "q"] = np.nan  # bootstrapped on its own, without that pair
+    narrow = {"w": pd.DataFrame(rng.random((n, 4)), columns=cols)}
+    tables = paired_bootstrap_tables(a, others, cols, n_boot=200, seed=3)
+    assert list(tables) == ["x", "y", "z"]
+    for name, other in others.items():
+        assert tables[name] == paired_bootstrap_table(a, other, cols, n_boot=200, seed=3)
+    # two columns or fewer take the gather route; still the same draws
+    assert paired_bootstrap_tables(a, narrow, cols[:2], n_boot=50, seed=1)["w"] == (
+        paired_bootstrap_table(a, narrow["w"], cols[:2], n_boot=50, seed=1)
+    )
+    with pytest.raises(ValueError, match="same users"):
+        paired_bootstrap_tables(a, {"x": others["x"].iloc[:-1]}, cols)

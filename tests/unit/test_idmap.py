@@ -88,3 +88,52 @@ def test_read_training_events_reads_only_what_training_uses(tmp_path) -> None:
     df.drop(columns="weight").to_parquet(tmp_path / "bad.parquet", index=False)
     with pytest.raises(TrainingError, match="lacks column"):
         read_training_events(tmp_path / "bad.parquet")
+
+
+def test_training_from_snapshot_codes_equals_training_from_string_ids(tmp_path) -> None:
+    """The pipeline's route (int32 codes into the snapshot's id maps, no string read) gives the
+    same id maps, seen matrix, popularity and factors as factorizing the string ids."""
+    from include.recsys.config import load_config
+    from include.recsys.train import train
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    snap_users = IdMap(pd.Index([f"u{k:03d}" for k in range(80)]))  # sorted, some unused in train
+    snap_items = IdMap(pd.Index([f"i{k:03d}" for k in range(40)]))
+    u = rng.integers(0, 70, n).astype(np.int32)
+    i = rng.integers(0, 35, n).astype(np.int32)
+    df = pd.DataFrame({
+        "user_id": snap_users.ids[u], "item_id": snap_items.ids[i],
+        "event_ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10**6, n), unit="s"),
+        "event_type": "view", "weight": rng.random(n).astype(np.float32) + 0.5,
+        "user_idx": u, "item_idx": i,
+    })
+    df.to_parquet(tmp_path / "train.parquet", index=False)
+    cfg = load_config({"data_dir": tmp_path, "factors": 8, "iterations": 3, "seed": 3, "num_threads": 1})
+    coded = read_training_events(tmp_path / "train.parquet", codes=True)
+    assert list(coded.columns) == ["user_idx", "item_idx", "weight", "event_ts"]
+    a, _ = train(read_training_events(tmp_path / "train.parquet"), cfg)
+    b, _ = train(coded, cfg, id_maps=(snap_users, snap_items))
+    assert a.user_ids.equals(b.user_ids) and a.item_ids.equals(b.item_ids)
+    assert a.id_maps_hash == b.id_maps_hash
+    assert (a.seen != b.seen).nnz == 0
+    np.testing.assert_array_equal(a.item_popularity, b.item_popularity)
+    np.testing.assert_array_equal(a.user_factors, b.user_factors)
+    np.testing.assert_array_equal(a.item_factors, b.item_factors)
+    with pytest.raises(TrainingError, match="different snapshots"):
+        train(coded, cfg, id_maps=(IdMap(snap_users.ids[:10]), snap_items))
+
+
+def test_read_training_events_checks_the_cutoff_and_drops_times_when_unused(tmp_path) -> None:
+    df = pd.DataFrame({
+        "user_id": ["u1", "u2"], "item_id": ["i1", "i1"], "weight": [1.0, 2.0],
+        "event_ts": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True),
+    })
+    df.to_parquet(tmp_path / "train.parquet", index=False)
+    path = tmp_path / "train.parquet"
+    got = read_training_events(path, cutoff=pd.Timestamp("2026-01-03", tz="UTC"), need_times=False)
+    assert list(got.columns) == ["user_id", "item_id", "weight"]
+    kept = read_training_events(path, cutoff=pd.Timestamp("2026-01-03", tz="UTC"))
+    assert "event_ts" in kept.columns
+    with pytest.raises(TrainingError, match="1 training event"):
+        read_training_events(path, cutoff=pd.Timestamp("2026-01-02", tz="UTC"), need_times=False)

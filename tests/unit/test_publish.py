@@ -282,3 +282,14 @@ def test_reader_sees_exactly_one_version_per_read_during_publishes(tmp_path) -> 
     assert seen_versions == sorted(seen_versions)  # CURRENT only moves forward
     assert read_current(root) == f"v{n_publishes:03d}"
     assert len(history(root)) == n_publishes + 1
+
+
+def test_parts_are_sorted_by_user_then_rank_whatever_order_they_come_in() -> None:
+    from include.recsys.publish import _sorted_by_user_rank
+
+    ordered = pd.DataFrame({"user_id": ["a", "a", "b", "c", "c"], "rank": [1, 2, 1, 1, 2], "x": range(5)})
+    pd.testing.assert_frame_equal(_sorted_by_user_rank(ordered), ordered)
+    shuffled = ordered.iloc[[4, 2, 0, 3, 1]]
+    pd.testing.assert_frame_equal(_sorted_by_user_rank(shuffled), ordered)
+    ranks_swapped = ordered.iloc[[1, 0, 2, 3, 4]]  # users in order, ranks not
+    pd.testing.assert_frame_equal(_sorted_by_user_rank(ranks_swapped), ordered)

@@ -96,3 +96,46 @@ def test_talking_to_mlflow_leaves_mlflow_tracking_uri_alone(tmp_path, monkeypatc
     assert mlflow.get_tracking_uri() == a.tracking_uri
     assert "MLFLOW_TRACKING_URI" not in __import__("os").environ
     assert load_config({"data_dir": tmp_path / "b"}).tracking_uri.endswith("/b/mlflow/mlflow.db")
+
+
+def test_log_batches_respect_mlflow_limits_and_keep_order():
+    from mlflow.entities import Metric, Param, RunTag
+
+    params = [Param(f"p{i}", "v" * 10) for i in range(250)]
+    metrics = [Metric(f"m{i}", float(i), 0, 0) for i in range(2500)]
+    tags = [RunTag(f"t{i}", "x" * 7000) for i in range(150)]  # long values: the byte budget splits
+    batches = registry._log_batches(params, metrics, tags)
+    for b in batches:
+        assert len(b["params"]) <= 100 and len(b["tags"]) <= 100 and len(b["metrics"]) <= 1000
+        assert sum(len(v) for v in b.values()) <= 1000
+        assert sum(len(e.key) + len(str(e.value)) for v in b.values() for e in v) < 1_000_000
+    for kind, want in (("params", params), ("metrics", metrics), ("tags", tags)):
+        assert [e for b in batches for e in b[kind]] == want
+    # the usual payload of a stage is one call
+    assert len(registry._log_batches(params[:40], metrics[:20], [RunTag("a", "b")])) == 1
+    assert registry._log_batches([], [], []) == []
+
+
+def test_log_to_run_batches_into_one_call_and_logs_the_same(tmp_path, monkeypatch):
+    import mlflow
+
+    cfg = load_config({"data_dir": tmp_path})
+    run_id = registry.get_or_create_run(cfg, "manual__batch", {"dag_id": "d"})
+    client = registry._client(cfg)
+    calls = []
+    real = mlflow.MlflowClient.log_batch
+
+    def spy(self, run_id, metrics=(), params=(), tags=(), **kw):
+        calls.append((len(params), len(metrics), len(tags)))
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", spy)
+    registry.log_to_run(cfg, run_id, params={"a": 1, "b": "x"}, metrics={"ndcg@10": 0.5, "n": 3},
+                        tags={"t1": "v1", "t2": 2})
+    registry.log_to_run(cfg, run_id, params={"a": 2}, tags={"t1": "v1b"})  # a param is write-once
+    monkeypatch.undo()
+    assert calls == [(2, 2, 2), (0, 0, 1)]
+    data = client.get_run(run_id).data
+    assert data.params == {"a": "1", "b": "x"}
+    assert data.metrics == {"ndcg_at_10": 0.5, "n": 3.0}
+    assert data.tags["t1"] == "v1b" and data.tags["t2"] == "2"
