@@ -158,14 +158,38 @@ def read_training_events(
     columns = [c for c in TRAIN_COLUMNS if c in names]
     if codes and all(c in names for c in CODE_COLUMNS):
         columns = [*CODE_COLUMNS, *(c for c in columns if c not in ("user_id", "item_id"))]
-    table = pq.read_table(path, columns=columns)
-    if cutoff is not None and "event_ts" in columns and table.num_rows:
-        newest = pc.max(table["event_ts"]).as_py()
-        if newest is not None and pd.Timestamp(newest) >= pd.Timestamp(cutoff):
-            check_no_leak(table.select(["event_ts"]).to_pandas(), cutoff)  # the full message
+    if cutoff is not None and "event_ts" in columns:
+        newest = _newest_event(path)
+        if newest is None:  # no usable statistics: read the column
+            ts = pq.read_table(path, columns=["event_ts"])["event_ts"]
+            newest = pc.max(ts).as_py() if len(ts) else None
+        newest = pd.Timestamp(newest) if newest is not None else None
+        if newest is not None and newest.tzinfo is None:
+            newest = newest.tz_localize("UTC")  # Parquet timestamps without a zone are UTC here
+        if newest is not None and newest >= pd.Timestamp(cutoff):
+            check_no_leak(pq.read_table(path, columns=["event_ts"]).to_pandas(), cutoff)  # the full message
         if not need_times:
-            table = table.drop_columns(["event_ts"])
-    return table.to_pandas()
+            columns.remove("event_ts")
+    table = pq.read_table(path, columns=columns)
+    # one frame over the Arrow buffers (no consolidation copy of 13M-row numeric columns)
+    return pd.DataFrame({c: table[c].to_pandas() for c in columns}, copy=False)
+
+
+def _newest_event(path) -> object | None:
+    """Max ``event_ts`` of a Parquet file from its row-group statistics (None if any is missing)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    if meta.num_row_groups == 0:
+        return None
+    col = meta.schema.to_arrow_schema().get_field_index("event_ts")
+    newest = None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        newest = stats.max if newest is None else max(newest, stats.max)
+    return newest
 
 
 def _index(df: pd.DataFrame, name: str, id_map: IdMap | None) -> tuple[IdMap, np.ndarray]:
@@ -187,6 +211,8 @@ def _index(df: pd.DataFrame, name: str, id_map: IdMap | None) -> tuple[IdMap, np
             "the split and the id maps come from different snapshots"
         )
     present = np.bincount(codes[codes >= 0], minlength=len(id_map)) > 0
+    if present.all():  # every snapshot id trains (the usual case for items): codes as they are
+        return IdMap(id_map.ids), codes.astype(np.int64, copy=False)
     remap = np.full(len(id_map) + 1, -1, np.int64)  # last slot: code -1 (missing id) stays -1
     remap[:-1][present] = np.arange(int(present.sum()))
     return IdMap(id_map.ids[present]), remap[codes]

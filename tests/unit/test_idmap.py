@@ -120,6 +120,12 @@ def test_training_from_snapshot_codes_equals_training_from_string_ids(tmp_path) 
     np.testing.assert_array_equal(a.item_popularity, b.item_popularity)
     np.testing.assert_array_equal(a.user_factors, b.user_factors)
     np.testing.assert_array_equal(a.item_factors, b.item_factors)
+    # maps the rows use completely (codes taken as they are) give the same model too
+    full_users, full_items = IdMap(snap_users.ids[:70]), IdMap(snap_items.ids[:35])
+    assert np.bincount(u).all() and np.bincount(i).all()
+    c, _ = train(coded, cfg, id_maps=(full_users, full_items))
+    assert c.id_maps_hash == a.id_maps_hash
+    np.testing.assert_array_equal(a.user_factors, c.user_factors)
     with pytest.raises(TrainingError, match="different snapshots"):
         train(coded, cfg, id_maps=(IdMap(snap_users.ids[:10]), snap_items))
 
