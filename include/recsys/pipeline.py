@@ -837,30 +837,43 @@ def _plan_coded_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]
     import pyarrow.parquet as pq
 
     from include.recsys.data import CODE_COLUMNS, IdMap, release_memory
-    from include.recsys.publish import discard_staged
 
-    users = IdMap.read(snap["users"], "user").ids
+    n_users = len(IdMap.read(snap["users"], "user"))
     pairs = pq.read_table(snap["snapshot"], columns=list(CODE_COLUMNS))
     codes = pairs["user_idx"].to_numpy()
+    shards = _write_seen_shards(
+        cfg, rc, n_users, lambda lo, hi: pairs.filter(pa.array((codes >= lo) & (codes < hi))),
+        {"users": snap["users"], "items": snap["items"]},
+    )
+    del pairs, codes
+    release_memory()
+    return shards
+
+
+def _write_seen_shards(
+    cfg: PipelineConfig, rc: RunContext, n_users: int, rows_of: Any, fields: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``cfg.shards`` contiguous ranges of the ``n_users`` sorted users; each range's seen pairs
+    (``rows_of(lo, hi)``, an Arrow table) go to ``precompute/seen-<shard>.parquet``. Starts
+    from an empty staging folder unless the run's version is already served."""
+    import pyarrow.parquet as pq
+
+    from include.recsys.publish import discard_staged
+
     folder = rc.work_dir(cfg) / "precompute"
     folder.mkdir(parents=True, exist_ok=True)
     if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
         discard_staged(cfg.recommendations_root, rc.version)
-    n = max(1, min(cfg.shards, len(users)))
-    bounds = np.linspace(0, len(users), n + 1).astype(int)
+    n = max(1, min(cfg.shards, n_users))
+    bounds = np.linspace(0, n_users, n + 1).astype(int)
     shards = []
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         seen = folder / f"seen-{i:05d}.parquet"
         tmp = seen.with_name(f".{seen.name}.tmp")
-        pq.write_table(pairs.filter(pa.array((codes >= lo) & (codes < hi))), tmp)
+        pq.write_table(rows_of(lo, hi), tmp)
         tmp.replace(seen)
-        shards.append({
-            "index": i, "lo": int(lo), "hi": int(hi), "users": snap["users"], "items": snap["items"],
-            "seen": str(seen),
-        })
-    del pairs, codes
-    release_memory()
-    log.info("%d users in %d shard(s) of ~%d users", len(users), n, len(users) // n)
+        shards.append({"index": i, "lo": int(lo), "hi": int(hi), **fields, "seen": str(seen)})
+    log.info("%d users in %d shard(s) of ~%d users", n_users, n, n_users // n)
     return shards
 
 
@@ -873,7 +886,6 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     shard, so a shard reads only its own users' pairs (not the whole snapshot again).
     """
     from include.recsys.data import release_memory, write_parquet
-    from include.recsys.publish import discard_staged
 
     import pyarrow.parquet as pq
 
@@ -889,22 +901,12 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     starts = np.r_[0, np.cumsum(np.bincount(codes[rows], minlength=len(users)))]
     del codes, rows
     pairs = pq.read_table(snap["snapshot"], columns=["user_id", "item_id"])
-    folder = rc.work_dir(cfg) / "precompute"
-    path = write_parquet(pd.DataFrame({"user_id": users}), folder / "users.parquet")
-    if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
-        discard_staged(cfg.recommendations_root, rc.version)
-    n = max(1, min(cfg.shards, len(users)))
-    bounds = np.linspace(0, len(users), n + 1).astype(int)
-    shards = []
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        seen = folder / f"seen-{i:05d}.parquet"
-        tmp = seen.with_name(f".{seen.name}.tmp")
-        pq.write_table(pairs.take(order[starts[lo] : starts[hi]]), tmp)
-        tmp.replace(seen)
-        shards.append({"index": i, "lo": int(lo), "hi": int(hi), "users": str(path), "seen": str(seen)})
+    path = write_parquet(pd.DataFrame({"user_id": users}), rc.work_dir(cfg) / "precompute" / "users.parquet")
+    shards = _write_seen_shards(
+        cfg, rc, len(users), lambda lo, hi: pairs.take(order[starts[lo] : starts[hi]]), {"users": str(path)}
+    )
     del pairs, order
     release_memory()
-    log.info("%d users in %d shard(s) of ~%d users", len(users), n, len(users) // n)
     return shards
 
 
