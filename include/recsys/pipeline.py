@@ -606,6 +606,7 @@ def evaluate(
     release_memory()
     return {"report": str(out / "report.json"), "metrics": report["metrics"], "champion_version": champion_version}
 
+
 def gate(
     cfg: PipelineConfig,
     rc: RunContext,
@@ -692,21 +693,21 @@ def _serving_seen(bundle: Any, snapshot_path: Path, snap: dict[str, Any] | None)
     """
     import pyarrow.parquet as pq
 
-    from include.recsys.data import IdMap, csr_from_codes
+    from include.recsys.data import CODE_COLUMNS, IdMap, csr_from_codes
 
     maps = [
         Path((snap or {}).get(name) or snapshot_path.with_name(f"{name}.parquet")) for name in ("users", "items")
     ]
     names = set(pq.read_schema(snapshot_path).names)
-    if {"user_idx", "item_idx"} <= names and all(m.exists() for m in maps):
+    if set(CODE_COLUMNS) <= names and all(m.exists() for m in maps):
         users, items = IdMap.read(maps[0], "user"), IdMap.read(maps[1], "item")
         # snapshot code -> bundle index (-1: not in the model); the extra last slot takes code -1
         rows = np.append(bundle.user_ids.get_indexer(users.ids), -1).astype(np.int32)
         cols = np.append(bundle.item_ids.get_indexer(items.ids), -1).astype(np.int32)
-        table = pq.read_table(snapshot_path, columns=["user_idx", "item_idx"])
+        table = pq.read_table(snapshot_path, columns=list(CODE_COLUMNS))
         u, i = (
             (col.fill_null(-1) if col.null_count else col).to_numpy()
-            for col in (table.column("user_idx"), table.column("item_idx"))
+            for col in (table.column(c) for c in CODE_COLUMNS)
         )
         del table
         for name, codes, n in (("user_idx", u, len(users)), ("item_idx", i, len(items))):
