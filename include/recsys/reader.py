@@ -38,6 +38,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -155,11 +156,14 @@ class _Loaded:
 class RecommendationStore:
     """Reads the recommendation tables under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path | str, refresh_s: float = 5.0) -> None:
+    def __init__(
+        self, root: Path | str, refresh_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.root: Path | str = storage.normalize(root)  # a Path, or an object-store URL
         self.refresh_s = float(refresh_s)  # object stores: how often CURRENT is re-read
         self._remote = storage.is_remote(self.root)
-        self._checked = 0.0
+        self._clock = clock  # injectable: tests step time instead of sleeping
+        self._checked = float("-inf")
         self._loaded: dict[str, _Loaded] = {}
         self._current: tuple[Any, str] | None = None
         self._lock = threading.Lock()
@@ -167,7 +171,7 @@ class RecommendationStore:
     # --- versions and pointer ----------------------------------------------------------
     def _current_remote(self) -> str:
         """CURRENT of an object store: one GET at most every ``refresh_s`` seconds."""
-        now = time.monotonic()
+        now = self._clock()
         cached = self._current
         if cached is not None and now - self._checked < self.refresh_s:
             return cached[1]

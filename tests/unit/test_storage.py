@@ -281,13 +281,16 @@ def test_reader_refresh_interval(root) -> None:
     """On an object store CURRENT is re-read at most every refresh_s seconds."""
     _publish(root, "v1")
     _write(root, "v2")
-    lazy = RecommendationStore(root, refresh_s=3600)
+    now = [1000.0]  # a clock the test steps: independent of how long the machine has been up
+    lazy = RecommendationStore(root, refresh_s=3600, clock=lambda: now[0])
     eager = RecommendationStore(root, refresh_s=0)
     assert lazy.recommend("u1", 1).version == eager.recommend("u1", 1).version == "v1"
     pub.point_current(root, "v2")
     assert eager.recommend("u1", 1).version == "v2"
     assert lazy.recommend("u1", 1).version == "v1"  # within its refresh interval
-    lazy._checked = 0.0  # the interval elapsed
+    now[0] += 3599.0
+    assert lazy.recommend("u1", 1).version == "v1"  # one second short of the interval
+    now[0] += 1.0  # the interval elapsed
     assert lazy.recommend("u1", 1).version == "v2"
 
 
