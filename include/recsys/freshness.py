@@ -9,9 +9,10 @@ paused, a run stuck in the queue) nobody is told. ``dags/recsys_freshness_check.
 * it is past ``RECSYS_FRESHNESS_DEADLINE_UTC`` (default ``06:00``; empty disables) and no
   nightly publish has happened since today's 00:00 UTC.
 
-When CURRENT last moved: the newest ``_history.jsonl`` entry for the served version, else the
-manifest's ``created_at``, else the mtime of ``CURRENT``. "Today's publish": a history entry
-whose reason starts with ``publish`` (a rollback moves CURRENT but is no nightly publish).
+When CURRENT last moved: the ``at`` of the newest commit for the served version in the commit
+log (``_log/<seq>.json``, see :mod:`include.recsys.commitlog`), else the manifest's
+``created_at``, else the mtime of ``CURRENT``. "Today's publish": a commit whose reason starts
+with ``publish`` (a rollback moves CURRENT but is no nightly publish).
 
 The same problem is posted once, then again every ``RECSYS_FRESHNESS_REALERT_HOURS``
 (default 6) while it lasts; the state lives in ``<root>/.freshness_alert.json``.
@@ -21,6 +22,7 @@ returns at once). No Airflow ``deadline=`` is used: ``dag.test()`` crashes with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,9 +88,10 @@ def _parse(ts: Any) -> datetime | None:
 
 def published_times(root: Path | str) -> tuple[str | None, datetime | None, datetime | None]:
     """(served version, when CURRENT last moved to it, last nightly publish) of ``root``."""
+    from include.recsys import storage
     from include.recsys.publish import CURRENT, history, read_current, read_manifest
 
-    root = Path(root)
+    root = storage.normalize(root)
     current = read_current(root)
     if current is None:
         return None, None, None
@@ -99,7 +102,7 @@ def published_times(root: Path | str) -> tuple[str | None, datetime | None, date
             moved = _parse(read_manifest(root, current).get("created_at"))
         except Exception:
             moved = None
-    if moved is None:
+    if moved is None and isinstance(root, Path):
         moved = datetime.fromtimestamp((root / CURRENT).stat().st_mtime, tz=timezone.utc)
     nightly = next(
         (_parse(h.get("at")) for h in reversed(hist) if str(h.get("reason", "")).startswith("publish")),
@@ -138,24 +141,54 @@ def check(root: Path | str, settings: FreshnessSettings, now: datetime | None = 
     return res
 
 
-def _should_alert(root: Path, res: FreshnessResult, settings: FreshnessSettings) -> bool:
+class _AlertState:
+    """``<root>/.freshness_alert.json`` on local disk or on the table's object store."""
+
+    def __init__(self, root: Path | str) -> None:
+        from include.recsys import storage
+
+        self.root = storage.normalize(root)
+        self.store = storage.ObjectStore.open(self.root) if storage.is_remote(self.root) else None
+
+    def read(self) -> str:
+        if self.store is not None:
+            return self.store.read_bytes(STATE_FILE).decode()
+        return (self.root / STATE_FILE).read_text()
+
+    def write(self, text: str) -> None:
+        if self.store is not None:
+            self.store.write_bytes(STATE_FILE, text.encode())
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / STATE_FILE).write_text(text)
+
+    def delete(self) -> None:
+        if self.store is not None:
+            self.store.delete(STATE_FILE)
+        else:
+            (self.root / STATE_FILE).unlink(missing_ok=True)
+
+
+def _should_alert(root: Path | str, res: FreshnessResult, settings: FreshnessSettings) -> bool:
     """Once per distinct problem, again every ``realert_hours`` while it lasts."""
-    state_path = root / STATE_FILE
+    from include.recsys.storage import StorageError
+
+    state_io = _AlertState(root)
     if res.ok:
-        state_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, StorageError):
+            state_io.delete()
         return False
     key = f"{res.current}|{','.join(res.codes)}|{res.checked_at.date() if 'deadline_missed' in res.codes else ''}"
     try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError):
+        state = json.loads(state_io.read())
+    except (OSError, ValueError, StorageError):
         state = {}
     last = _parse(state.get("at"))
     if state.get("key") == key and last and res.checked_at - last < timedelta(hours=settings.realert_hours):
         return False
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps({"key": key, "at": res.checked_at.isoformat()}))
-    except OSError as exc:  # never fail the check because the state cannot be written
+        state_io.write(json.dumps({"key": key, "at": res.checked_at.isoformat()}))
+    except (OSError, StorageError) as exc:  # never fail the check because the state cannot be written
         log.warning("could not record the freshness alert state: %s", exc)
     return True
 
@@ -174,7 +207,6 @@ def run_check(
         from include.recsys.config import load_config
 
         root = load_config().recommendations_root
-    root = Path(root)
     settings = settings or FreshnessSettings.from_env()
     res = check(root, settings, now)
     out = {"enabled": True, **res.to_dict(), "alerted": False}

@@ -15,12 +15,17 @@ CLI::
     python -m include.recsys.reader users u1 u2 u3 [--n 5] [--json]
     python -m include.recsys.reader manifest [--version V]
     python -m include.recsys.reader versions [--json]
+    python -m include.recsys.reader log [--json]           # every commit (move of CURRENT)
+    python -m include.recsys.reader verify [--version V] [--checksum]
     python -m include.recsys.reader rollback [--to V]      # CURRENT only; see the rollback DAG
 
 How it reads: a version is loaded once into memory (ids dictionary-encoded, one offset per
-user), after which a lookup is a dict probe plus an array slice. Every call checks CURRENT
-with one ``stat``; when it moved (a new inode: CURRENT is replaced, never edited), the store
-loads the new version and switches in one assignment, so an answer never mixes versions.
+user), after which a lookup is a dict probe plus an array slice. Every call checks CURRENT and
+the commit log's folder with one ``stat`` each; when either changed (CURRENT is replaced, never
+edited; a commit adds a ``_log/`` entry), the store resolves the served version again
+(:func:`include.recsys.publish.read_current`: the log's newest commit, rolling CURRENT forward
+if a publisher died before replacing it), loads it and switches in one assignment, so an
+answer never mixes versions.
 Unknown users get the version's fallback list (``source == "fallback"``).
 
 The root may also be an object-store URL (``s3://bucket/prefix``, ``memory://x``; see
@@ -193,16 +198,23 @@ class RecommendationStore:
         on an object store one GET per ``refresh_s``)."""
         if self._remote:
             return self._current_remote()
-        path = self.root / publish.CURRENT
         try:
-            st = os.stat(path)
+            st = os.stat(self.root / publish.CURRENT)
         except FileNotFoundError:
-            raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)") from None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            st = None
+        try:  # a commit adds a log entry, hence changes the folder: then CURRENT may lag behind
+            lg = os.stat(self.root / publish.LOG_DIR)
+        except FileNotFoundError:
+            lg = None
+        if st is None and lg is None:
+            raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)")
+        stamp = tuple((s.st_ino, s.st_mtime_ns, s.st_size) if s else None for s in (st, lg))
         cached = self._current
         if cached is not None and cached[0] == stamp:
             return cached[1]
         version = publish.read_current(self.root)
+        if version is None and st is None:
+            raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)")
         if not version or not publish.version_dir(self.root, version).is_dir():
             raise LookupError(
                 f"CURRENT under {self.root} is corrupt: it names {version!r}, which is not a version folder"
@@ -314,6 +326,24 @@ def _print_frame(df: pd.DataFrame, title: str | None = None) -> None:
     print(df.to_string(index=False))
 
 
+def _print_log(entries: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(entries, indent=2, default=str))
+        return
+    if not entries:
+        print("no commits")
+        return
+    rows = [
+        {
+            "seq": e.get("seq"), "at": e.get("at"), "version": e.get("version"), "previous": e.get("previous"),
+            "data_end": (e.get("data_window") or {}).get("end"), "model_version": e.get("model_version"),
+            "reason": e.get("reason"), "override": e.get("override") or "",
+        }
+        for e in entries
+    ]
+    _print_frame(pd.DataFrame(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m include.recsys.reader", description=__doc__.split("\n")[0])
     p.add_argument("--root", default=os.environ.get("RECSYS_RECOMMENDATIONS_DIR") or None)
@@ -333,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--version", default=None)
     v = sub.add_parser("versions", help="complete versions, oldest first")
     v.add_argument("--json", action="store_true")
+    lg = sub.add_parser("log", help="the commit log: every move of CURRENT, oldest first")
+    lg.add_argument("--json", action="store_true")
+    vf = sub.add_parser("verify", help="check that every file a version's manifest lists is intact")
+    vf.add_argument("--version", default=None)
+    vf.add_argument("--checksum", action="store_true", help="also compare sha256 (reads every byte)")
     rb = sub.add_parser("rollback", help="point CURRENT back (default: to the previous version)")
     rb.add_argument("--to", default=None)
     args = p.parse_args(argv)
@@ -360,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(vs, indent=2))
             else:
                 _print_frame(pd.DataFrame(vs)) if vs else print("no versions")
+        elif args.cmd == "log":
+            _print_log(publish.history(store.root), args.json)
+        elif args.cmd == "verify":
+            version = args.version or store.current_version()
+            m = publish.verify_version(store.root, version, checksum=args.checksum)
+            what = "sizes and sha256" if args.checksum else "sizes"
+            print(f"version {version}: {len(m.get('files', [])) + 1} files intact ({what})")
         else:
             print(f"CURRENT -> {publish.rollback(store.root, args.to)}")
     except (LookupError, ValueError, publish.PublishError, storage.StorageError) as exc:

@@ -123,6 +123,9 @@ class ObjectStore:
     def read_bytes(self, rel: str) -> bytes:
         """The whole object (one GET, no cache). FileNotFoundError when it does not exist."""
         try:
+            # s3fs answers "not found" from a cached listing of the folder that predates the
+            # object (another process wrote it since): forget that listing first
+            self.fs.invalidate_cache(self.key(rel))
             return self.fs.cat_file(self.key(rel))
         except FileNotFoundError:
             raise
@@ -155,6 +158,8 @@ class ObjectStore:
         if not rels:
             return {}
         keys = {self.key(r): r for r in rels}
+        for folder in {k.rsplit("/", 1)[0] for k in keys}:
+            self.fs.invalidate_cache(folder)  # see read_bytes
         try:
             got = self.fs.cat(list(keys), on_error="omit" if missing_ok else "raise")
         except FileNotFoundError:
@@ -199,6 +204,20 @@ class ObjectStore:
         except Exception as exc:
             raise self._fail("listing", rel, exc) from exc
         return {i["name"].rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in infos if i.get("type") == "file"}
+
+    def newest_mtime(self, rel: str) -> float | None:
+        """POSIX time of the newest object under ``rel`` (recursively; None when empty), from
+        the store's own clock (S3 ``LastModified``): how long ago a writer last wrote there."""
+        key = self.key(rel)
+        try:
+            self.fs.invalidate_cache(key)
+            infos = self.fs.find(key, detail=True)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._fail("listing", rel, exc) from exc
+        times = [_mtime(i) for i in infos.values()]
+        return max((t for t in times if t is not None), default=None)
 
     def check_reachable(self) -> None:
         """StorageError when the root's bucket does not exist, is not accessible or the store
@@ -271,3 +290,19 @@ class ObjectStore:
             raise self._fail("deleting", rel, exc) from exc
         finally:
             self.fs.invalidate_cache(key)
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """Modification time of an fsspec ``info`` dict: s3fs ``LastModified`` (datetime), the
+    memory filesystem's ``created`` (float), local ``mtime``."""
+    for k in ("LastModified", "mtime", "created", "last_modified"):
+        v = info.get(k)
+        if v is None:
+            continue
+        if hasattr(v, "timestamp"):
+            return float(v.timestamp())
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            continue
+    return None

@@ -4,6 +4,7 @@ names its version (so a read can tell whether it mixed versions), and child-proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -49,6 +50,24 @@ def publish(root, version: str) -> bool:
     return pub.point_current(root, version)
 
 
+def backdate(folder: Path, seconds: float) -> None:
+    """Set the mtime of ``folder`` and everything in it ``seconds`` back (an abandoned write)."""
+    import os
+
+    t = time.time() - seconds
+    for p in [folder, *folder.rglob("*")]:
+        os.utime(p, (t, t))
+
+
+def set_commit_time(root, at: str, index: int = -1) -> None:
+    """Backdate commit ``index`` of the log to ``at`` (tests only: a commit is never edited
+    in production), as if CURRENT had moved then."""
+    path = sorted((Path(root) / pub.LOG_DIR).glob("*.json"))[index]
+    entry = json.loads(path.read_text())
+    entry["at"] = at
+    path.write_text(json.dumps(entry))
+
+
 # --- child-process workers ------------------------------------------------------------------
 
 
@@ -66,6 +85,40 @@ def slow_write(root: str, version: str) -> None:
     pub.write_part = slow_part
     write(root, version, rows_per_part=TOP_N)  # 6 users -> 6 parts, ~3 s
     print("DONE", flush=True)
+
+
+def cycle(root: str, version: str, keep: str = "1") -> None:
+    """One nightly publish as the pipeline does it: write the version unless it is served
+    already, serve it, apply retention. The crash tests run it with ``$RECSYS_CRASH_AT``."""
+    if pub.read_current(root) != version:
+        write(root, version)
+    pub.point_current(root, version)
+    pub.cleanup(root, keep=int(keep))
+    print("DONE", flush=True)
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str):
+    """A moto S3 server on a free local port with ``bucket``; yields the storage options
+    (endpoint and credentials) that ``$RECSYS_STORAGE_OPTIONS`` hands to a child process."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        opts = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+        boto3.client(
+            "s3", endpoint_url=opts["endpoint_url"], aws_access_key_id="testing",
+            aws_secret_access_key="testing", region_name="us-east-1",
+        ).create_bucket(Bucket=bucket)
+        yield opts
+    finally:
+        server.stop()
 
 
 def poll_reader(root: str, stop_file: str, out_file: str) -> None:
@@ -96,4 +149,4 @@ def poll_reader(root: str, stop_file: str, out_file: str) -> None:
 
 
 if __name__ == "__main__":
-    {"slow_write": slow_write, "poll_reader": poll_reader}[sys.argv[1]](*sys.argv[2:])
+    {"slow_write": slow_write, "poll_reader": poll_reader, "cycle": cycle}[sys.argv[1]](*sys.argv[2:])

@@ -38,8 +38,9 @@ def _served_ok(root: Path, version: str) -> None:
 
 def test_fault_publish_sigkill_mid_write(tmp_path: Path) -> None:
     """The publish step is SIGKILLed while writing part files -> CURRENT unchanged, the
-    `.staging-*` leftovers are invisible to readers and removed by cleanup, the rerun publishes
-    exactly once."""
+    `.staging-*` leftovers are invisible to readers, kept by cleanup while they could be a live
+    run's (younger than the grace period) and removed once older, the rerun publishes exactly
+    once."""
     root = tmp_path / "recs"
     h.publish(root, "v1")
     child = subprocess.Popen(
@@ -62,6 +63,9 @@ def test_fault_publish_sigkill_mid_write(tmp_path: Path) -> None:
     _served_ok(root, "v1")
     assert [v["version"] for v in pub.list_versions(root)] == ["v1"]
 
+    assert pub.cleanup(root, keep=5) == []  # as young as a live run's staging folder: kept
+    for p in leftovers:
+        h.backdate(p, pub.STAGING_GRACE_S + 60)
     removed = pub.cleanup(root, keep=5)
     assert sorted(removed) == sorted(p.name for p in leftovers)
     assert not list(root.glob(f"{pub.STAGING_PREFIX}*"))

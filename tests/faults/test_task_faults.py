@@ -184,11 +184,7 @@ def test_fault_missed_nightly_run_alerts_via_freshness_dag(airflow_env, tmp_path
     data = tmp_path / "data"
     recs = data / "recommendations"
     h.publish(recs, "v_old")
-    hist = recs / pub.HISTORY
-    old = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()
-    entries = [json.loads(x) for x in hist.read_text().splitlines()]
-    entries[-1]["at"] = old
-    hist.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    h.set_commit_time(recs, (datetime.now(timezone.utc) - timedelta(days=3)).isoformat())
     code = (
         "import json\n"
         "from recsys_freshness_check import freshness_dag as dag\n"

@@ -85,7 +85,7 @@ def test_cycle_on_s3(root) -> None:
     assert pub.read_current(root) is None
     for v in ("v1", "v2", "v3"):
         assert _publish(root, v)
-    assert _keys(root)[:4] == ["CURRENT", "_history/0000000001.json", "_history/0000000002.json", "_history/0000000003.json"]
+    assert _keys(root)[:4] == ["CURRENT", *(f"_log/{i:020d}.json" for i in (1, 2, 3))]
     assert [(e["version"], e["previous"]) for e in pub.history(root)] == [("v1", None), ("v2", "v1"), ("v3", "v2")]
     store = RecommendationStore(root, refresh_s=0)
     assert store.recommend("u1", 2).items == ["v3:item1", "v3:item2"]
@@ -103,24 +103,33 @@ def test_cycle_on_s3(root) -> None:
 
 
 def test_conditional_put_loses_to_a_concurrent_publish(root, monkeypatch) -> None:
-    """Two publishers read the same CURRENT (ETag); the second PUT carries a stale If-Match
-    and S3 refuses it (412): PublishConflict, CURRENT and the log name the winner only."""
+    """Two publishers read the same log head; the second's create of the same entry number
+    carries If-None-Match: * and S3 refuses it (412): PublishConflict, CURRENT and the log name
+    the winner only. A stale If-Match on CURRENT (412) makes a writer follow the log instead."""
+    from include.recsys import commitlog
+
     for v in ("v1", "v2", "v3"):
         _write(root, v)
     pub.point_current(root, "v1")
-    real = storage.ObjectStore.read_tagged
+    real = commitlog.tip
 
-    def stale_read(self, rel):
-        got = real(self, rel)
-        monkeypatch.setattr(storage.ObjectStore, "read_tagged", real)
+    def stale_read(r):
+        got = real(r)
+        monkeypatch.setattr(commitlog, "tip", real)
         pub.point_current(root, "v3")  # the other publisher wins meanwhile
         return got
 
-    monkeypatch.setattr(storage.ObjectStore, "read_tagged", stale_read)
-    with pytest.raises(PublishConflict, match="moved while v2 was being published"):
-        pub.point_current(root, "v2")
+    monkeypatch.setattr(commitlog, "tip", stale_read)
+    with pytest.raises(PublishConflict, match="another publish committed first"):
+        pub.point_current(root, "v2", expected_previous="v1")
     assert pub.read_current(root) == "v3"
     assert [e["version"] for e in pub.history(root)] == ["v1", "v3"]
+    store = storage.ObjectStore.open(root)
+    _, tag = store.read_tagged("CURRENT")
+    store.write_bytes("CURRENT", b"v1\n")  # CURRENT changes: the ETag read above is stale
+    with pytest.raises(storage.WriteConflict):
+        store.write_bytes("CURRENT", b"v2\n", if_match=tag)
+    assert pub.read_current(root) == "v3" and store.read_bytes("CURRENT") == b"v3\n"  # follows the log
 
 
 def _race(root: str, versions: list[str], expected_previous) -> list[str]:
@@ -166,6 +175,12 @@ def test_bad_input_on_s3(root, capsys) -> None:
         RecommendationStore(root).recommend("u1")
     _publish(root, "v1")
     store = storage.ObjectStore.open(root)
+    store.write_bytes("CURRENT", b"v-does-not-exist\n")
+    # the log is the truth: the reader serves its newest commit and repairs CURRENT
+    assert RecommendationStore(root).recommend("u1").version == "v1"
+    assert store.read_bytes("CURRENT") == b"v1\n"
+    # without a log (a CURRENT written by hand) a corrupt CURRENT is a clear error
+    store.delete(pub.LOG_DIR, recursive=True)
     store.write_bytes("CURRENT", b"v-does-not-exist\n")
     with pytest.raises(LookupError, match="is corrupt: it names 'v-does-not-exist'"):
         RecommendationStore(root).recommend("u1")
@@ -255,7 +270,7 @@ def test_pipeline_stages_publish_to_s3(s3, tmp_path, monkeypatch) -> None:
         assert pub.read_current(root) == rc.version
         keys = _keys(root)
         assert {f"version={rc.version}/part-00000.parquet", f"version={rc.version}/part-00001.parquet",
-                f"version={rc.version}/_manifest.json", "CURRENT", "_history/0000000001.json"} <= set(keys)
+                f"version={rc.version}/_manifest.json", "CURRENT", f"_log/{1:020d}.json"} <= set(keys)
         m = pub.read_manifest(root, rc.version)
         assert m["shards"] == 2 and m["rows"] == pre["rows"] and m["model_version"] == str(reg["model_version"])
         store = RecommendationStore(root)

@@ -193,10 +193,7 @@ def test_success_summary_is_opt_in(slack, hook_conn, monkeypatch, tmp_path) -> N
 
 def _aged(root: Path, version: str, hours: float) -> None:
     h.publish(root, version)
-    hist = root / pub.HISTORY
-    entries = [json.loads(x) for x in hist.read_text().splitlines()]
-    entries[-1]["at"] = (datetime.now(timezone.utc) - timedelta(hours=hours)).isoformat()
-    hist.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    h.set_commit_time(root, (datetime.now(timezone.utc) - timedelta(hours=hours)).isoformat())
 
 
 def test_freshness_rules(tmp_path) -> None:
@@ -205,11 +202,9 @@ def test_freshness_rules(tmp_path) -> None:
     now = datetime(2026, 11, 23, 7, 0, tzinfo=timezone.utc)
     assert freshness.check(root, s, now).codes == ["missing"]
     h.publish(root, "v1")
-    entries = [json.loads(x) for x in (root / pub.HISTORY).read_text().splitlines()]
 
     def at(ts: str) -> freshness.FreshnessResult:
-        entries[-1]["at"] = ts
-        (root / pub.HISTORY).write_text("".join(json.dumps(e) + "\n" for e in entries))
+        h.set_commit_time(root, ts)
         return freshness.check(root, s, now)
 
     assert at("2026-11-23T00:40:00+00:00").ok  # tonight's publish

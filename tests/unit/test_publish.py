@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -62,6 +63,13 @@ def _write(root, version: str, **kw):
 def _publish(root, version: str) -> bool:
     _write(root, version)
     return point_current(root, version)
+
+
+def _age(folder, seconds: float) -> None:
+    """Backdate a folder and its files by ``seconds`` (mtime), as if last written then."""
+    t = time.time() - seconds
+    for p in [folder, *folder.iterdir()]:
+        os.utime(p, (t, t))
 
 
 # --- write_version / point_current / read_current ------------------------------------------
@@ -182,14 +190,18 @@ def test_cleanup(tmp_path) -> None:
         _write(tmp_path, v)
     (tmp_path / ".staging-v7-999").mkdir()
     (tmp_path / ".staging-v7-999" / "part-00000.parquet").write_bytes(b"half")
+    _age(tmp_path / ".staging-v7-999", pub.STAGING_GRACE_S + 60)  # abandoned a day ago
+    (tmp_path / ".staging-v8").mkdir()  # a live run's: written to just now
+    (tmp_path / ".staging-v8" / "part-00000.parquet").write_bytes(b"being written")
     incomplete = version_dir(tmp_path, "v0")
     incomplete.mkdir()
     (incomplete / "part-00000.parquet").write_bytes(b"half")
 
     removed = cleanup(tmp_path, keep=2)
     assert sorted(removed) == sorted([".staging-v7-999", "version=v0", "version=v3", "version=v4"])
-    left = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert left == ["version=v1", "version=v2", "version=v5", "version=v6"]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != pub.LOG_DIR)
+    assert left == [".staging-v8", "version=v1", "version=v2", "version=v5", "version=v6"]
+    assert cleanup(tmp_path, keep=2, staging_grace_s=0) == [".staging-v8"]
     assert read_current(tmp_path) == "v2"
     assert cleanup(tmp_path, keep=2) == []  # idempotent
 
@@ -293,3 +305,152 @@ def test_parts_are_sorted_by_user_then_rank_whatever_order_they_come_in() -> Non
     pd.testing.assert_frame_equal(_sorted_by_user_rank(shuffled), ordered)
     ranks_swapped = ordered.iloc[[1, 0, 2, 3, 4]]  # users in order, ranks not
     pd.testing.assert_frame_equal(_sorted_by_user_rank(ranks_swapped), ordered)
+
+
+# --- the commit log, verification, data order ----------------------------------------------
+
+
+def _write_window(root, version: str, end: str | None):
+    extra = {"data_window": {"start": "2026-10-01T00:00:00+00:00", "end": end}} if end else {}
+    return write_version(root, version, _table(version), _fallback(version), {"model_version": version, **extra})
+
+
+def test_log_entries_are_numbered_immutable_and_chained(tmp_path) -> None:
+    from include.recsys import commitlog, storage
+
+    _write_window(tmp_path, "v1", "2026-11-20T00:00:00+00:00")
+    _write_window(tmp_path, "v2", "2026-11-21T00:00:00+00:00")
+    point_current(tmp_path, "v1")
+    point_current(tmp_path, "v2", reason="publish by run-2")
+    names = sorted(p.name for p in (tmp_path / pub.LOG_DIR).iterdir())
+    assert names == ["00000000000000000001.json", "00000000000000000002.json"]
+    e1, e2 = history(tmp_path)
+    assert (e1["seq"], e1["parent"], e1["version"], e1["previous"]) == (1, None, "v1", None)
+    assert (e2["seq"], e2["parent"], e2["version"], e2["previous"]) == (2, 1, "v2", "v1")
+    assert e2["reason"] == "publish by run-2" and e2["model_version"] == "v2"
+    assert e2["data_window"]["end"] == "2026-11-21T00:00:00+00:00" and "override" not in e2
+    with pytest.raises(storage.WriteConflict):  # a number is taken once, by one writer
+        commitlog.append(tmp_path, {**e2, "version": "v1"})
+    assert history(tmp_path)[-1] == e2 and read_current(tmp_path) == "v2"
+
+
+def test_verify_version_names_the_missing_or_changed_file(tmp_path) -> None:
+    folder = _write(tmp_path, "v1")
+    m = pub.verify_version(tmp_path, "v1", checksum=True)
+    assert all(f["size"] == (folder / f["path"]).stat().st_size for f in m["files"])
+    assert m["fallback"]["path"] == "_fallback.parquet" and m["fallback"]["size"] > 0
+    part = folder / m["files"][0]["path"]
+    data = part.read_bytes()
+    part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other content
+    pub.verify_version(tmp_path, "v1")  # sizes only: not seen
+    with pytest.raises(PublishError, match="v1 does not verify: the sha256 of part-00000.parquet"):
+        pub.verify_version(tmp_path, "v1", checksum=True)
+    with pytest.raises(PublishError, match="the sha256 of part-00000.parquet"):  # locally a commit checks it
+        point_current(tmp_path, "v1")
+    part.write_bytes(data[:100])
+    with pytest.raises(PublishError, match=rf"part-00000.parquet has 100 bytes, its manifest says {len(data)}"):
+        point_current(tmp_path, "v1")
+    part.write_bytes(data)
+    (folder / "_fallback.parquet").unlink()
+    with pytest.raises(PublishError, match="v1 does not verify: _fallback.parquet is missing"):
+        point_current(tmp_path, "v1")
+    assert read_current(tmp_path) is None and history(tmp_path) == []
+
+
+def test_rollback_refuses_a_version_that_does_not_verify(tmp_path) -> None:
+    _publish(tmp_path, "v1")
+    _publish(tmp_path, "v2")
+    (version_dir(tmp_path, "v1") / "part-00000.parquet").unlink()
+    with pytest.raises(PublishError, match="v1 does not verify: part-00000.parquet is missing"):
+        rollback(tmp_path)
+    assert read_current(tmp_path) == "v2" and len(history(tmp_path)) == 2
+
+
+def test_older_data_is_not_served_unless_overridden_and_rollback_is_exempt(tmp_path) -> None:
+    _write_window(tmp_path, "new", "2026-11-21T00:00:00+00:00")
+    _write_window(tmp_path, "old", "2026-11-18T00:00:00+00:00")
+    _write_window(tmp_path, "same", "2026-11-21T00:00:00Z")  # the same end, another spelling
+    _write_window(tmp_path, "nowindow", None)
+    point_current(tmp_path, "new")
+    with pytest.raises(pub.StaleData) as info:
+        point_current(tmp_path, "old")
+    assert str(info.value) == (
+        "stale: serving data up to 2026-11-21T00:00:00+00:00, this run's data ends at "
+        "2026-11-18T00:00:00+00:00; not served"
+    )
+    assert (info.value.served_end, info.value.run_end) == ("2026-11-21T00:00:00+00:00", "2026-11-18T00:00:00+00:00")
+    assert isinstance(info.value, PublishError)
+    assert read_current(tmp_path) == "new" and len(history(tmp_path)) == 1
+
+    assert point_current(tmp_path, "old", allow_older_data=True) is True
+    assert history(tmp_path)[-1]["override"] == "allow_older_data"
+    assert point_current(tmp_path, "new") is True  # newer data: no override needed
+    assert "override" not in history(tmp_path)[-1]
+    assert rollback(tmp_path) == "old"  # a rollback is the normal way back: exempt
+    assert "override" not in history(tmp_path)[-1]
+    point_current(tmp_path, "same")  # not older
+    point_current(tmp_path, "nowindow")  # nothing to compare
+    point_current(tmp_path, "old")  # the served one has no window: nothing to compare
+    assert read_current(tmp_path) == "old"
+
+
+def test_current_behind_the_log_is_rolled_forward_by_a_reader(tmp_path) -> None:
+    """A publish died after its log entry, before CURRENT: the commit stands."""
+    from include.recsys import commitlog
+
+    _publish(tmp_path, "v1")
+    _write(tmp_path, "v2")
+    store = RecommendationStore(tmp_path)
+    assert store.recommend("u1").version == "v1"
+    commitlog.append(tmp_path, {"seq": 2, "parent": 1, "version": "v2", "previous": "v1", "reason": "publish"})
+    assert (tmp_path / "CURRENT").read_text() == "v1\n"
+    assert store.recommend("u1").version == "v2"  # the reader noticed the new log entry
+    assert (tmp_path / "CURRENT").read_text() == "v2\n"  # and rolled CURRENT forward
+    assert point_current(tmp_path, "v2") is False  # the rerun: nothing left to do
+    assert [e["version"] for e in history(tmp_path)] == ["v1", "v2"]
+    assert rollback(tmp_path) == "v1"
+
+
+def test_a_commit_whose_version_does_not_verify_is_superseded(tmp_path) -> None:
+    from include.recsys import commitlog
+
+    _publish(tmp_path, "v1")
+    _write(tmp_path, "v2")
+    _write(tmp_path, "v3")
+    commitlog.append(tmp_path, {"seq": 2, "parent": 1, "version": "v2", "previous": "v1", "reason": "publish"})
+    (version_dir(tmp_path, "v2") / "part-00000.parquet").unlink()  # then its files went away
+    assert read_current(tmp_path) == "v1"  # readers get the last version that verifies
+    assert (tmp_path / "CURRENT").read_text() == "v1\n"
+    assert point_current(tmp_path, "v3") is True  # the next writer records the repair first
+    repair, last = history(tmp_path)[-2:]
+    assert (repair["seq"], repair["version"], repair["previous"]) == (3, "v1", "v2")
+    assert repair["reason"].startswith("repair: version v2 does not verify: part-00000.parquet is missing")
+    assert (last["seq"], last["parent"], last["version"], last["previous"]) == (4, 3, "v3", "v1")
+    assert rollback(tmp_path) == "v1"
+
+
+def test_temp_files_of_killed_publishes_are_removed_by_the_next_publish(tmp_path) -> None:
+    _publish(tmp_path, "v1")
+    (tmp_path / ".CURRENT.4242.tmp").write_text("v9\n")
+    (tmp_path / pub.LOG_DIR / ".00000000000000000002.json.4242.ab.tmp").write_text("{")
+    _write(tmp_path, "v2")
+    assert point_current(tmp_path, "v2") is True
+    assert not list(tmp_path.glob(".CURRENT*")) and not list((tmp_path / pub.LOG_DIR).glob(".*"))
+
+
+def test_retention_deletes_the_manifest_first(tmp_path, monkeypatch) -> None:
+    for v in ("v1", "v2", "v3"):
+        _publish(tmp_path, v)
+
+    def killed(path, *a, **kw):
+        raise KeyboardInterrupt("killed mid-retention")
+
+    monkeypatch.setattr(pub.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cleanup(tmp_path, keep=1)
+    monkeypatch.undo()
+    assert list(version_dir(tmp_path, "v1").glob("part-*"))  # its files are still there,
+    assert [v["version"] for v in list_versions(tmp_path)] == ["v2", "v3"]  # but it is invisible
+    with pytest.raises(PublishError, match="v1 has no manifest"):
+        rollback(tmp_path, to="v1")
+    assert cleanup(tmp_path, keep=1) == ["version=v1"]

@@ -1,6 +1,7 @@
 """Publishing and reading through fsspec on ``memory://``: the object-store code path of
 ``include.recsys.publish`` / ``reader`` (no rename: manifest last, CURRENT one object written
-last, ``_history/<seq>.json``), with the same guarantees and errors as on local disk."""
+last, one ``_log/<seq>.json`` commit per move created with a conditional write), with the same
+guarantees and errors as on local disk."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def test_publish_read_rollback_retention_cycle(root) -> None:
     assert pub.point_current(root, "v1") is False  # idempotent
     assert pub.read_current(root) == "v1"
     assert _objects(root) == [
-        "CURRENT", "_history/0000000001.json",
+        "CURRENT", "_log/00000000000000000001.json",
         "version=v1/_fallback.parquet", "version=v1/_manifest.json", "version=v1/part-00000.parquet",
     ]
     for v in ("v2", "v3", "v4"):
@@ -118,7 +119,8 @@ def test_publish_read_rollback_retention_cycle(root) -> None:
     assert pub.rollback(root) == "v3"  # to the previous one
     assert store.recommend("u1", n=1).items == ["v3:item1"]  # the reader reopened
     assert pub.history(root)[-1] | {"at": None} == {
-        "at": None, "version": "v3", "previous": "v4", "reason": "rollback", "model_version": "v3",
+        "at": None, "seq": 5, "parent": 4, "version": "v3", "previous": "v4", "reason": "rollback",
+        "model_version": "v3", "data_window": None,
     }
     assert pub.rollback(root, "v1") == "v1"
     # retention keeps the newest `keep`, CURRENT and the version served before it
@@ -180,8 +182,10 @@ def test_failed_write_leaves_no_version(root, monkeypatch) -> None:
         _write(root, "v1")
     assert not [o for o in _objects(root) if o.startswith("version=v1")]
     monkeypatch.undo()
-    pub.write_part(root, "v2", 0, _table("v2"))  # a killed writer's leftovers
-    assert pub.list_versions(root) == [] and pub.cleanup(root, keep=5) == ["version=v2"]
+    pub.write_part(root, "v2", 0, _table("v2"))  # a killed (or a live) writer's part
+    assert pub.list_versions(root) == []
+    assert pub.cleanup(root, keep=5) == []  # written just now: maybe a live run's, kept
+    assert pub.cleanup(root, keep=5, staging_grace_s=0) == ["version=v2"]  # abandoned
     assert _objects(root) == []
 
 
@@ -222,24 +226,42 @@ def test_concurrent_first_publish_has_one_winner(root) -> None:
     assert [e["version"] for e in pub.history(root)] == winners
 
 
-def test_pointer_moved_between_read_and_write_is_a_conflict(root, monkeypatch) -> None:
-    """Another publisher moves CURRENT after this one read it: the write must lose."""
-    _publish(root, "v1")
-    _write(root, "v2")
-    _write(root, "v3")
-    real = storage.ObjectStore.read_tagged
+def test_log_moved_between_read_and_commit_is_a_conflict(root, monkeypatch) -> None:
+    """Another publisher commits after this one read the log: its create of the same entry
+    number must lose (compare-and-swap: PublishConflict); without an expectation it commits
+    after the winner, as the local lock would order them."""
+    from include.recsys import commitlog
 
-    def read_then_someone_else_publishes(self, rel):
-        got = real(self, rel)
-        monkeypatch.setattr(storage.ObjectStore, "read_tagged", real)
+    for v in ("v1", "v2", "v3", "v4"):
+        _write(root, v)
+    pub.point_current(root, "v1")
+    real = commitlog.tip
+
+    def read_then_someone_else_publishes(r):
+        got = real(r)
+        monkeypatch.setattr(commitlog, "tip", real)
         pub.point_current(root, "v3")
         return got
 
-    monkeypatch.setattr(storage.ObjectStore, "read_tagged", read_then_someone_else_publishes)
-    with pytest.raises(PublishConflict, match="moved while v2 was being published"):
-        pub.point_current(root, "v2")
+    monkeypatch.setattr(commitlog, "tip", read_then_someone_else_publishes)
+    with pytest.raises(PublishConflict, match="another publish committed first"):
+        pub.point_current(root, "v2", expected_previous="v1")
     assert pub.read_current(root) == "v3"
     assert [e["version"] for e in pub.history(root)] == ["v1", "v3"]
+    other = iter(["v2"])
+
+    def read_then_v2_is_published(r):
+        got = real(r)
+        monkeypatch.setattr(commitlog, "tip", real)
+        pub.point_current(root, next(other))
+        return got
+
+    monkeypatch.setattr(commitlog, "tip", read_then_v2_is_published)
+    assert pub.point_current(root, "v4") is True  # lost entry 3 to v2, committed as 4
+    assert [(e["version"], e["previous"], e["parent"]) for e in pub.history(root)] == [
+        ("v1", None, None), ("v3", "v1", 1), ("v2", "v3", 2), ("v4", "v2", 3),
+    ]
+    assert pub.read_current(root) == "v4"
 
 
 # --- bad input: the same clear errors as on local disk ------------------------------------------
@@ -255,7 +277,14 @@ def test_missing_current(root, capsys) -> None:
 
 def test_corrupt_current(root, capsys) -> None:
     _publish(root, "v1")
-    storage.ObjectStore.open(root).write_bytes("CURRENT", b"\x00garbage\xff\n")
+    store = storage.ObjectStore.open(root)
+    store.write_bytes("CURRENT", b"\x00garbage\xff\n")
+    # the log is the truth: the reader serves its newest commit and repairs CURRENT
+    assert RecommendationStore(root).recommend("u1").version == "v1"
+    assert store.read_bytes("CURRENT") == b"v1\n"
+    # without a log (a CURRENT written by hand) a corrupt CURRENT is a clear error
+    store.delete(pub.LOG_DIR, recursive=True)
+    store.write_bytes("CURRENT", b"\x00garbage\xff\n")
     with pytest.raises(LookupError, match="CURRENT under memory://.* is corrupt"):
         RecommendationStore(root).recommend("u1")
     assert reader.main(["--root", root, "user", "u1", "--json"]) == 1
@@ -309,7 +338,7 @@ def test_http_endpoint_on_object_store(root) -> None:
 
     from include.recsys.serve import create_app
 
-    client = TestClient(create_app(root))
+    client = TestClient(create_app(root, no_auth=True))
     assert client.get("/health").status_code == 503
     _publish(root, "v1")
     assert client.get("/health").json() == {"status": "ok", "version": "v1"}
@@ -325,3 +354,24 @@ def test_read_version_table_local_and_remote(root, tmp_path) -> None:
     pd.testing.assert_frame_equal(
         a.sort_values(["user_id", "rank"], ignore_index=True), b.sort_values(["user_id", "rank"], ignore_index=True)
     )
+
+
+def test_freshness_reads_the_log_on_an_object_store(root) -> None:
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from include.recsys import freshness
+
+    _publish(root, "v1")
+    store = storage.ObjectStore.open(root)
+    name = f"{pub.LOG_DIR}/{1:020d}.json"
+    entry = json.loads(store.read_bytes(name))
+    now = datetime(2026, 11, 23, 7, 0, tzinfo=timezone.utc)
+    entry["at"] = (now - timedelta(hours=50)).isoformat()
+    store.write_bytes(name, json.dumps(entry).encode())  # backdated (a commit is never edited in production)
+    s = freshness.FreshnessSettings(max_age_hours=30, deadline_utc=None, realert_hours=6)
+    res = freshness.check(root, s, now)
+    assert res.current == "v1" and res.codes == ["too_old"] and 49.9 < res.age_hours < 50.1
+    assert freshness._should_alert(root, res, s) is True  # the alert state lives beside the table
+    assert store.exists(freshness.STATE_FILE)
+    assert freshness._should_alert(root, res, s) is False  # once, not every hour
