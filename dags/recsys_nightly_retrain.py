@@ -27,7 +27,13 @@ Every night (or when triggered by hand with the form) this DAG:
    for every user, seen items filtered, a popularity fallback; parts + manifest form a new,
    not yet served table version (`RECSYS_SHARDS` shards; Celery/Kubernetes workers run them
    in parallel);
-10. **publish**: CURRENT points at the new version atomically, then `champion` moves.
+10. **approve_release** (only with the `require_approval` param): a person approves or rejects
+    the built, validated table in the Required Actions page (gate table, metrics vs champion,
+    run card). Reject or no answer within `RECSYS_APPROVAL_TIMEOUT_HOURS` (24): the run fails,
+    nothing is published, Slack hears of it. Off (default): the task succeeds at once;
+11. **publish**: CURRENT points at the new version atomically, then `champion` moves; the
+    `recsys_recommendations` Asset gets an event with the version, model, data interval, counts
+    and gate verdict, which schedules consumers such as `recsys_consumer_example`.
 
 A FAIL, bad input or any error leaves yesterday's table and champion served and alerts Slack
 (connection `slack_alerts`). The work lives in `include/recsys/`; this file only wires it.
@@ -40,13 +46,17 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.recsys.alerts import dag_success_callback, task_failure_callback, task_retry_callback
-from include.recsys.config import PARAM_FIELDS, param_specs
+from include.recsys.assets import table_asset
+from include.recsys.config import PARAM_FIELDS, load_config, param_specs
 
 DAG_ID = "recsys_nightly_retrain"
+_CFG = load_config()  # parse-time settings only (the tasks load the run's own config)
+RECOMMENDATIONS = table_asset(_CFG.recommendations_root)  # publish's outlet: consumers schedule on it
 
 default_args = {
     "owner": "ml-platform",
@@ -113,6 +123,48 @@ def _end_mlflow_run(status: str):
             logging.getLogger(__name__).exception("could not close the MLflow run")
 
     return callback
+
+
+class ReleaseApprovalOperator(ApprovalOperator):
+    """Approve / Reject of the built table when ``require_approval`` is on; otherwise succeeds at
+    once (a success, not a skip: publish keeps ``all_success``, so a skipped table build upstream
+    can never let publish run). A Reject, or no answer within ``response_timeout`` (the default
+    answer is Reject), fails the task without retries: the run fails, nothing is published and
+    the failure alert tells Slack who rejected it or that nobody answered."""
+
+    def execute(self, context):
+        from include.recsys.alerts import mlflow_run_url
+        from include.recsys.approval import approval_request
+        from include.recsys.publish import read_current
+
+        cfg, rc = _context(context)
+        if not cfg.require_approval:
+            self.log.info("require_approval is off: %s is published without a human review", rc.version)
+            return {"required": False, "version": rc.version}
+        mlflow_run_id = context["ti"].xcom_pull(task_ids="train", key="return_value") or {}
+        self.subject, self.body = approval_request(
+            rc.work_dir(cfg), rc.version, read_current(cfg.recommendations_root), run_id=rc.run_id,
+            mlflow_url=mlflow_run_url(mlflow_run_id.get("mlflow_run_id")),
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        from airflow.providers.standard.operators.hitl import HITLOperator
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.recsys.approval import rejection_message
+        from include.recsys.publish import read_current
+
+        answer = HITLOperator.execute_complete(self, context, event)  # validates the answer
+        cfg, rc = _context(context)
+        if answer["chosen_options"] == [self.APPROVE]:
+            self.log.info("approved by %s at %s", answer["responded_by_user"], answer["responded_at"])
+            return {"required": True, "approved": True, "by": answer["responded_by_user"],
+                    "at": str(answer["responded_at"]), "version": rc.version}
+        raise AirflowFailException(rejection_message(
+            rc.version, read_current(cfg.recommendations_root), by=answer["responded_by_user"],
+            at=answer["responded_at"], timed_out=bool(event.get("timedout")), hours=cfg.approval_timeout_hours,
+        ))
 
 
 @dag(
@@ -202,15 +254,40 @@ def recsys_nightly_retrain():
     def assemble_version(
         snap: dict, model: dict, reg: dict, ev: dict, verdict: dict, parts: list, **ctx
     ) -> dict:
-        return _stage("assemble_version", ctx, snap, model, reg, ev, verdict, list(parts))
+        # parts[:] reads every shard's XCom in one request; list(parts) iterates item by item and
+        # probes one offset past the end, which Airflow's client logs as "[error] XCom not found"
+        return _stage("assemble_version", ctx, snap, model, reg, ev, verdict, parts[:])
 
     @task(execution_timeout=timedelta(minutes=30))
     def validate_output(snap: dict, pre: dict, **ctx) -> dict:
         return _stage("validate_output", ctx, snap, pre)
 
-    @task(execution_timeout=timedelta(minutes=10))
+    @task(execution_timeout=timedelta(minutes=10), outlets=[RECOMMENDATIONS])
     def publish(pre: dict, reg: dict, model: dict, **ctx) -> dict:
-        return _stage("publish", ctx, pre, reg, model)
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.recsys.assets import move_event_extra
+
+        result = _stage("publish", ctx, pre, reg, model)
+        cfg, rc = _context(ctx)
+        extra = move_event_extra(
+            cfg.recommendations_root, result["version"], reason="publish", run_id=rc.run_id,
+            interval_start=rc.interval_start, interval_end=rc.interval_end,
+        )
+        if extra is None:
+            # CURRENT did not move (e.g. older data than served): a skipped task emits no asset
+            # event, so no consumer wakes up for a version that is not served
+            raise AirflowSkipException(f"CURRENT did not move to {result['version']}: {result}")
+        ctx["outlet_events"][RECOMMENDATIONS].extra = extra
+        return result
+
+    approve_release = ReleaseApprovalOperator(
+        task_id="approve_release",
+        subject="Publish the new recommendations?",  # replaced by the run's own subject and body
+        defaults="Reject",  # no answer within the timeout counts as Reject
+        response_timeout=timedelta(hours=_CFG.approval_timeout_hours),
+        execution_timeout=timedelta(minutes=10),
+    )
 
     snap = snapshot()
     checked = validate_input(snap)
@@ -232,7 +309,7 @@ def recsys_nightly_retrain():
     pre = assemble_version(snap, model, reg, ev, verdict, part_files)
     checked_out = validate_output(snap, pre)
     published = publish(pre, reg, model)
-    checked_out >> published
+    checked_out >> approve_release >> published
 
 
 nightly_dag = recsys_nightly_retrain()

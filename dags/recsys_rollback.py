@@ -3,9 +3,13 @@
 
 Trigger by hand. Points `CURRENT` back to the version named in the form (empty: the version
 served before the current one) and moves the MLflow `champion` alias to that table's model
-version, so the table and the alias agree. Every move is recorded in the append-only publish
-log (`_history.jsonl` beside `CURRENT`). The same is available from the shell:
+version, so the table and the alias agree. Every move is one commit in the table's commit log
+(`_log/<sequence>.json` beside `CURRENT`); the target must verify (every file its manifest
+lists is present with its recorded size). The same is available from the shell:
 `python -m include.recsys.reader rollback [--to VERSION]` (CURRENT only).
+
+The move emits an event of the `recsys_recommendations` Asset with `reason=rollback` (the
+form's reason as `note`), so consumers scheduled on it re-read the served version.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from include.recsys.alerts import ops_default_args
+from include.recsys.assets import table_asset
+
+RECOMMENDATIONS = table_asset()
 
 
 @dag(
@@ -34,9 +41,12 @@ from include.recsys.alerts import ops_default_args
     doc_md=__doc__,
 )
 def recsys_rollback():
-    @task
+    @task(outlets=[RECOMMENDATIONS])
     def rollback(**ctx) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from include.recsys import pipeline
+        from include.recsys.assets import move_event_extra
         from include.recsys.config import load_config
 
         rc = pipeline.RunContext(
@@ -47,7 +57,15 @@ def recsys_rollback():
         )
         p = ctx["params"]
         reason = p.get("reason") or f"rollback by {ctx['run_id']}"
-        return pipeline.rollback(load_config(), rc, p.get("to_version") or None, reason)
+        cfg = load_config()
+        result = pipeline.rollback(cfg, rc, p.get("to_version") or None, reason)
+        extra = move_event_extra(
+            cfg.recommendations_root, result["to"], reason="rollback", run_id=rc.run_id, note=reason
+        )
+        if extra is None or result["from"] == result["to"]:  # nothing moved: no asset event
+            raise AirflowSkipException(f"CURRENT did not move: {result}")
+        ctx["outlet_events"][RECOMMENDATIONS].extra = extra
+        return result
 
     rollback()
 

@@ -82,7 +82,8 @@ def test_structure(dagbag):
         ("assemble_version", "publish"),
         ("snapshot", "validate_output"),
         ("assemble_version", "validate_output"),
-        ("validate_output", "publish"),
+        ("validate_output", "approve_release"),  # issue 18: a person may hold the release
+        ("approve_release", "publish"),
         ("register", "publish"),
         ("train", "publish"),
     }
@@ -91,7 +92,7 @@ def test_structure(dagbag):
         "snapshot", "validate_input", "split", "plan_trials", "run_trial", "select_best", "train",
         "evaluate", "gate",
         "should_publish", "register", "plan_shards", "score_shard", "assemble_version", "validate_output",
-        "publish",
+        "approve_release", "publish",
     }
 
 
@@ -149,3 +150,46 @@ def test_dag_file_parses_fast():
     seconds, heavy = out.stdout.strip().splitlines()[-2:]
     assert heavy == "[]", f"DAG parsing imported heavy libraries: {heavy}"
     assert float(seconds) < 0.5
+
+
+# --- Assets, the consumer and the approval step (issue 18) -------------------------------------
+
+
+def test_publish_and_rollback_declare_the_recommendations_asset(dagbag):
+    from include.recsys.assets import asset_name, table_uri
+    from include.recsys.config import load_config
+
+    uri = table_uri(load_config().recommendations_root)
+    for dag_id, task_id in (("recsys_nightly_retrain", "publish"), ("recsys_rollback", "rollback")):
+        outlets = dagbag.dags[dag_id].get_task(task_id).outlets
+        assert [(a.name, a.uri) for a in outlets] == [(asset_name(), uri)], (dag_id, task_id)
+    other_outlets = [
+        (d, t.task_id) for d, dag in dagbag.dags.items() for t in dag.tasks
+        if t.outlets and (d, t.task_id) not in {("recsys_nightly_retrain", "publish"), ("recsys_rollback", "rollback")}
+    ]
+    assert other_outlets == []  # nothing else announces a new table
+
+
+def test_consumer_example_is_scheduled_on_the_asset(dagbag):
+    from include.recsys.assets import asset_name
+
+    dag = dagbag.dags["recsys_consumer_example"]
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    assert [a.name for a in dag.timetable.asset_condition.objects] == [asset_name()]
+    assert dag.task_ids == ["count_recommendations"]
+    assert dag.get_task("count_recommendations").inlets[0].name == asset_name()
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.doc_md and "copy me" in dag.doc_md
+
+
+def test_approval_step_is_a_hitl_approval_that_defaults_to_reject(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags[DAG_ID]
+    op = dag.get_task("approve_release")
+    assert isinstance(op, ApprovalOperator)
+    assert op.defaults == ["Reject"] and op.response_timeout == timedelta(hours=24)
+    assert op.trigger_rule == "all_success" and dag.get_task("publish").trigger_rule == "all_success"
+    assert op.fail_on_reject is False  # the operator's own reject path is replaced: see the DAG
+    param = dag.params.get_param("require_approval")
+    assert param.schema["type"] == "boolean" and param.value is False  # nightly runs stay unattended

@@ -4,6 +4,7 @@ HTTP endpoint and the CLI's JSON output."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -59,8 +60,14 @@ def test_unknown_user_gets_fallback_with_source(tmp_path):
     assert r.source == "fallback" and r.items == ["pop1", "pop2"] and r.scores == [1.0, 0.5]
 
 
-def test_corrupt_current_is_a_clear_error(tmp_path):
+def test_corrupt_current_is_healed_from_the_log_else_a_clear_error(tmp_path):
     _publish(tmp_path, "v1")
+    (tmp_path / "CURRENT").write_text("garbage\n")
+    # the commit log is the truth: the reader serves its newest commit and repairs CURRENT
+    assert RecommendationStore(tmp_path).recommend("u1").version == "v1"
+    assert (tmp_path / "CURRENT").read_text() == "v1\n"
+    # without a log (a CURRENT written by hand) a corrupt CURRENT is a clear error
+    shutil.rmtree(tmp_path / pub.LOG_DIR)
     (tmp_path / "CURRENT").write_text("garbage\n")
     with pytest.raises(LookupError, match="CURRENT .* is corrupt: it names 'garbage'"):
         RecommendationStore(tmp_path).recommend("u1")
@@ -110,12 +117,28 @@ def test_cli_rollback(tmp_path, capsys):
     assert pub.history(tmp_path)[-1]["reason"] == "rollback"
 
 
+def test_cli_log_and_verify(tmp_path, capsys):
+    _publish(tmp_path, "v1")
+    _publish(tmp_path, "v2")
+    assert main(["--root", str(tmp_path), "log", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [(e["seq"], e["version"], e["previous"]) for e in entries] == [(1, "v1", None), (2, "v2", "v1")]
+    assert main(["--root", str(tmp_path), "log"]) == 0
+    assert "v2" in capsys.readouterr().out
+    assert main(["--root", str(tmp_path), "verify", "--checksum"]) == 0
+    assert capsys.readouterr().out.strip() == "version v2: 2 files intact (sizes and sha256)"
+    (pub.version_dir(tmp_path, "v1") / "part-00000.parquet").write_bytes(b"x")
+    assert main(["--root", str(tmp_path), "verify", "--version", "v1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: version v1 does not verify: part-00000.parquet has 1 bytes") and "Traceback" not in err
+
+
 def test_http_endpoint(tmp_path):
     from fastapi.testclient import TestClient
 
     from include.recsys.serve import create_app
 
-    client = TestClient(create_app(tmp_path))
+    client = TestClient(create_app(tmp_path, no_auth=True))
     assert client.get("/health").status_code == 503  # nothing published yet
     _publish(tmp_path, "v1")
     assert client.get("/health").json() == {"status": "ok", "version": "v1"}
