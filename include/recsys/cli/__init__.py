@@ -48,7 +48,7 @@ def _root(
     ),
     root: str = typer.Option(
         None, "--root",
-        help="The recommendations root, a folder or s3:// URL (default: <data dir>/recommendations).",
+        help="The recommendations root, a folder or s3:// URL (default: \\[data dir]/recommendations).",
     ),
 ) -> None:
     STATE.data_dir = data_dir
