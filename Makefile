@@ -19,17 +19,20 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv airflow-db demo test test-fast airflow mlflow-ui mlflow-server browser serve bench bench-smoke bench-test bench-scoring bench-evaluation bench-reader bench-stages lock lint clean
+.PHONY: venv airflow-db demo test test-fast prod-up prod-down prod-status prod-test airflow mlflow-ui mlflow-server browser serve bench bench-smoke bench-test bench-scoring bench-evaluation bench-reader bench-stages lock lint clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "uv==$(UV_VERSION)"
 	# --compile-bytecode: every task process imports Airflow, MLflow and Great Expectations;
 	# without .pyc files (uv's default, or PYTHONDONTWRITEBYTECODE) each import recompiles them
 	# from source: seconds per task (measured: `import great_expectations` 7.5 s -> 1.5 s)
 	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.txt -c constraints.txt
+	# the project itself, editable and without dependencies (the pins above are the only ones):
+	# puts the `recsys` command in $(VENV)/bin
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
 airflow-db: venv
@@ -43,13 +46,39 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not e2e and not ui and not bench" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e and not ui and not bench and not prod" $(PYTEST_ARGS)
+
+# The production-like stack on this machine, without Docker (deploy/local/stack.py): databases
+# $(PROD_DB_PREFIX)_{airflow,mlflow,celery} created on PROD_PG_URL, Redis broker PROD_REDIS_URL,
+# airflow db migrate, api-server, scheduler, dag-processor, triggerer, two Celery workers and
+# mlflow server, configured from deploy/airflow.env + deploy/mlflow.env (what docker-compose
+# reads). `make prod-down PROD_DROP=1` also drops the databases. State, logs: $(PROD_STATE).
+PROD_STATE ?= $(AIRFLOW_HOME)/prod
+PROD_PG_URL ?= postgresql+psycopg2://postgres@127.0.0.1:5432
+PROD_REDIS_URL ?= redis://127.0.0.1:6379/0
+PROD_DB_PREFIX ?= recsys_prod
+PROD_ARGS = --state $(PROD_STATE) --pg-url $(PROD_PG_URL) --redis-url $(PROD_REDIS_URL) --db-prefix $(PROD_DB_PREFIX)
+prod-up: venv
+	$(PY) -m deploy.local.stack up $(PROD_ARGS)
+
+prod-down: venv
+	$(PY) -m deploy.local.stack down $(PROD_ARGS) $(if $(PROD_DROP),--drop)
+
+prod-status: venv
+	$(PY) -m deploy.local.stack status $(PROD_ARGS)
+
+# the production-mode tests alone (also part of `make test`): their own private PostgreSQL and
+# Redis, e2e runs and fault injection; prints each case's wall time
+prod-test: venv
+	$(PY) -m pytest -m prod tests/prod $(PYTEST_ARGS)
 
 airflow: airflow-db
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 
+# the HTTP reader on loopback; with RECSYS_READER_TOKEN(_FILE) set it requires that bearer token,
+# without one it runs --no-auth (allowed on 127.0.0.1 only)
 serve: venv
-	$(PY) -m include.recsys.serve --host 127.0.0.1 --port $${SERVE_PORT:-8000}
+	$(PY) -m include.recsys.serve --host 127.0.0.1 --port $${SERVE_PORT:-8000} $$([ -n "$$RECSYS_READER_TOKEN$$RECSYS_READER_TOKEN_FILE" ] || echo --no-auth)
 
 # The whole nightly run (real DAG via dag.test) per task + floors + stages alone; writes
 # bench/results/pipeline-$(PRESET)-<date>.{json,md}. PRESET: s, m, l, tiny, default, movielens.

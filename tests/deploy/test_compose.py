@@ -18,6 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.local.stack import (
+    AIRFLOW_ENV_FILE,
+    HOST_SETTINGS,
+    LOCAL_ONLY,
+    MLFLOW_ENV_FILE,
+    WORKER_SETTINGS,
+    LocalStack,
+    StackConfig,
+    read_env_file,
+)
 from include.recsys.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,11 +67,22 @@ def services(compose) -> dict:
     return compose["services"]
 
 
+def _env_files(service: dict) -> list[Path]:
+    files = service.get("env_file") or []
+    files = [files] if isinstance(files, (str, dict)) else files
+    return [ROOT / (f["path"] if isinstance(f, dict) else f) for f in files]
+
+
 def _env(service: dict) -> dict[str, str]:
+    """What the container gets, as compose resolves it: its env_file(s), then ``environment``."""
+    merged: dict[str, str] = {}
+    for path in _env_files(service):
+        merged.update(read_env_file(path))
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
+    merged.update({k: str(v) for k, v in env.items()})
+    return merged
 
 
 def test_services_present(services):
@@ -180,7 +201,8 @@ def test_airflow_settings(services):
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:6379/" in env[
             "AIRFLOW__CELERY__BROKER_URL"
         ]
-        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+        # psycopg2 named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3 (not installed)
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
         assert "@postgres:5432/airflow" in env["AIRFLOW__CELERY__RESULT_BACKEND"]
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
         assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
@@ -226,7 +248,7 @@ def test_recsys_env_matches_config_fields(services):
     # the server really is there, on that port, with a Postgres store and served artifacts
     cmd = " ".join(services["mlflow"]["command"])
     assert "mlflow server" in cmd and "--port 5000" in cmd and "--serve-artifacts" in cmd
-    assert "postgresql://mlflow:" in cmd and "@mlflow-db:5432/mlflow" in cmd
+    assert "postgresql+psycopg2://mlflow:" in cmd and "@mlflow-db:5432/mlflow" in cmd
     assert "mlflow" in cmd.split("--allowed-hosts", 1)[1]  # workers reach it as http://mlflow:5000
 
 
@@ -279,3 +301,114 @@ def test_docker_compose_config_validates(tmp_path):
     )
     assert proc.returncode != 0
     assert "in .env" in proc.stderr, proc.stderr
+
+
+# --- one source of truth: docker-compose.yaml and the local stack (deploy/local) -------------
+
+AIRFLOW_WITH_ENV = AIRFLOW_SERVICES | {"airflow-cli", "flower"}
+DOCKER_ONLY = {"DUMB_INIT_SETSID"}  # dumb-init in the image's entrypoint
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory) -> LocalStack:
+    """The local stack's configuration (no process starts: settings only)."""
+    return LocalStack(StackConfig(state_dir=tmp_path_factory.mktemp("stack"), extra_env={"RECSYS_SHARDS": "4"}))
+
+
+def test_env_files_are_plain_key_values():
+    for path in (AIRFLOW_ENV_FILE, MLFLOW_ENV_FILE):
+        values = read_env_file(path)
+        assert values, path
+        for key, value in values.items():
+            assert re.fullmatch(r"[A-Z][A-Z0-9_]*", key), f"{path.name}: {key}"
+            # compose would interpolate ${...} and keep quotes; Python would not: neither allowed
+            assert "$" not in value and not value.startswith(("'", '"')), f"{path.name}: {key}={value}"
+            assert not SECRET_KEY.search(key), f"{path.name}: {key} is a secret; it belongs in .env"
+    shared = read_env_file(AIRFLOW_ENV_FILE)
+    assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert shared["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "include.recsys.hostname.get_hostname"
+    assert read_env_file(MLFLOW_ENV_FILE)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_compose_reads_the_shared_settings_from_the_env_files(services):
+    shared = read_env_file(AIRFLOW_ENV_FILE)
+    for name in AIRFLOW_WITH_ENV:
+        svc = services[name]
+        assert AIRFLOW_ENV_FILE in _env_files(svc), f"{name}: env_file must list deploy/airflow.env"
+        repeated = set(shared) & set(svc.get("environment") or {})
+        assert not repeated, f"{name} repeats deploy/airflow.env settings in environment: {repeated}"
+    mlflow = services["mlflow"]
+    assert _env_files(mlflow) == [MLFLOW_ENV_FILE]
+    assert not set(read_env_file(MLFLOW_ENV_FILE)) & set(mlflow["environment"])
+
+
+def test_compose_and_local_stack_name_the_same_host_settings(compose, services):
+    common = {k for k in compose["x-airflow-common"]["environment"]}
+    assert common == set(HOST_SETTINGS), (
+        f"compose only: {common - set(HOST_SETTINGS)}; local only: {set(HOST_SETTINGS) - common}"
+    )
+    worker_only = set(services["airflow-worker"]["environment"]) - common - DOCKER_ONLY
+    assert worker_only == set(WORKER_SETTINGS)
+
+
+def test_local_stack_uses_the_compose_settings(services, local_stack):
+    shared = read_env_file(AIRFLOW_ENV_FILE)
+    compose_env = _env(services["airflow-scheduler"])
+    for component, worker in (("api-server", None), ("scheduler", None), ("dag-processor", None),
+                              ("triggerer", None), ("worker1", 1), ("worker2", 2)):
+        local = local_stack.settings(component, worker)
+        # every shared setting reaches every local process unchanged
+        assert {k: local[k] for k in shared} == shared, component
+        # every key is shared, a host setting, worker-only, local-only (with a reason) or the
+        # deployment's explicit extra
+        unexplained = set(local) - set(shared) - set(HOST_SETTINGS) - set(WORKER_SETTINGS) - set(LOCAL_ONLY) - {"RECSYS_SHARDS"}
+        assert not unexplained, f"{component}: {unexplained}"
+        assert set(HOST_SETTINGS) <= set(local), component
+        # the same drivers and protocols as compose, pointed at local servers
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND",
+                    "AIRFLOW__CELERY__BROKER_URL", "RECSYS_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+            assert local[key].split("://")[0] == compose_env[key].split("://")[0], key
+        assert local["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith("/execution/")
+        assert local["MLFLOW_TRACKING_URI"] == local["RECSYS_MLFLOW_TRACKING_URI"]
+        assert len(local["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 64  # shorter: HMAC key warning
+    w1, w2 = local_stack.settings("worker1", 1), local_stack.settings("worker2", 2)
+    assert w1["RECSYS_WORKER_HOSTNAME"] != w2["RECSYS_WORKER_HOSTNAME"]
+    assert w1["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] != w2["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"]
+    assert w1["NUMBA_CACHE_DIR"] == w2["NUMBA_CACHE_DIR"]  # warmed once, shared
+    with pytest.raises(ValueError, match="may not change"):
+        LocalStack(StackConfig(state_dir=local_stack.state, extra_env={"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"})).settings()
+    assert set(LOCAL_ONLY).isdisjoint(shared) and set(LOCAL_ONLY).isdisjoint(HOST_SETTINGS)
+
+
+def test_local_mlflow_server_matches_compose(services, local_stack):
+    assert local_stack.settings("mlflow") == {**read_env_file(MLFLOW_ENV_FILE), "RECSYS_STACK_ID": local_stack.stack_id}
+    local_cmd, _ = local_stack._command("mlflow")
+    compose_cmd = " ".join(services["mlflow"]["command"]).split()
+    for flag in ("--serve-artifacts",):
+        assert flag in local_cmd and flag in compose_cmd
+    for flag in ("--default-artifact-root",):
+        assert local_cmd[local_cmd.index(flag) + 1] == compose_cmd[compose_cmd.index(flag) + 1]
+    store = local_cmd[local_cmd.index("--backend-store-uri") + 1]
+    assert store.split("://")[0] == compose_cmd[compose_cmd.index("--backend-store-uri") + 1].strip('"').split("://")[0]
+
+
+def test_dockerfile_defaults_agree_with_the_shared_settings():
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env_line = re.search(r"^ENV\s+(.+)$", text, re.M).group(1)
+    image = dict(re.findall(r"([A-Z_]+)=(\S+)", env_line))
+    shared = {**read_env_file(AIRFLOW_ENV_FILE), **read_env_file(MLFLOW_ENV_FILE)}
+    for key in set(image) & set(shared):
+        assert image[key] == shared[key], f"Dockerfile ENV {key}={image[key]} but deploy/*.env says {shared[key]}"
+    assert {"MLFLOW_DISABLE_TELEMETRY", "GX_ANALYTICS_ENABLED"} <= set(image) & set(shared)
+
+
+def test_hostname_callable_names_each_worker(monkeypatch):
+    import importlib
+    import socket
+
+    module, _, func = read_env_file(AIRFLOW_ENV_FILE)["AIRFLOW__CORE__HOSTNAME_CALLABLE"].rpartition(".")
+    get_hostname = getattr(importlib.import_module(module), func)
+    monkeypatch.setenv("RECSYS_WORKER_HOSTNAME", "worker7")
+    assert get_hostname() == "worker7"
+    monkeypatch.delenv("RECSYS_WORKER_HOSTNAME")
+    assert get_hostname() == socket.getfqdn()  # containers: one worker per host, Airflow's default
