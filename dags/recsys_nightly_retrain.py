@@ -93,19 +93,22 @@ def _stage(name: str, ctx: dict[str, Any], *args: Any) -> Any:
     """Run ``include.recsys.pipeline.<name>`` for this task (imported here: parsing stays fast).
 
     Errors that a retry cannot fix (bad input, failed validation, failed gate, a broken gate
-    spec) fail the task at once; anything else is retried with backoff.
+    spec, data older than what is served) fail the task at once; anything else is retried
+    with backoff.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.recsys import pipeline
     from include.recsys.data import SourceError
     from include.recsys.gate import GateFailed, GateSpecError
+    from include.recsys.publish import StaleData
+    from include.recsys.registry import StaleModel
     from include.recsys.validate import DataValidationError
 
     cfg, rc = _context(ctx)
     try:
         return getattr(pipeline, name)(cfg, rc, *args)
-    except (SourceError, DataValidationError, GateFailed, GateSpecError) as exc:
+    except (SourceError, DataValidationError, GateFailed, GateSpecError, StaleData, StaleModel) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 

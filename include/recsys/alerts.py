@@ -428,13 +428,15 @@ def freshness_blocks(
 
 
 def success_blocks(
-    *, dag_id: str, run_id: str, logical_date: Any, published: str | None, details: Mapping[str, Any]
+    *, dag_id: str, run_id: str, logical_date: Any, published: str | None, details: Mapping[str, Any],
+    notice: str | None = None,
 ) -> dict[str, Any]:
-    """Build the optional success summary (sent only when ``$RECSYS_SLACK_NOTIFY_SUCCESS``)."""
-    text = _truncate(
-        f":large_green_circle: {dag_id} succeeded (run {run_id}): published {published or 'nothing'}",
-        _FALLBACK_TEXT_MAX,
-    )
+    """Build the success summary (sent when ``$RECSYS_SLACK_NOTIFY_SUCCESS``, and always with a
+    ``notice``: a run that served nothing because its data is older than what is served, or one
+    that served older data by ``allow_older_data``)."""
+    icon = ":warning:" if notice else ":large_green_circle:"
+    head = f"{icon} {dag_id} succeeded (run {run_id}): published {published or 'nothing'}"
+    text = _truncate(head + (f". {notice}" if notice else ""), _FALLBACK_TEXT_MAX)
     fields = [
         _field("DAG", dag_id),
         _field("Run", run_id),
@@ -442,10 +444,26 @@ def success_blocks(
         _field("Published", published or "nothing"),
     ]
     fields += [_field(k, _fmt_value(v)) for k, v in list(details.items())[:6]]
-    return {
-        "text": text,
-        "blocks": [_header(f":large_green_circle: {dag_id} succeeded"), {"type": "section", "fields": fields[:10]}],
-    }
+    blocks: list[dict[str, Any]] = [_header(f"{icon} {dag_id} succeeded")]
+    if notice:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _truncate(
+            f"*{_mrkdwn_escape(notice)}*", _SECTION_TEXT_MAX)}})
+    blocks.append({"type": "section", "fields": fields[:10]})
+    return {"text": text, "blocks": blocks}
+
+
+def _publish_notice(run_id: str) -> str | None:
+    """Why the run served nothing ("stale: ..."), or the loud note of older data served by
+    ``allow_older_data``; None for an ordinary run (read from the run's ``publish.json``)."""
+    from include.recsys.config import load_config
+    from include.recsys.pipeline import publish_outcome
+
+    outcome = publish_outcome(load_config(), run_id) or {}
+    if outcome and not outcome.get("served"):
+        return f"Not served: {outcome.get('reason')}. Rollback is the way back to older data; allow_older_data overrides."
+    if outcome.get("older_data"):
+        return str(outcome["older_data"].get("note"))
+    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -811,10 +829,9 @@ def notify_success_enabled() -> bool:
 
 def dag_success_callback(context: Mapping[str, Any]) -> None:
     """DAG ``on_success_callback``: a short summary, only when ``$RECSYS_SLACK_NOTIFY_SUCCESS``
-    is true (default false). Reads CURRENT and its manifest: "published" is the served version
-    when this run published it. Never raises."""
-    if not notify_success_enabled():
-        return
+    is true (default false), and always when the run served nothing because its data is older
+    than what is served or served older data by ``allow_older_data``. Reads CURRENT and its
+    manifest: "published" is the served version when this run published it. Never raises."""
     try:
         import json as _json
 
@@ -823,6 +840,9 @@ def dag_success_callback(context: Mapping[str, Any]) -> None:
 
         ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
         _, dag_id, _, run_id, logical_date = _ids(ctx)
+        notice = _publish_notice(run_id)
+        if not notify_success_enabled() and not notice:
+            return
         root = load_config().recommendations_root
         current = read_current(root)
         published, details = None, {}
@@ -840,7 +860,8 @@ def dag_success_callback(context: Mapping[str, Any]) -> None:
                     **{k: v for k, v in (m.get("metrics") or {}).items() if k == (m.get("gate") or {}).get("metric")},
                 }
         send_slack(
-            success_blocks(dag_id=dag_id, run_id=run_id, logical_date=logical_date, published=published, details=details),
+            success_blocks(dag_id=dag_id, run_id=run_id, logical_date=logical_date, published=published,
+                           details=details, notice=notice),
             _conn_id(),
         )
     except Exception:

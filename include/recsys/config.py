@@ -28,7 +28,9 @@ PARAM_FIELDS: tuple[str, ...] = (
     "dry_run",
     "source_path",
     "force_publish",
+    "allow_older_data",
     "tune",
+    "require_approval",
 )
 
 
@@ -214,6 +216,24 @@ class PipelineConfig(BaseSettings):
         default=False,
         description="Publish even when the gate FAILs or is SKIPPED (recorded loudly; the "
         "output validation still applies). For manual runs only.",
+    )
+    allow_older_data: bool = Field(
+        default=False,
+        description="Serve this run's table and champion even when its data ends before the "
+        "data already served (a backfill or an older run's retry); recorded loudly in the "
+        "commit log and Slack. Default: such a run succeeds but serves nothing (rollback is "
+        "the normal way back).",
+    )
+
+    # --- human approval (issue 18) -------------------------------------------------------
+    require_approval: bool = Field(
+        default=False,
+        description="Hold the release for a person: after the table is built and validated, "
+        "the approve_release task waits for Approve / Reject (Airflow's Required Actions page). "
+        "Reject or no answer in time: nothing is published. Off: nightly runs stay unattended.",
+    )
+    approval_timeout_hours: PositiveInt = Field(
+        default=24, le=24 * 14, description="Hours to wait for an approval answer; then it counts as Reject."
     )
 
     # --- serving table -------------------------------------------------------------------

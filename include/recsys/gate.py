@@ -19,7 +19,9 @@ applies it to the evaluation report (``eval/report.json``) of a run. Rule kinds:
     same users, FAIL only when ``hi < -tolerance * c``: the candidate is worse by more than
     the tolerance with the interval's confidence; noise alone never fails a run. The observed
     value is ``hi``, the bound ``-tolerance * c``. Without a paired interval in the report, or
-    with ``method: point``: candidate >= ``c * (1 - tolerance)``. No champion yet: SKIP.
+    with ``method: point``: candidate >= ``c * (1 - tolerance)``. No champion yet: SKIP. A
+    champion trained on data at or after the holdout start (report ``champion_comparison``,
+    see :func:`champion_comparison`): every rule against the champion is a SKIP saying so.
 ``slice_floor`` / ``slice_drop``
     on one slice (``activity=heavy``, ``user=new``, ``items=tail``, ...): candidate >= ``min``,
     or candidate >= champion's same slice x (1 - ``max_drop``). Slices with fewer than
@@ -371,6 +373,45 @@ def _suffix(metric: str, primary: str) -> str:
     return "" if metric == primary else f"[{metric}]"
 
 
+def champion_comparison(version: str, data: dict[str, Any], holdout_start: Any) -> dict[str, Any]:
+    """Whether the champion can be scored fairly on a holdout starting at ``holdout_start``.
+
+    ``data``: the champion's ``train_data_end`` / ``data_window_end`` (timestamps or ISO
+    strings; :func:`include.recsys.registry.model_data`). A champion trained on events at or
+    after the holdout start (an older run judged against a newer champion, a backfill) has
+    seen the holdout: its score there is leakage, so every champion rule is SKIPPED with the
+    returned ``reason`` instead of reporting a false regression. Without a training end the
+    data window's end stands in (an upper bound: events in the window but after the training
+    end are the champion's own holdout). Both unknown: compared as before (``basis`` unknown).
+    """
+    import pandas as pd
+
+    def ts(x: Any) -> Any:
+        if x is None or x == "":
+            return None
+        t = pd.Timestamp(x)
+        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+    start = ts(holdout_start)
+    end, basis = ts(data.get("train_data_end")), "train_data_end"
+    if end is None:
+        end, basis = ts(data.get("data_window_end")), "data_window_end"
+    out: dict[str, Any] = {
+        "champion_version": str(version), "basis": basis if end is not None else "unknown",
+        "champion_train_end": end.isoformat() if end is not None else None,
+        "holdout_start": start.isoformat() if start is not None else None, "fair": True, "reason": None,
+    }
+    if end is None or start is None or end <= start:
+        return out
+    what = "trained on data up to" if basis == "train_data_end" else "has a data window (training end unknown) up to"
+    out["fair"] = False
+    out["reason"] = (
+        f"not compared: champion version {version} {what} {end.isoformat()}, after this holdout's "
+        f"start {start.isoformat()}; it has seen the holdout, so its score would be leakage"
+    )
+    return out
+
+
 def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
     """Apply ``spec`` to an evaluation report (the ``eval/report.json`` dict).
 
@@ -388,6 +429,8 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
             f"(metrics: {sorted(k for k in cand if '@' in k)}); is its k in the config's ks?"
         )
     champ = metrics.get("champion")
+    # a champion that trained on this holdout is not judged against (see champion_comparison)
+    unfair = (report.get("champion_comparison") or {}).get("reason") if champ is not None else None
     paired = report.get("paired") or {}
     slices = report.get("slices") or {}
     curves = report.get("popularity_curve") or {}
@@ -447,8 +490,8 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
         m = spec.metric_of(r)
         name = _name(r, "no_regression" + _suffix(m, primary))
         v = cand_value(m)
-        if champ is None:
-            rules.append(skip(name, "no_regression", "no champion yet", observed=v))
+        if champ is None or unfair:
+            rules.append(skip(name, "no_regression", unfair or "no champion yet", observed=v))
             continue
         c = _num(champ.get(m))
         if c is None or v is None:
@@ -492,6 +535,9 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
             continue
         chs = (slices.get("champion") or {}).get(r.slice) or {}
         c = _num(chs.get(m))
+        if unfair:
+            rules.append(skip(name, kind, unfair, observed=v))
+            continue
         if champ is None or c is None:
             rules.append(skip(name, kind, "no champion yet" if champ is None else f"no champion value for slice {r.slice}", observed=v))
             continue
@@ -509,6 +555,9 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
             rules.append(skip(name, "guardrail", f"{m} not in the report"))
             continue
         lo, hi, ref_note = r.min, r.max, ""
+        if r.relative_to == "champion" and unfair:
+            rules.append(skip(name, "guardrail", unfair, observed=v))
+            continue
         if r.relative_to is not None:
             ref = _num(((report.get("metrics") or {}).get(r.relative_to) or {}).get(m))
             if ref is None:

@@ -58,6 +58,12 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def data_interval(self) -> dict[str, str]:
+        """The run's data interval as UTC ISO strings (``start``, ``end``)."""
+        start = pd.Timestamp(self.interval_start)
+        start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+        return {"start": start.isoformat(), "end": self.end.isoformat()}
+
     def mlflow_tags(self) -> dict[str, str]:
         return {
             "dag_id": self.dag_id,
@@ -407,6 +413,9 @@ def train(
         },
         artifacts={"validation": validation} if validation.exists() else None,
     )
+    from include.recsys import lineage  # issue 18: the snapshot as the run's training dataset
+
+    lineage.log_training_snapshot(cfg, run_id, snap)
     return {
         "bundle": str(bundle_dir),
         "mlflow_run_id": run_id,
@@ -454,6 +463,20 @@ def _eval_mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
         })
     out["eval_seconds"] = report["seconds"]
     return out
+
+
+def _champion_comparison(cfg: PipelineConfig, version: str | None, holdout_start: Any) -> dict[str, Any] | None:
+    """Whether the champion's training data lies before this holdout (its model-version tags,
+    :func:`include.recsys.gate.champion_comparison`); None without a champion."""
+    if version is None:
+        return None
+    from include.recsys import registry
+    from include.recsys.gate import champion_comparison
+
+    result = champion_comparison(version, registry.model_data(cfg, version), holdout_start)
+    if not result["fair"]:
+        log.warning("champion comparison skipped: %s", result["reason"])
+    return result
 
 
 def evaluate(
@@ -566,6 +589,7 @@ def evaluate(
         "n_users_cold": int((~warm).sum()),
         "n_catalog": n_catalog,
         "champion_version": champion_version,
+        "champion_comparison": _champion_comparison(cfg, champion_version, cutoff),
         "metrics": ev.metrics,
         "popularity_curve": ev.curves,
         "slices": ev.slices,
@@ -595,6 +619,9 @@ def evaluate(
         tags={"champion_version_evaluated": champion_version or "none"},
         artifacts={"evaluation": out},
     )
+    from include.recsys import lineage  # issue 18: the holdout as the run's evaluation dataset
+
+    lineage.log_holdout(cfg, model["mlflow_run_id"], parts)
     log.info(
         "evaluated %d models on %d holdout users (%d warm, %d cold) in %.2fs "
         "(inputs %.2fs, lists %.2fs, metrics + slices + bootstrap %.2fs): %s = %s",
@@ -762,6 +789,7 @@ def register(
         "gate_metric": metric,
         **{f"{metric.replace('@', '_at_')}.{name}": v for name, v in values.items() if v is not None},
         "champion_version_evaluated": report.get("champion_version") or "none",
+        **_model_data_tags(cfg, rc, snap, report),
         "data_window": run_tags.get("data_window", ""),
         "data_snapshot_sha256": run_tags.get("data_snapshot_sha256", ""),
         "airflow_dag_id": rc.dag_id,
@@ -787,6 +815,27 @@ def register(
         actor=rc.run_id,
     )
     return {"model_name": cfg.model_name, "model_version": version, "serving_bundle": str(serving_dir)}
+
+
+def _model_data_tags(
+    cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any] | None, report: dict[str, Any]
+) -> dict[str, str]:
+    """The data of the registered version (``registry.DATA_TAGS``): the Airflow data interval,
+    the snapshot window and the training end (the split cutoff: the holdout starts there).
+    The champion guard and the fair champion comparison read them back."""
+    window_end = (snap or {}).get("window_end") or rc.end.isoformat()
+    window_start = (snap or {}).get("window_start") or (rc.end - pd.Timedelta(days=cfg.window_days)).isoformat()
+    cutoff = (report.get("settings") or {}).get("cutoff")
+    if not cutoff:  # same rule as the split stage
+        cutoff = (pd.Timestamp(window_end) - pd.Timedelta(days=cfg.holdout_days)).isoformat()
+    interval = rc.data_interval()
+    return {
+        "data_interval_start": interval["start"],
+        "data_interval_end": interval["end"],
+        "data_window_start": str(window_start),
+        "data_window_end": str(window_end),
+        "train_data_end": str(cutoff),
+    }
 
 
 def _already_served(cfg: PipelineConfig, rc: RunContext) -> bool:
@@ -1003,6 +1052,9 @@ def assemble_version(
         "airflow_dag_id": rc.dag_id,
         "airflow_run_id": rc.run_id,
         "data_window": {"start": snap["window_start"], "end": snap["window_end"]},
+        # the Airflow data interval the run is keyed by; publish never serves older data than
+        # the served version's (data_window.end) unless allow_older_data says so
+        "data_interval": rc.data_interval(),
         "snapshot": {"rows": snap["stats"]["rows"], "sha256": snap["sha256"]},
         "top_n": cfg.top_n,
         "shards": len(parts),
@@ -1133,43 +1185,141 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
     }
 
 
+PUBLISH_OUTCOME = "publish.json"  # in the run's work folder: served, or why not
+
+
+def _served_data_end(root: Path | str) -> str | None:
+    """``data_window.end`` of the served version (None: nothing served or no manifest)."""
+    from include.recsys.publish import read_current, read_manifest
+
+    served = read_current(root)
+    if not served:
+        return None
+    try:
+        return (read_manifest(root, served).get("data_window") or {}).get("end")
+    except Exception:  # an unreadable served manifest: point_current decides and says why
+        return None
+
+
 def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """Point CURRENT at the new version, then move ``champion``; clean old versions."""
+    """Point CURRENT at the new version, then move ``champion``; clean old versions.
+
+    Never to older data: when this run's data ends before the served table's
+    (:class:`~include.recsys.publish.StaleData`) or the champion's
+    (:class:`~include.recsys.registry.StaleModel`), neither pointer moves and the run succeeds
+    with "stale: serving data up to X, this run's data ends at Y; not served" in its log,
+    ``publish.json``, run card, summary and Slack. ``allow_older_data`` overrides that, loudly.
+    """
     from include.recsys import registry
-    from include.recsys.publish import MANIFEST, cleanup, point_current, read_manifest
-    from include.recsys.storage import is_remote
+    from include.recsys.crashpoints import crashpoint
+    from include.recsys.publish import StaleData, point_current, read_current
 
     root = cfg.recommendations_root
+    allow = cfg.allow_older_data
     # the model must be registered (and the registry reachable) before the table is served; a
     # failure between CURRENT and the alias is completed by the rerun (point_current -> False)
     registry.require_version(cfg, reg["model_version"])
-    moved = point_current(root, pre["version"], reason=f"publish by {rc.run_id}")
+    served_end, run_end = _served_data_end(root), _version_data_end(root, pre["version"])
+    older = bool(served_end and run_end and pd.Timestamp(run_end) < pd.Timestamp(served_end))
+    reason = f"publish by {rc.run_id}"
+    if older and allow:
+        reason = f"OLDER DATA allowed by allow_older_data: data up to {run_end} replaces data up to {served_end}; {reason}"
+        log.warning("%s (version %s)", reason, pre["version"])
+    try:
+        # the table, then the champion, are checked before either pointer moves, so they never
+        # disagree in direction; point_current checks the table again under its commit
+        if older and not allow:
+            raise StaleData(served_end, run_end, read_current(root), pre["version"])
+        registry.champion_data_check(cfg, reg["model_version"], allow_older_data=allow)
+        moved = point_current(root, pre["version"], reason=reason, allow_older_data=allow)
+    except (StaleData, registry.StaleModel) as exc:
+        return _not_served(cfg, rc, pre, reg, model, exc)
+    crashpoint("between_current_and_alias")
     registry.set_alias(
-        cfg, registry.CHAMPION, reg["model_version"],
+        cfg, registry.CHAMPION, reg["model_version"], allow_older_data=allow,
         reason=f"published table version {pre['version']}", actor=rc.run_id,
     )
-    removed = cleanup(root, cfg.keep_versions)
-    card = _published_run_card(cfg, rc, pre, reg, model) or rc.work_dir(cfg) / RUN_CARD
+    outcome = {"served": True, "version": pre["version"], "moved": moved, "data_end": run_end}
+    if older and allow:
+        outcome["older_data"] = {"served_end": served_end, "run_end": run_end, "note": reason}
+    return _finish_publish(cfg, rc, pre, reg, model, outcome)
+
+
+def _version_data_end(root: Path | str, version: str) -> str | None:
+    from include.recsys.publish import read_manifest
+
+    try:
+        return (read_manifest(root, version).get("data_window") or {}).get("end")
+    except Exception:  # point_current refuses an unreadable version itself, with the reason
+        return None
+
+
+def _not_served(
+    cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any],
+    exc: Exception,
+) -> dict[str, Any]:
+    """A run whose data is older than what is served: it succeeds, serves nothing, says why."""
+    log.warning("%s (version %s, model version %s; allow_older_data would override; rollback is the "
+                "normal way back)", exc, pre["version"], reg["model_version"])
+    outcome = {
+        "served": False, "version": pre["version"], "moved": False, "reason": str(exc),
+        "served_end": getattr(exc, "served_end", None), "data_end": getattr(exc, "run_end", None),
+    }
+    return _finish_publish(cfg, rc, pre, reg, model, outcome)
+
+
+def _finish_publish(
+    cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any],
+    outcome: dict[str, Any],
+) -> dict[str, Any]:
+    """Retention (after a served version only), ``publish.json``, the run card and MLflow."""
+    from include.recsys import registry
+    from include.recsys.publish import MANIFEST, cleanup, read_manifest
+    from include.recsys.storage import is_remote
+
+    root = cfg.recommendations_root
+    removed = cleanup(root, cfg.keep_versions) if outcome["served"] else []
+    _write_json(rc.work_dir(cfg) / PUBLISH_OUTCOME, outcome)
+    card = _published_run_card(cfg, rc, pre, reg, model, outcome) or rc.work_dir(cfg) / RUN_CARD
     manifest_file = Path(pre["path"]) / MANIFEST
     if is_remote(root):  # MLflow logs local files: a copy of the object store's manifest
         (rc.work_dir(cfg) / "table").mkdir(parents=True, exist_ok=True)
         manifest_file = _write_json(rc.work_dir(cfg) / "table" / MANIFEST, read_manifest(root, pre["version"]))
+    tags = {"published_version": pre["version"], "champion_version": reg["model_version"]}
+    if not outcome["served"]:
+        tags = {"published_version": "none", "not_served": outcome["reason"]}
+    elif outcome.get("older_data"):
+        tags["older_data_served"] = outcome["older_data"]["note"]
     registry.log_to_run(
         cfg,
         model["mlflow_run_id"],
-        tags={"published_version": pre["version"], "champion_version": reg["model_version"]},
+        tags=tags,
         artifacts={"table": manifest_file, **({"run_card": card} if card.exists() else {})},
     )
     registry.end_run(cfg, model["mlflow_run_id"])
-    return {"version": pre["version"], "path": pre["path"], "moved": moved, "removed": removed}
+    return {"version": pre["version"], "path": pre["path"], "moved": outcome["moved"], "removed": removed,
+            "served": outcome["served"], **({"reason": outcome["reason"]} if not outcome["served"] else {})}
+
+
+def publish_outcome(cfg: PipelineConfig, run_id: str) -> dict[str, Any] | None:
+    """What the publish stage of DAG run ``run_id`` did (``publish.json``), None if it did not run."""
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    found = sorted(cfg.runs_root.glob(f"*/{key}/{PUBLISH_OUTCOME}")) if cfg.runs_root.exists() else []
+    return _read_json(found[-1]) if found else None
 
 
 def _published_run_card(
-    cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any]
+    cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[str, Any], model: dict[str, Any],
+    outcome: dict[str, Any] | None = None,
 ) -> Path | None:
-    """Refresh the run card once the table is served (version, rows, model version)."""
+    """Refresh the run card once publish decided (served: version, rows, model version; not
+    served: why)."""
     from include.recsys.publish import read_manifest
 
+    outcome = outcome or {"served": True}
+    if not outcome["served"]:
+        published: dict[str, Any] = {"version": None, "not_served": outcome["reason"], "unserved_version": pre["version"]}
+        return write_run_card(cfg, rc, model.get("mlflow_run_id"), model_version=reg.get("model_version"), published=published)
     try:
         manifest = read_manifest(cfg.recommendations_root, pre["version"])
     except Exception:  # the card is best effort; publish has already happened
@@ -1180,6 +1330,7 @@ def _published_run_card(
         "rows": manifest.get("rows"),
         "users": manifest.get("users"),
         "created_at": manifest.get("created_at"),
+        **({"older_data": outcome["older_data"]["note"]} if outcome.get("older_data") else {}),
     }
     return write_run_card(
         cfg, rc, model.get("mlflow_run_id"), model_version=reg.get("model_version"), published=published
@@ -1220,6 +1371,11 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     root = cfg.recommendations_root
     if pub.read_current(root) == rc.version:
         summary["published"] = {"version": rc.version, "path": str(pub.version_dir(root, rc.version))}
+    outcome = _read_json(work / PUBLISH_OUTCOME) if (work / PUBLISH_OUTCOME).exists() else {}
+    if outcome and not outcome.get("served"):
+        summary["not_served"] = outcome.get("reason")  # "stale: serving data up to X, ..."
+    elif outcome.get("older_data"):
+        summary["older_data"] = outcome["older_data"]["note"]
     try:
         summary["mlflow_run_id"] = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
         summary["champion_version"] = registry.alias_version(cfg, registry.CHAMPION)
@@ -1267,6 +1423,10 @@ def format_summary(summary: dict[str, Any], metric_keys: list[str] | None = None
         lines.append(f"  table validation : {'PASSED' if ov.get('success') else 'FAILED'} {ov.get('counts') or ''}".rstrip())
     p = summary.get("published") or {}
     lines.append(f"  published        : {p.get('version', 'nothing')}" + (f" at {p['path']}" if p.get("path") else ""))
+    if summary.get("not_served"):
+        lines.append(f"  not served       : {summary['not_served']}")
+    if summary.get("older_data"):
+        lines.append(f"  ** {summary['older_data']} **")
     lines.append(f"  MLflow run       : {summary.get('mlflow_run_id', 'n/a')}")
     if summary.get("run_card"):
         lines.append(f"  run card         : {summary['run_card']}")

@@ -24,7 +24,10 @@ Aliases
     previous version, why) as an append-only entry in the registry itself (registered-model
     tag ``alias_history.<seq>.<random>``: works the same against SQLite and a tracking server,
     shows on the model's page) and mirrors it to ``<data_dir>/mlflow/alias_history.jsonl``.
-    :func:`rollback_alias` moves an alias back and records that too.
+    :func:`rollback_alias` moves an alias back and records that too. ``champion`` never moves
+    to a version whose data (tag ``data_window_end``, see :data:`DATA_TAGS`) ends before the
+    current champion's (:class:`StaleModel`) unless the caller allows older data; a rollback is
+    exempt.
 
 Trust
     Loading an MLflow model executes code: the pyfunc's ``python_model`` file and everything in
@@ -72,6 +75,23 @@ class MlflowUnavailable(RuntimeError):
 
 class RegistryError(RuntimeError):
     """A registry operation was refused (e.g. no previous version to roll back to)."""
+
+
+class StaleModel(RegistryError):
+    """``champion`` would move to a model trained on data older than the champion's own.
+
+    Refused unless the caller allows older data explicitly (``allow_older_data``); rolling
+    back (``action="rollback"``) is the normal way back and is never refused. The message has
+    the same shape as :class:`include.recsys.publish.StaleData`'s.
+    """
+
+    def __init__(self, version: str, champion: str, champion_end: str, version_end: str) -> None:
+        self.version, self.champion = version, champion
+        self.served_end, self.run_end = champion_end, version_end
+        super().__init__(
+            f"stale: serving data up to {champion_end} (champion = version {champion}), "
+            f"this run's data ends at {version_end} (version {version}); not served"
+        )
 
 
 # --- connection ------------------------------------------------------------------------------
@@ -544,6 +564,74 @@ def _record(cfg: PipelineConfig, entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+# --- the data a model version was trained on --------------------------------------------------
+
+#: Model-version tags naming the data of a version (ISO timestamps, UTC): the Airflow data
+#: interval, the snapshot window and the end of the training split (events before it trained
+#: the factors; the holdout starts there).
+DATA_TAGS = (
+    "data_interval_start", "data_interval_end", "data_window_start", "data_window_end", "train_data_end",
+)
+
+
+def _ts(value: Any) -> Any:
+    """An ISO string as a UTC pandas Timestamp (None when empty or unparsable)."""
+    import pandas as pd
+
+    if value in (None, "", "None", "none"):
+        return None
+    try:
+        ts = pd.Timestamp(str(value))
+    except (TypeError, ValueError):
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@_guarded
+def model_data(cfg: PipelineConfig, version: str) -> dict[str, Any]:
+    """The data of a registered version: :data:`DATA_TAGS` as UTC Timestamps (None: unknown).
+
+    A version registered before these tags existed has only ``data_window`` (``[start, end)``):
+    its window is read from that; its training end stays unknown.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = dict(_client(cfg).get_model_version(cfg.model_name, str(version)).tags or {})
+    except MlflowException as exc:
+        if _is_unreachable(exc) or not _not_found(exc):
+            raise
+        tags = {}  # not registered here: its data is unknown (never concluded from an outage)
+    out = {k: _ts(tags.get(k)) for k in DATA_TAGS}
+    legacy = re.match(r"^\[(.+), (.+)\)$", tags.get("data_window", "").strip())
+    if legacy and out["data_window_end"] is None:
+        out["data_window_start"], out["data_window_end"] = _ts(legacy.group(1)), _ts(legacy.group(2))
+    return out
+
+
+def champion_data_check(cfg: PipelineConfig, version: str, *, allow_older_data: bool = False) -> dict[str, Any]:
+    """Compare ``version``'s data end with the current champion's; raise :class:`StaleModel`
+    when it is older, unless ``allow_older_data``.
+
+    Returns ``{"champion", "champion_end", "version_end", "older"}`` (ends as ISO strings or
+    None). Unknown ends (no champion, tags missing) never refuse: nothing to compare.
+    """
+    version = str(version)
+    champion = alias_version(cfg, CHAMPION)
+    info: dict[str, Any] = {"champion": champion, "champion_end": None, "version_end": None, "older": False}
+    if champion is None or champion == version:
+        return info
+    mine, theirs = model_data(cfg, version)["data_window_end"], model_data(cfg, champion)["data_window_end"]
+    info.update(
+        champion_end=theirs.isoformat() if theirs is not None else None,
+        version_end=mine.isoformat() if mine is not None else None,
+        older=bool(mine is not None and theirs is not None and mine < theirs),
+    )
+    if info["older"] and not allow_older_data:
+        raise StaleModel(version, champion, info["champion_end"], info["version_end"])
+    return info
+
+
 @_guarded
 def set_alias(
     cfg: PipelineConfig,
@@ -553,14 +641,27 @@ def set_alias(
     reason: str = "",
     actor: str | None = None,
     action: str = "set",
+    allow_older_data: bool = False,
 ) -> bool:
     """Point ``<model>@alias`` at ``version`` and record the move; False if it already pointed there.
 
     A move whose record is missing (the process died between the two) is recorded on the next
-    call, so the history always ends with the alias's real target.
+    call, so the history always ends with the alias's real target. ``champion`` never moves to
+    a version whose data ends before the champion's (:class:`StaleModel`) unless
+    ``allow_older_data`` (the record then says so) or ``action="rollback"``.
     """
     version = str(version)
     client = _client(cfg)
+    older = False
+    if alias == CHAMPION and action != "rollback":
+        check = champion_data_check(cfg, version, allow_older_data=allow_older_data)
+        if check["older"]:
+            older = True
+            reason = (
+                f"OLDER DATA allowed by allow_older_data: data up to {check['version_end']} replaces "
+                f"data up to {check['champion_end']}. {reason}"
+            ).strip()
+            log.warning("alias %s@%s -> %s: %s", cfg.model_name, alias, version, reason)
     previous = alias_version(cfg, alias)
     actor = actor or default_actor()
     if previous == version:
@@ -573,7 +674,7 @@ def set_alias(
         return False
     client.set_registered_model_alias(cfg.model_name, alias, version)
     _record(cfg, {"alias": alias, "version": version, "previous": previous, "action": action,
-                  "reason": reason, "actor": actor})
+                  "reason": reason, "actor": actor, **({"older_data": True} if older else {})})
     log.info("alias %s@%s: %s -> %s (%s, by %s)", cfg.model_name, alias, previous, version, reason, actor)
     return True
 

@@ -535,6 +535,8 @@ def _section_lineage(d: dict[str, Any]) -> str:
         ["champion evaluated against", _e(model.get("champion_version_evaluated") or "none")],
         ["published table version", _e(pub.get("version") or "not published")],
     ]
+    if pub.get("not_served"):
+        rows.append(["not served", f"{_e(pub['not_served'])} (version {_e(pub.get('unserved_version'))} kept unserved)"])
     if pub.get("rows") is not None:
         rows.append(["table rows / users", f"{_fmt(pub.get('rows'))} / {_fmt(pub.get('users'))}"])
     if pub.get("path"):
@@ -570,6 +572,10 @@ def render(d: dict[str, Any], history: list[dict[str, Any]]) -> str:
     )
     if g.get("forced"):
         head += f'<p class="banner">FORCED: force_publish overrode a gate {_e(verdict)}</p>'
+    if pub.get("not_served"):  # an older run: succeeded, served nothing, says why
+        head += f'<p class="banner" id="not-served">NOT SERVED: {_e(pub["not_served"])}</p>'
+    if pub.get("older_data"):
+        head += f'<p class="banner" id="older-data">{_e(pub["older_data"])}</p>'
     body = "".join([
         head,
         _section_data(d),

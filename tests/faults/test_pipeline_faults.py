@@ -241,3 +241,140 @@ def test_fault_two_runs_at_once_are_queued() -> None:
     dag = mod.nightly_dag
     assert dag.max_active_runs == 1
     assert dag.catchup is False
+
+
+# --- issue 16: older data never goes live; a kill between CURRENT and the alias heals ----------
+
+
+def _rc_old(run_id: str) -> RunContext:
+    """A run for a data interval three days before the lake's published one."""
+    return RunContext("recsys_nightly_retrain", run_id, datetime(2026, 11, 16, tzinfo=timezone.utc),
+                      datetime(2026, 11, 17, tzinfo=timezone.utc))
+
+
+@pytest.fixture(scope="module")
+def older(lake) -> dict:
+    """An older interval's run (forced past its gate) whose publish comes after the newer one."""
+    cfg = lake["cfg"]
+    root = cfg.recommendations_root
+    before = {"current": pub.read_current(root), "champion": registry.alias_version(cfg, registry.CHAMPION),
+              "history": pub.history(root)}
+    rc = _rc_old("manual__2026-11-16T00:00:00+00:00")
+    out = _run(cfg.with_overrides({"force_publish": True}), rc)
+    return {"rc": rc, "out": out, "before": before}
+
+
+def test_older_run_succeeds_serves_nothing_and_says_why(lake, older) -> None:
+    cfg, rc, out, before = lake["cfg"], older["rc"], older["out"], older["before"]
+    root = cfg.recommendations_root
+    served_end = pub.read_manifest(root, before["current"])["data_window"]["end"]
+    reason = (f"stale: serving data up to {served_end}, this run's data ends at "
+              f"2026-11-17T00:00:00+00:00; not served")
+    assert out["pub"]["served"] is False and out["pub"]["reason"] == reason and out["pub"]["moved"] is False
+    assert pub.read_current(root) == before["current"]
+    assert registry.alias_version(cfg, registry.CHAMPION) == before["champion"] != out["reg"]["model_version"]
+    assert pub.history(root) == before["history"]  # a refusal commits nothing
+    # the version and the registered model record their data
+    m = pub.read_manifest(root, rc.version)
+    assert m["data_interval"] == {"start": "2026-11-16T00:00:00+00:00", "end": "2026-11-17T00:00:00+00:00"}
+    data = registry.model_data(cfg, out["reg"]["model_version"])
+    assert data["data_window_end"].isoformat() == m["data_window"]["end"] == data["data_interval_end"].isoformat()
+    assert data["train_data_end"] < data["data_window_end"]
+    # the newer champion trained on this holdout: its rules are SKIPPED, not a false regression
+    report = pipeline._read_json(rc.work_dir(cfg) / "eval" / "report.json")
+    comp = report["champion_comparison"]
+    assert comp["fair"] is False and comp["champion_version"] == before["champion"]
+    rules = {r["name"]: r for r in pipeline._read_json(rc.work_dir(cfg) / "gate.json")["rules"]}
+    assert rules["no_regression"]["result"] == "SKIP" and rules["no_regression"]["note"] == comp["reason"]
+    # log, summary, run card and MLflow say why
+    summary = pipeline.collect_summary(cfg, rc)
+    assert summary["not_served"] == reason and "published" not in summary
+    assert f"not served       : {reason}" in pipeline.format_summary(summary)
+    assert pipeline.publish_outcome(cfg, rc.run_id)["served"] is False
+    card = (rc.work_dir(cfg) / pipeline.RUN_CARD).read_text()
+    assert "NOT SERVED" in card and "stale: serving data up to" in card
+    assert registry.run_tags(cfg, out["model"]["mlflow_run_id"])["not_served"] == reason
+    # a rerun of the publish task gives the same answer
+    again = pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])
+    assert again["served"] is False and pub.read_current(root) == before["current"]
+
+
+def test_champion_alias_refuses_older_data_on_its_own(lake, older) -> None:
+    """The alias is guarded independently of CURRENT: whatever moves champion directly gets
+    StaleModel for an older model; allow_older_data lets it through (recorded); a rollback
+    is exempt."""
+    cfg = lake["cfg"]
+    champ, old_model = older["before"]["champion"], older["out"]["reg"]["model_version"]
+    with pytest.raises(registry.StaleModel, match=r"^stale: serving data up to .* this run's data ends at 2026-11-17"):
+        registry.set_alias(cfg, registry.CHAMPION, old_model, reason="direct move")
+    assert registry.alias_version(cfg, registry.CHAMPION) == champ
+    info = registry.champion_data_check(cfg, old_model, allow_older_data=True)
+    assert info["older"] is True and info["champion"] == champ
+
+
+def test_allow_older_data_serves_it_loudly_and_rollback_returns(lake, older) -> None:
+    cfg, rc, out, before = lake["cfg"], older["rc"], older["out"], older["before"]
+    root = cfg.recommendations_root
+    allowed = cfg.with_overrides({"allow_older_data": True})
+    result = pipeline.publish(allowed, rc, out["pre"], out["reg"], out["model"])
+    assert result["served"] is True and pub.read_current(root) == rc.version
+    assert registry.alias_version(cfg, registry.CHAMPION) == out["reg"]["model_version"]
+    commit = pub.history(root)[-1]
+    assert commit["override"] == "allow_older_data" and "OLDER DATA allowed by allow_older_data" in commit["reason"]
+    alias_move = registry.alias_history(cfg, registry.CHAMPION)[-1]
+    assert alias_move["older_data"] is True and "OLDER DATA" in alias_move["reason"]
+    summary = pipeline.collect_summary(allowed, rc)
+    assert "OLDER DATA" in summary["older_data"] and "OLDER DATA" in pipeline.format_summary(summary)
+    # rollback is the normal way back, to the newer data, table and alias together
+    pipeline.rollback(cfg, rc, to_version=before["current"], reason="undo the backfill")
+    assert pub.read_current(root) == before["current"]
+    assert registry.alias_version(cfg, registry.CHAMPION) == before["champion"]
+
+
+def test_sigkill_between_current_and_alias_then_rerun_repairs_the_alias(lake, tmp_path) -> None:
+    """A real subprocess runs the publish stage and is SIGKILLed at the named crash point
+    between CURRENT and the champion alias: CURRENT moved, the alias lags. The rerun of the
+    stage commits nothing new and moves the alias: the state of an uninterrupted run."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    cfg = lake["cfg"]
+    root = cfg.recommendations_root
+    rc = _rc("manual__2026-11-20T11:00:00+00:00")
+    out = _run(cfg, rc, until="precompute")
+    champion_before = registry.alias_version(cfg, registry.CHAMPION)
+    assert out["reg"]["model_version"] != champion_before
+    args = tmp_path / "publish_args.json"
+    args.write_text(json.dumps({
+        "overrides": OVERRIDES, "pre": out["pre"], "reg": out["reg"], "model": out["model"],
+        "rc": [rc.dag_id, rc.run_id, rc.interval_start.isoformat(), rc.interval_end.isoformat()],
+    }))
+    code = (
+        "import json, sys\nfrom datetime import datetime\n"
+        "from include.recsys import pipeline\nfrom include.recsys.config import load_config\n"
+        "a = json.load(open(sys.argv[1]))\n"
+        "d, r, s, e = a['rc']\n"
+        "rc = pipeline.RunContext(d, r, datetime.fromisoformat(s), datetime.fromisoformat(e))\n"
+        "print(pipeline.publish(load_config(a['overrides']), rc, a['pre'], a['reg'], a['model']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RECSYS_CRASH_AT": "between_current_and_alias"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-c", code, str(args)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert pub.read_current(root) == rc.version  # CURRENT moved ...
+    assert registry.alias_version(cfg, registry.CHAMPION) == champion_before  # ... the alias did not
+    n_commits = len(pub.history(root))
+
+    env.pop("RECSYS_CRASH_AT")
+    proc = subprocess.run([sys.executable, "-c", code, str(args)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "'moved': False" in proc.stdout and "'served': True" in proc.stdout
+    assert pub.read_current(root) == rc.version
+    assert len(pub.history(root)) == n_commits  # no second commit for the same version
+    assert registry.alias_version(cfg, registry.CHAMPION) == out["reg"]["model_version"]
+    move = registry.alias_history(cfg, registry.CHAMPION)[-1]
+    assert move["version"] == out["reg"]["model_version"] and move["previous"] == champion_before

@@ -424,3 +424,37 @@ def test_dag_test_retry_then_failure_sends_one_message(airflow_env: dict[str, st
     assert len(slack.requests) == 1, output[-5000:]
     text = slack.requests[0].json["text"]
     assert "alerts_smoke_retry.explode_twice" in text and run_id in text and "try 2" in text
+
+
+# --- issue 16: an older run that served nothing, or older data served on purpose ------------------
+
+
+def _outcome(data_dir: Path, run_id: str, outcome: dict) -> None:
+    from include.recsys import pipeline
+
+    work = data_dir / "runs" / "20261118T000000Z" / pipeline.RunContext("d", run_id, datetime.now(), datetime.now()).run_key
+    work.mkdir(parents=True)
+    (work / pipeline.PUBLISH_OUTCOME).write_text(json.dumps(outcome))
+
+
+def test_success_callback_always_says_why_an_older_run_served_nothing(
+    slack: FakeSlack, conn_id: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(alerts.CONN_ID_ENV, conn_id)
+    monkeypatch.delenv(alerts.NOTIFY_SUCCESS_ENV, raising=False)  # summaries off: still sent
+    reason = ("stale: serving data up to 2026-11-21T00:00:00+00:00, this run's data ends at "
+              "2026-11-18T00:00:00+00:00; not served")
+    _outcome(tmp_path, "manual__2026-11-17T00:00:00+00:00", {"served": False, "reason": reason})
+    _outcome(tmp_path, "backfill__x", {"served": True, "older_data": {
+        "note": "OLDER DATA allowed by allow_older_data: data up to A replaces data up to B; publish by backfill__x"}})
+    _outcome(tmp_path, "scheduled__ok", {"served": True})
+    for run_id in ("manual__2026-11-17T00:00:00+00:00", "backfill__x", "scheduled__ok"):
+        alerts.dag_success_callback({"run_id": run_id, "dag": SimpleNamespace(dag_id="recsys_nightly_retrain")})
+    assert slack.wait_for(2)
+    time.sleep(0.2)
+    assert len(slack.requests) == 2  # the ordinary success stays opt-in
+    stale, older = (r.json for r in slack.requests)
+    assert stale["text"].startswith(":warning: recsys_nightly_retrain succeeded") and reason in stale["text"]
+    assert "published nothing" in stale["text"] and reason in _all_text(stale["blocks"])
+    assert "OLDER DATA allowed by allow_older_data" in older["text"]

@@ -18,7 +18,7 @@ import pytest
 
 from include.recsys import pipeline
 from include.recsys.config import PipelineConfig
-from include.recsys.data import SourceError
+from include.recsys.data import InputTypeError, SourceError
 from include.recsys.publish import point_current, read_current, write_version
 from include.recsys.synth import land_partitioned
 from include.recsys.validate import DataValidationError
@@ -144,11 +144,14 @@ def test_bad_input_renamed_column(env):
 
 
 def test_bad_input_id_column_of_wrong_type(env):
+    # issue 16: a float id column fails when the file is read (a SourceError: no retry), naming
+    # the file, the column, the first bad row and its value (before: the GX dtype check)
     df = events()
     df["item_id"] = np.arange(len(df), dtype="float64") % N_ITEMS + 0.5
     land(env, df)
-    err = fails_input(env)
-    assert "item_id: dtype float64 is not accepted" in str(err)
+    err = fails_source(env, "column 'item_id' must hold string or integer ids")
+    assert isinstance(err, InputTypeError) and err.column == "item_id" and err.row == 0 and err.value == 0.5
+    assert err.file.endswith("date=2026-11-08/part-0.parquet") and "row 0 holds 0.5" in str(err)
 
 
 def test_bad_input_nulls_in_ids(env):
@@ -343,3 +346,98 @@ def test_bad_input_table_with_already_seen_item(env):
     assert "no_seen_items" in {r["check"] for r in info.value.report.errors}
     assert isinstance(info.value, DataValidationError)  # the DAG's _stage: no retries
     assert read_current(env.recommendations_root) == "v0"
+
+
+# --------------------------------------------------------------------------- typed columns (issue 16)
+# A wrongly typed value fails when its file is read: InputTypeError, a SourceError (the DAG's
+# _stage fails the task at once, no retry), naming the file, the column, the first bad row and
+# the value. Never a bare "could not convert string to float".
+
+
+def fails_type(cfg: PipelineConfig, column: str, row: int, value, file: Path) -> InputTypeError:
+    with pytest.raises(InputTypeError) as info:
+        pipeline.snapshot(cfg, rc())
+    err = info.value
+    assert isinstance(err, SourceError)  # the DAG does not retry it
+    assert (err.file, err.column, err.row, err.value) == (str(file), column, row, value), str(err)
+    assert str(file) in str(err) and repr(column) in str(err) and f"row {row}" in str(err) and repr(value) in str(err)
+    assert "could not convert" not in str(err) and "retrying will not help" in str(err)
+    assert read_current(cfg.recommendations_root) == "v0"
+    return err
+
+
+def _partition(cfg: PipelineConfig, day: str) -> Path:
+    return cfg.source / f"date={day}" / "part-0.parquet"
+
+
+def test_bad_input_string_in_numeric_weight_column_of_one_partition(env):
+    land(env, events().assign(weight=np.float32(1.0)))
+    path = _partition(env, "2026-11-15")
+    df = pd.read_parquet(path)
+    df["weight"] = df["weight"].astype(str)
+    df.loc[7, "weight"] = "heavy"
+    df.to_parquet(path, index=False)  # this one file's weight column is a string column
+    err = fails_type(env, "weight", 7, "heavy", path)
+    assert "must hold numbers" in str(err)
+
+
+def test_numeric_strings_in_weight_are_read_as_numbers(env):
+    land(env, events().assign(weight=np.float32(2.0)))
+    path = _partition(env, "2026-11-15")
+    df = pd.read_parquet(path)
+    df["weight"] = df["weight"].map(lambda w: f"{w:.1f}")  # "2.0": the right values, as text
+    df.to_parquet(path, index=False)
+    snap = pipeline.snapshot(env, rc())
+    assert set(pd.read_parquet(snap["snapshot"], columns=["weight"])["weight"]) == {2.0}
+
+
+def test_bad_input_integer_event_ts_in_parquet(env):
+    land(env, events())
+    path = _partition(env, "2026-11-12")
+    df = pd.read_parquet(path)
+    df["event_ts"] = df["event_ts"].astype("int64") // 10**6  # epoch seconds, not a timestamp
+    df.to_parquet(path, index=False)
+    fails_type(env, "event_ts", 0, int(df["event_ts"].iloc[0]), path)
+
+
+def test_bad_input_ids_change_type_between_partitions(env):
+    land(env, events())
+    path = _partition(env, "2026-11-20")
+    df = pd.read_parquet(path)
+    df["user_id"] = df["user_id"].str[1:].astype("int64")  # u17 -> 17 in one day's export
+    df.to_parquet(path, index=False)
+    err = fails_type(env, "user_id", 0, int(df["user_id"].iloc[0]), path)
+    assert "string ids like the earlier file" in str(err) and "date=2026-11-08" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("column", "bad", "expected"),
+    [
+        ("rating", "five", "must hold numbers"),
+        ("event_ts", "yesterday at noon", "must hold timestamps"),
+        ("item_id", 3.5, "must hold string or integer ids"),
+    ],
+)
+def test_bad_input_wrong_type_in_csv(env, tmp_path, column, bad, expected):
+    df = events().assign(rating=4.0)
+    df["item_id"] = df["item_id"].str[1:].astype("int64")
+    df[column] = df[column].astype(object)
+    df.loc[11, column] = bad
+    path = tmp_path / "interactions.csv"
+    df.to_csv(path, index=False)
+    cfg = env.with_overrides({"source_path": str(path), "source_format": "csv"})
+    err = fails_type(cfg, column, 11, bad, path)
+    assert expected in str(err) and "(line 13)" in str(err)  # header + 0-based row 11
+
+
+@pytest.mark.parametrize(("column", "bad"), [("userId", "u7"), ("movieId", 12.5), ("rating", "n/a!"), ("timestamp", "2026-11-20")])
+def test_bad_input_wrong_type_in_movielens(env, tmp_path, column, bad):
+    ts = int(pd.Timestamp(END).timestamp()) - 3600
+    df = pd.DataFrame({"userId": [1, 2, 3, 4], "movieId": [10, 11, 12, 13], "rating": [4.0, 3.5, 5.0, 1.0],
+                       "timestamp": [ts - i for i in range(4)]}).astype(object)
+    df.loc[2, column] = bad
+    path = tmp_path / "ratings.csv"
+    df.to_csv(path, index=False)
+    cfg = env.with_overrides({"source_path": str(path), "source_format": "movielens"})
+    err = fails_type(cfg, column, 2, bad, path)
+    assert "(line 4)" in str(err)

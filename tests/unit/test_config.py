@@ -136,9 +136,12 @@ def test_param_specs(clean_env) -> None:
         "dry_run": {},
         "source_path": {},
         "force_publish": {},
+        "allow_older_data": {},
         "tune": {},
+        "require_approval": {},  # issue 18
     }
     assert specs["dry_run"]["type"] == "boolean"
+    assert specs["allow_older_data"]["type"] == "boolean" and specs["allow_older_data"]["default"] is False
     # empty source_path = the default lake: optional in the trigger form (nullable), or the
     # form refuses to submit until a path is typed (tests/ui drives the real form)
     assert specs["source_path"]["type"] == ["string", "null"] and specs["source_path"]["default"] == ""

@@ -165,6 +165,9 @@ def test_evaluate_stage_report_is_the_same_from_codes(world: dict, monkeypatch, 
     champion = world["champion"]
     monkeypatch.setattr(registry, "download_bundle", lambda cfg, alias, dst: ("7", champion))
     monkeypatch.setattr(registry, "log_to_run", lambda *a, **k: None)
+    from include.recsys import lineage  # issue 18: evaluate also logs the holdout to the run
+
+    monkeypatch.setattr(lineage, "log_holdout", lambda *a, **k: None)
     bundle_dir = world["candidate"].save(world["tmp"] / "bundle")
     model = {"bundle": str(bundle_dir), "mlflow_run_id": "none"}
     stats = {"cutoff": CUTOFF.isoformat()}

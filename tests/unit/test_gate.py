@@ -422,3 +422,49 @@ def test_relative_guardrails_follow_the_baselines(report) -> None:
     assert r["pb3"].result == FAIL and r["pb3"].bound == 12.0
     with pytest.raises(GateSpecError, match="min_ratio_to_popularity"):
         _spec(popularity_bias=[{"share": 0.5, "min_items": 3, "min_ratio_to_popularity": 2.0}])
+
+
+# --- fair champion comparison (issue 16) -------------------------------------------------------
+
+
+def test_champion_trained_on_the_holdout_is_not_judged_against(report) -> None:
+    """An older run (holdout from Nov 14) judged against a champion trained up to Nov 17: the
+    champion scores far better on data it trained on; every champion rule is a SKIP saying
+    why, never a false regression, while the rules that do not need the champion still judge."""
+    from include.recsys.gate import champion_comparison
+
+    report["metrics"]["champion"] = _metrics(0.40)  # leakage makes the champion look great
+    report["slices"]["champion"]["activity=heavy"]["ndcg@10"] = 0.60
+    report["paired"]["candidate_vs_champion"]["ndcg@10"] = _ci(-0.2, -0.25, -0.15)
+    spec = read_spec(REPO_SPEC)
+    assert decide(spec, report).verdict == FAIL  # what the gate said before: a "regression"
+    comp = champion_comparison(
+        "3", {"train_data_end": "2026-11-17T00:00:00+00:00", "data_window_end": "2026-11-24T00:00:00+00:00"},
+        "2026-11-14T00:00:00+00:00",
+    )
+    assert comp["fair"] is False and comp["basis"] == "train_data_end"
+    assert "champion version 3 trained on data up to 2026-11-17T00:00:00+00:00" in comp["reason"]
+    assert "after this holdout's start 2026-11-14T00:00:00+00:00" in comp["reason"]
+    report["champion_comparison"] = comp
+    res = decide(spec, report)
+    assert res.verdict == PASS, res.explain()
+    rules = _by_name(res)
+    for name in ("no_regression", "slice_drop[activity=heavy]", "slice_drop[user=returning]", "coverage_vs_champion"):
+        assert rules[name].result == SKIP and rules[name].note == comp["reason"], name
+    assert rules["beats_popularity"].result == PASS and rules["floor"].result == PASS
+    # a real regression against a fair champion still fails
+    report["champion_comparison"] = champion_comparison(
+        "3", {"train_data_end": "2026-11-14T00:00:00+00:00"}, "2026-11-14T00:00:00+00:00")
+    assert report["champion_comparison"]["fair"] is True  # trained strictly before the holdout
+    assert _by_name(decide(spec, report))["no_regression"].result == FAIL
+
+
+def test_champion_comparison_without_a_training_end() -> None:
+    from include.recsys.gate import champion_comparison
+
+    # a champion registered before the tags: its data window's end is the (upper) bound
+    comp = champion_comparison("1", {"data_window_end": "2026-11-21T00:00:00Z"}, "2026-11-14T00:00:00Z")
+    assert comp["fair"] is False and comp["basis"] == "data_window_end" and "training end unknown" in comp["reason"]
+    assert champion_comparison("1", {"data_window_end": "2026-11-14"}, "2026-11-14T00:00:00Z")["fair"] is True
+    unknown = champion_comparison("1", {}, "2026-11-14T00:00:00Z")
+    assert unknown["fair"] is True and unknown["basis"] == "unknown"

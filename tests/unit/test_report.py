@@ -258,3 +258,28 @@ def test_pipeline_gate_writes_card_and_raises_after(tmp_path, monkeypatch) -> No
     summary = pipeline.format_summary({"run_id": rc.run_id, "gate": json.loads((work / "gate.json").read_text()),
                                        "run_card": str(work / pipeline.RUN_CARD)})
     assert "FORCED by force_publish" in summary and "FAIL floor" in summary and "run card" in summary
+
+
+def test_card_of_an_older_run_that_served_nothing(tmp_path) -> None:
+    """Issue 16: a run whose data is older than the served table's succeeds without serving;
+    its card says so at the top and in the lineage, escaped. Older data served by
+    allow_older_data gets its own banner."""
+    runs = tmp_path / "runs"
+    work = _work(runs, "20261118T000000Z", "manual__old")
+    _card(work, runs, snap=SNAP, parts=PARTS)
+    reason = ("stale: serving data up to 2026-11-21T00:00:00+00:00, this run's data ends at "
+              "2026-11-18T00:00:00+00:00; not served")
+    path = _card(work, runs, model_version="8",
+                 published={"version": None, "not_served": reason, "unserved_version": "20261118T000000Z-ab<c"})
+    text = path.read_text()
+    import html
+
+    assert f'<p class="banner" id="not-served">NOT SERVED: {html.escape(reason)}</p>' in text
+    assert "published: <b>nothing</b>" in text
+    lineage = dict(tuple(r) for r in _parse(path).tables["lineage-table"])
+    assert lineage["published table version"] == "not published"
+    assert lineage["not served"] == f"{reason} (version 20261118T000000Z-ab<c kept unserved)"
+    assert "ab&lt;c" in text  # escaped
+    older = _card(_work(runs, "20261117T000000Z", "manual__backfill"), runs,
+                  published={"version": "v1", "older_data": "OLDER DATA allowed by allow_older_data: x"})
+    assert '<p class="banner" id="older-data">OLDER DATA allowed by allow_older_data: x</p>' in older.read_text()
