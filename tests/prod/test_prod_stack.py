@@ -46,7 +46,9 @@ def _age_s(value: str | None) -> float:
 def _champion(prod) -> str | None:
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=prod.mlflow_url)
+    # the registry too: earlier tests in this process may have set a global registry URI
+    # (include.recsys.registry calls mlflow.set_registry_uri), which a client without one uses
+    client = mlflow.MlflowClient(tracking_uri=prod.mlflow_url, registry_uri=prod.mlflow_url)
     try:
         return str(client.get_model_version_by_alias(MODEL, "champion").version)
     except mlflow.exceptions.MlflowException:
