@@ -8,18 +8,17 @@ C a forced gate FAIL rejected by a person, R a rollback. Every test below reads 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e._env import ROOT, airflow_env
 from tests.fakes.slack_server import FakeSlack
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 EVENT_KEYS = {
     "version", "previous_version", "reason", "model_name", "model_version", "data_interval_start",
     "data_interval_end", "users", "rows", "gate_verdict", "gate_forced", "uri", "table", "schema", "run_id",
@@ -30,20 +29,8 @@ EVENT_KEYS = {
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("assets")
     slack = FakeSlack()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(base / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # the REST answer, as admin
-        "PYTHONPATH": str(ROOT),
-        "RECSYS_DATA_DIR": str(base / "data"),
-        "RECSYS_TASK_RETRIES": "1",
-        "RECSYS_RETRY_DELAY_S": "1",
-        "AIRFLOW_CONN_SLACK_ALERTS": slack.conn_json(),
-        "RECSYS_SLACK_CONN_ID": "slack_alerts",
-    }
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    # the REST answer to the approval comes as an admin
+    env = airflow_env(base, slack, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True")
     out = base / "result.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "e2e" / "assets_approval_driver.py"), str(out)],

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_nightly_dag import DATA_END, ROOT, env  # noqa: F401  (env: the fixture)
+from tests.e2e._env import DATA_END, ROOT
+from tests.e2e.test_nightly_dag import env  # noqa: F401  (env: the fixture)
 
 pytestmark = pytest.mark.e2e
 

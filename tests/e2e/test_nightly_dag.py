@@ -9,7 +9,6 @@ first publish -> second run judged against the first champion -> gate FAIL -> ba
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,58 +16,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.e2e._env import ROOT, airflow_env, current, run_demo
 from tests.fakes.slack_server import FakeSlack
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA_END = "2026-11-20"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     slack = FakeSlack()
-    e = {
-        **os.environ,
-        "AIRFLOW_HOME": str(base / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(ROOT),
-        "RECSYS_DATA_DIR": str(base / "data"),
-        "RECSYS_TASK_RETRIES": "1",
-        "RECSYS_RETRY_DELAY_S": "1",
-        "AIRFLOW_CONN_SLACK_ALERTS": slack.conn_json(),
-        "RECSYS_SLACK_CONN_ID": "slack_alerts",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=e, check=True, capture_output=True
-    )
-    yield {"env": e, "base": base, "slack": slack, "data": base / "data"}
+    yield {"env": airflow_env(base, slack), "base": base, "slack": slack, "data": base / "data"}
     slack.stop()
-
-
-def run_demo(env, *args: str, extra_env: dict | None = None) -> dict:
-    out = env["base"] / f"result-{len(list(env['base'].glob('result-*')))}.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "include.recsys.demo", "--preset", "tiny", "--data-end", DATA_END,
-         "--json", str(out), *args],
-        env={**env["env"], **(extra_env or {})},
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert out.exists(), f"demo wrote no result\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
-    result = json.loads(out.read_text())
-    result["stdout"] = proc.stdout
-    result["returncode"] = proc.returncode
-    return result
-
-
-def current(env) -> str | None:
-    p = env["data"] / "recommendations" / "CURRENT"
-    return p.read_text().strip() if p.exists() else None
 
 
 def champion_version(env) -> str | None:

@@ -18,7 +18,6 @@ One lake and registry, in order:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -26,12 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e._env import DATA_END, ROOT, airflow_env, current, run_demo
 from tests.fakes.slack_server import FakeSlack
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA_END = "2026-11-20"
 DAY_D = (date.fromisoformat(DATA_END) + timedelta(days=1)).isoformat()  # the demo's default
 DAY_OLD = (date.fromisoformat(DAY_D) - timedelta(days=3)).isoformat()
 STALE = "stale: serving data up to "
@@ -41,39 +39,9 @@ STALE = "stale: serving data up to "
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e_older")
     slack = FakeSlack()
-    e = {
-        **os.environ,
-        "AIRFLOW_HOME": str(base / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(ROOT),
-        "RECSYS_DATA_DIR": str(base / "data"),
-        "RECSYS_TASK_RETRIES": "0",
-        "AIRFLOW_CONN_SLACK_ALERTS": slack.conn_json(),
-        "RECSYS_SLACK_CONN_ID": "slack_alerts",
-    }
-    e.pop("MLFLOW_TRACKING_URI", None)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=e, check=True, capture_output=True)
+    e = airflow_env(base, slack, RECSYS_TASK_RETRIES="0")
     yield {"env": e, "base": base, "slack": slack, "data": base / "data", "runs": {}}
     slack.stop()
-
-
-def run_demo(env, *args: str) -> dict:
-    out = env["base"] / f"result-{len(list(env['base'].glob('result-*')))}.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "include.recsys.demo", "--preset", "tiny", "--data-end", DATA_END,
-         "--json", str(out), *args],
-        env=env["env"], capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )
-    assert out.exists(), f"demo wrote no result\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
-    result = json.loads(out.read_text())
-    result["stdout"] = proc.stdout
-    return result
-
-
-def current(env) -> str | None:
-    p = env["data"] / "recommendations" / "CURRENT"
-    return p.read_text().strip() if p.exists() else None
 
 
 def client(env):
