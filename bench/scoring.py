@@ -19,7 +19,13 @@ its fastest run, the fair figure on a machine shared with other work. Methods:
 - ``implicit``: ``model.recommend(all_users, user_items, N, filter_already_liked_items=True)``;
 - ``paired``: ``gemm_tiles``, ``ours`` and ``implicit`` alternated in one process, ``--repeat``
   rounds: all see the same load, so the ratios of their fastest runs (and the medians of the
-  per-round ratios) are the steadiest wall-clock ratios on a shared machine.
+  per-round ratios) are the steadiest wall-clock ratios on a shared machine;
+- ``rules``: ``ours`` without and with business rules (``--rules-share`` of the items excluded
+  at random: :func:`include.recsys.rules.ItemRules.allowed_mask` on the item ids, then
+  ``topn_dense(..., allowed=mask)``), alternated in one process, ``--repeat`` rounds; reports
+  the with/without ratio (target <= 1.2); and the same for the pipeline's entry point,
+  ``recommend`` vs ``variants.score`` with the rules plus two A/B arms (two bundles) and a 2%
+  holdout. Run it alone: ``--methods rules``.
 
 The GEMM floor is the fastest of the three ``gemm_*`` methods. The ``ours`` child also
 checks its lists against ``previous``/implicit and measures how much exact Cauchy-Schwarz
@@ -44,6 +50,7 @@ import numpy as np
 
 GEMM_METHODS = ("gemm_blocks", "gemm_chunks", "gemm_tiles")
 METHODS = (*GEMM_METHODS, "ours", "previous", "implicit", "paired")
+EXTRA_METHODS = ("rules",)  # not in the default run
 
 
 def make_problem(users: int, items: int, factors: int, nnz: int, seed: int = 0):
@@ -183,6 +190,11 @@ def run_method(method: str, args) -> dict:
                 np.matmul(uf[lo:hi], vt, out=buf[: hi - lo])
                 topk_block(buf[: hi - lo], indptr[lo : hi + 1] - indptr[lo],
                            indices[indptr[lo] : indptr[hi]], args.n, items[lo:hi], scores[lo:hi])
+    elif method == "rules":
+        extra = _rules_rounds(uf, vf, seen, args)
+
+        def fn():
+            pass
     elif method == "paired":
         from concurrent.futures import ThreadPoolExecutor
 
@@ -248,6 +260,68 @@ def run_method(method: str, args) -> dict:
             "peak_rss_mb": round(peak, 1), "rss_before_mb": round(rss_before, 1), **extra}
 
 
+def _rules_rounds(uf, vf, seen, args) -> dict:
+    """``topn_dense`` without and with rules excluding ``args.rules_share`` of the items,
+    alternated ``args.repeat`` rounds in this process (same load for both)."""
+    import pandas as pd
+
+    from include.recsys.recommend import topn_dense
+    from include.recsys.rules import ItemRules
+    from include.recsys.topk import warm_up
+
+    warm_up()
+    n_items = vf.shape[0]
+    ids = pd.Index([f"i{i}" for i in range(n_items)])
+    rng = np.random.default_rng(1)
+    out = rng.choice(n_items, int(n_items * args.rules_share), replace=False)
+    rules = ItemRules(excluded=ids[out], listed=n_items, sha256="bench", path="bench", as_of="bench")
+
+    def plain():
+        topn_dense(uf, vf, seen, args.n)
+
+    def ruled():
+        topn_dense(uf, vf, seen, args.n, allowed=rules.allowed_mask(ids))
+
+    # the pipeline's entry point, without and with rules + A/B variants (two arms scored by two
+    # bundles, a 2% holdout on the popularity baseline, the salted hash of every user id)
+    from include.recsys import variants
+    from include.recsys.recommend import ModelBundle, recommend
+
+    users = pd.Index([f"u{i}" for i in range(uf.shape[0])])
+    pop = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)
+    bundle = ModelBundle(user_ids=users, item_ids=ids, user_factors=uf, item_factors=vf, item_popularity=pop)
+    other = ModelBundle(user_ids=users, item_ids=ids, user_factors=uf[::-1].copy(), item_factors=vf,
+                        item_popularity=pop)
+    plan = variants.parse([{"name": "champion", "model": "alias:champion", "share": 0.49},
+                           {"name": "challenger", "model": "candidate", "share": 0.49}], 0.02, "bench")
+
+    def recommend_plain():  # as score_shard does without variants: the lists, then the long frame
+        recommend(bundle, users, seen, args.n).to_frame(bundle).assign(model_name="m", model_version="2")
+
+    def recommend_ab():
+        variants.score({"champion": (other, "1"), "challenger": (bundle, "2")}, plan, users, seen, args.n,
+                       model_name="m", baseline_of=(bundle, "2"), allowed_of=lambda b: rules.allowed_mask(b.item_ids))
+
+    pairs = {"kernel": (plain, ruled), "recommend": (recommend_plain, recommend_ab)}
+    out_: dict = {"rules_share": args.rules_share, "excluded_items": int(len(out))}
+    for label, (off, on) in pairs.items():
+        rounds: dict[str, list[float]] = {"without": [], "with": []}
+        cpu: dict[str, list[float]] = {"without": [], "with": []}
+        for i in range(args.repeat):
+            for name, fn in ((("without", off), ("with", on)) if i % 2 == 0 else (("with", on), ("without", off))):
+                wall, c = _time(fn, 1)
+                rounds[name].append(wall[0])
+                cpu[name].append(c[0])
+        per_round = [w / o for w, o in zip(rounds["with"], rounds["without"])]
+        # CPU seconds (all threads) barely depend on what else the shared machine runs
+        out_[label] = {"without_runs": rounds["without"], "with_runs": rounds["with"],
+                       "without_cpu": cpu["without"], "with_cpu": cpu["with"],
+                       "with/without fastest": round(min(rounds["with"]) / min(rounds["without"]), 3),
+                       "with/without median round": round(float(np.median(per_round)), 3),
+                       "with/without CPU seconds, fastest": round(min(cpu["with"]) / min(cpu["without"]), 3)}
+    return out_
+
+
 def markdown(payload: dict) -> str:
     """The Markdown report of one run's JSON payload (meta, results, ratios)."""
     meta, results, ratios = payload["meta"], payload["results"], payload["ratios"]
@@ -256,14 +330,22 @@ def markdown(payload: dict) -> str:
              "factors)", "", f"`{meta['command']}`", "",
              f"machine: {meta['machine']}, {meta['cpus']} cpus (shared with other jobs); "
              f"shape {shape}; seconds = fastest of {shape['repeat']} runs, each method in its "
-             "own process; CPU s = process CPU time (all threads) of the fastest-CPU run", "",
-             "| method | seconds | runs | CPU s | peak RSS MB |", "|---|---|---|---|---|"]
-    lines += [f"| {m} | {r['seconds']} | {r['runs']} | {r['cpu_seconds']} "
-              f"| {r['peak_rss_mb']} |" for m, r in results.items() if m != "paired"]
+             "own process; CPU s = process CPU time (all threads) of the fastest-CPU run"]
+    rows = [f"| {m} | {r['seconds']} | {r['runs']} | {r['cpu_seconds']} "
+            f"| {r['peak_rss_mb']} |" for m, r in results.items() if m not in ("paired", "rules")]
+    if rows:
+        lines += ["", "| method | seconds | runs | CPU s | peak RSS MB |", "|---|---|---|---|---|", *rows]
     if "paired" in results:
         r = results["paired"]
         lines += ["", "Alternated in one process (`paired`, same load for all three): "
                   + ", ".join(f"{k} {v}" for k, v in r.items() if k.endswith("_runs")) + "."]
+    if "rules" in results:
+        r = results["rules"]
+        lines += ["", f"Business rules (`rules`, {r['excluded_items']} items = {r['rules_share']:.0%} "
+                  f"excluded; alternated in one process): `topn_dense` without {r['kernel']['without_runs']}, "
+                  f"with rules {r['kernel']['with_runs']}; `recommend` without "
+                  f"{r['recommend']['without_runs']}, `variants.score` with rules + 2 A/B arms (two "
+                  f"bundles) + 2% holdout {r['recommend']['with_runs']}."]
     lines += ["", *[f"- {k}: **{v}**" for k, v in ratios.items()]]
     if "ours" in results and "pruning" in results["ours"]:
         lines += [f"- Cauchy-Schwarz pruning potential: {results['ours']['pruning']}"]
@@ -280,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factors-from", choices=("random", "als"), default="random")
     ap.add_argument("--als-iterations", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="runs per method; the fastest counts")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"also: {', '.join(EXTRA_METHODS)}")
+    ap.add_argument("--rules-share", type=float, default=0.1,
+                    help="method rules: share of the items the rules exclude")
     ap.add_argument("--method", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/recsys-bench-scoring"))
     ap.add_argument("--out", default=None, help="folder for scoring-<date>[-als].json/.md")
@@ -301,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for method in methods:
         cmd = [sys.executable, "-m", "bench.scoring", "--method", method, f"--n={args.n}",
-               f"--repeat={args.repeat}", f"--tmp={args.tmp}"]
+               f"--repeat={args.repeat}", f"--tmp={args.tmp}", f"--rules-share={args.rules_share}"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[method] = json.loads(out.strip().splitlines()[-1])
         r = results[method]
@@ -310,6 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict = {}
     floor = min((m for m in GEMM_METHODS if m in results), key=lambda m: results[m]["seconds"],
                 default=None)
+    if "rules" in results:
+        r = results["rules"]
+        ratios["kernel with rules / without, fastest runs (target <= 1.2)"] = r["kernel"]["with/without fastest"]
+        ratios["kernel with rules / without, median of rounds"] = r["kernel"]["with/without median round"]
+        ratios["recommend with rules + variants / without, fastest runs (target <= 1.2)"] = \
+            r["recommend"]["with/without fastest"]
+        ratios["recommend with rules + variants / without, median of rounds"] = \
+            r["recommend"]["with/without median round"]
+        for label in ("kernel", "recommend"):
+            ratios[f"{label} with/without in CPU seconds (fastest)"] = r[label]["with/without CPU seconds, fastest"]
     if "ours" in results:
         ours = np.load(args.tmp / "ours.npy")
         if "implicit" in results:
@@ -353,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 "shape": shape, "floor": floor,
                 "command": " ".join([".venv/bin/python -m bench.scoring",
                                      *(argv if argv is not None else sys.argv[1:])])}
+        if methods == ["rules"]:
+            suffix += "-rules"
         (out / f"scoring-{stamp}{suffix}.json").write_text(
             json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
         (out / f"scoring-{stamp}{suffix}.md").write_text(

@@ -27,6 +27,10 @@ Every night (or when triggered by hand with the form) this DAG:
    for every user, seen items filtered, a popularity fallback; parts + manifest form a new,
    not yet served table version (`RECSYS_SHARDS` shards; Celery/Kubernetes workers run them
    in parallel);
+   **similar_items** (beside them, issue 19): for every item its top-K most similar items
+   (cosine of item factors, business rules applied), validated, served by publish with the
+   same version id; with `RECSYS_ITEM_RULES_PATH` the rules apply inside scoring, and with
+   `RECSYS_AB_VARIANTS` each user's arm (salted hash) decides which model scores them;
 10. **approve_release** (only with the `require_approval` param): a person approves or rejects
     the built, validated table in the Required Actions page (gate table, metrics vs champion,
     run card). Reject or no answer within `RECSYS_APPROVAL_TIMEOUT_HOURS` (24): the run fails,
@@ -265,6 +269,12 @@ def recsys_nightly_retrain():
     def validate_output(snap: dict, pre: dict, **ctx) -> dict:
         return _stage("validate_output", ctx, snap, pre)
 
+    # issue 19: the similar-items table of the registered model (cosine of item factors, business
+    # rules applied), validated here; publish serves it together with the recommendations
+    @task(execution_timeout=timedelta(hours=1))
+    def similar_items(snap: dict, model: dict, reg: dict, **ctx) -> dict:
+        return _stage("similar_items", ctx, snap, model, reg)
+
     @task(execution_timeout=timedelta(minutes=10), outlets=[RECOMMENDATIONS])
     def publish(pre: dict, reg: dict, model: dict, **ctx) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -313,6 +323,7 @@ def recsys_nightly_retrain():
     checked_out = validate_output(snap, pre)
     published = publish(pre, reg, model)
     checked_out >> approve_release >> published
+    similar_items(snap, model, reg) >> published
 
 
 nightly_dag = recsys_nightly_retrain()

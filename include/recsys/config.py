@@ -246,6 +246,52 @@ class PipelineConfig(BaseSettings):
     )
     dry_run: bool = Field(default=False, description="Evaluate and gate, never publish.")
 
+    # --- business rules and similar items (issue 19) --------------------------------------
+    item_rules_path: str = Field(
+        default="",
+        description="Item availability / business rules (Parquet or CSV: item_id, available, "
+        "optional available_from, available_until, category, allow_surfaces, deny_surfaces; "
+        "see include/recsys/rules.py). Empty: no rules, every item may be recommended.",
+    )
+    item_rules_on_error: Literal["fail", "keep_previous"] = Field(
+        default="fail",
+        description="A missing, empty or malformed rules file: fail the run (nothing published), "
+        "or keep_previous: use the last good copy under <data_dir>/rules (recorded in the manifest).",
+    )
+    item_rules_surface: str = Field(
+        default="",
+        description="The surface this table serves (e.g. home): applies the rules' allow/deny "
+        "surface lists. Empty: surface lists are ignored.",
+    )
+    similar_items_k: int = Field(
+        default=20, ge=0, le=1000, description="Similar items per item (0: no similar-items table)."
+    )
+    similar_items_engine: Literal["exact", "faiss"] = Field(
+        default="exact",
+        description="exact: the blocked top-k kernel; faiss: an approximate HNSW index (large catalogs).",
+    )
+    ab_variants: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='A/B variants (JSON list of {"name", "model": candidate | alias:<a> | version:<n>, '
+        '"share"}); shares + ab_holdout_share sum to 1. Empty (default): one list per user, no '
+        "variant column. See include/recsys/variants.py.",
+    )
+    ab_holdout_share: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Share of users held out of the experiment: they get the non-personalised "
+        "(popularity) baseline.",
+    )
+    ab_salt: str = Field(
+        default="",
+        description="Salt of the user -> variant hash: keep it to keep users in their arm across "
+        "nights; a new salt starts a new experiment.",
+    )
+    similar_items_dir: str = Field(
+        default="",
+        description="Where the similar-items table lives (folder or URL). Empty: similar_items "
+        "beside the recommendations root.",
+    )
+
     # --- MLflow --------------------------------------------------------------------------
     mlflow_tracking_uri: str = Field(
         default="", description="Tracking + registry URI. Empty: sqlite:///<data_dir>/mlflow/mlflow.db."
@@ -272,6 +318,23 @@ class PipelineConfig(BaseSettings):
             raise ValueError(f"gate_metric {self.gate_metric!r} must be '<metric>@k' with k in ks {self.ks}")
         return self
 
+    @model_validator(mode="after")
+    def _variants_valid(self) -> PipelineConfig:
+        if self.ab_variants or self.ab_holdout_share:  # the default stays import-light (DAG parsing)
+            from include.recsys.variants import parse
+
+            parse(self.ab_variants, self.ab_holdout_share, self.ab_salt)  # raises ValueError naming the problem
+        return self
+
+    @property
+    def variant_plan(self) -> Any:
+        """The A/B :class:`~include.recsys.variants.VariantPlan`, None without variants."""
+        if not (self.ab_variants or self.ab_holdout_share):
+            return None
+        from include.recsys.variants import parse
+
+        return parse(self.ab_variants, self.ab_holdout_share, self.ab_salt)
+
     # --- derived locations ---------------------------------------------------------------
     @property
     def source(self) -> Path:
@@ -292,6 +355,13 @@ class PipelineConfig(BaseSettings):
         from include.recsys.storage import normalize
 
         return normalize(self.recommendations_dir)
+
+    @property
+    def similar_items_root(self) -> Path | str:
+        """The similar-items table's root (``similar_items_dir``, else beside the recommendations)."""
+        from include.recsys.similar import similar_root
+
+        return similar_root(self.recommendations_root, self.similar_items_dir)
 
     @property
     def runs_root(self) -> Path:
@@ -330,7 +400,7 @@ class PipelineConfig(BaseSettings):
 
     def params_for_mlflow(self) -> dict[str, str]:
         """Flat string params for ``mlflow.log_params`` (paths and URIs left out)."""
-        skip = {"data_dir", "mlflow_tracking_uri", "recommendations_dir"}
+        skip = {"data_dir", "mlflow_tracking_uri", "recommendations_dir", "item_rules_path", "similar_items_dir"}
         return {k: str(v) for k, v in self.model_dump().items() if k not in skip}
 
 

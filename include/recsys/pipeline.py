@@ -972,6 +972,28 @@ def _coded_seen(shard: dict[str, Any], users: pd.Index, bundle: Any):
     return csr_from_codes(rows, cols, None, (len(users), len(bundle.item_ids)))
 
 
+def item_rules(cfg: PipelineConfig, rc: RunContext) -> Any:
+    """The run's business rules (:mod:`include.recsys.rules`), None when none are configured.
+
+    Resolved once per run at the data interval end (never now()) and frozen in the work folder,
+    so every shard, the fallback lists, the output checks and the similar-items table use the
+    same exclusions. A bad rules file raises :class:`~include.recsys.rules.RulesError` (a
+    SourceError: no retries) before anything is written, unless ``item_rules_on_error`` is
+    ``keep_previous`` and a last good copy exists under ``<data_dir>/rules``.
+    """
+    if not cfg.item_rules_path:
+        return None
+    from include.recsys import rules
+
+    folder = rc.work_dir(cfg) / "rules"
+    frozen = rules.read_resolved(folder)
+    if frozen is not None:
+        return frozen
+    loaded = rules.load_for_run(cfg.item_rules_path, rc.end, on_error=cfg.item_rules_on_error,
+                                keep_dir=cfg.data_dir / "rules", surface=cfg.item_rules_surface)
+    return rules.save_resolved(loaded, folder)
+
+
 def score_shard(
     cfg: PipelineConfig,
     rc: RunContext,
@@ -986,6 +1008,7 @@ def score_shard(
 
     if _already_served(cfg, rc):
         return {"index": shard["index"], "skipped": True}
+    rules = item_rules(cfg, rc)  # first: a bad rules file fails before any part is written
     bundle = ModelBundle.load(model["bundle"])
     users = pd.Index(pd.read_parquet(shard["users"])["user_id"].iloc[shard["lo"] : shard["hi"]])
     if shard.get("items"):  # codes into the snapshot's id maps (_plan_coded_shards)
@@ -997,24 +1020,123 @@ def score_shard(
         seen = df.loc[df["user_id"].isin(users)]
     from include.recsys.data import read_segments
 
-    recs = recommend(
-        bundle, users, seen, cfg.top_n, block_size=cfg.score_block_size,
-        user_segments=read_segments(cfg),
-    )
-    table = recs.to_frame(bundle).assign(
-        model_name=reg["model_name"], model_version=str(reg["model_version"])
-    )
+    plan = cfg.variant_plan
+    arm_users = None
+    if plan is not None:  # A/B arms (issue 19): each scored by its own model, the holdout by popularity
+        table, arm_users, by_model = _score_variants(cfg, rc, model, reg, plan, bundle, users, seen, rules)
+    else:
+        recs = recommend(
+            bundle, users, seen, cfg.top_n, block_size=cfg.score_block_size,
+            user_segments=read_segments(cfg),
+            allowed=rules.allowed_mask(bundle.item_ids) if rules is not None else None,
+        )
+        table = recs.to_frame(bundle).assign(
+            model_name=reg["model_name"], model_version=str(reg["model_version"])
+        )
+        by_model = int(recs.from_model.sum())
+        del recs
     from include.recsys import privacy
 
     # where ids leave the pipeline: keyed-HMAC tokens when RECSYS_PSEUDONYMIZE_USER_IDS is on
     table = privacy.pseudonymize_table(table)
-    part = write_part(cfg.recommendations_root, rc.version, shard["index"], table)
-    by_model = int(recs.from_model.sum())
-    del table, recs, seen, bundle
+    part = write_part(cfg.recommendations_root, rc.version, shard["index"], table, **_table_columns(plan))
+    del table, seen, bundle
     from include.recsys.data import release_memory
 
     release_memory()
-    return {**part, "index": shard["index"], "users_by_model": by_model}
+    out = {**part, "index": shard["index"], "users_by_model": by_model}
+    return out if arm_users is None else {**out, "variant_users": arm_users}
+
+
+def _table_columns(plan: Any) -> dict[str, Any]:
+    """write_part / finalize_version keywords: the ``variant`` column only with variants."""
+    from include.recsys.publish import TABLE_COLUMNS
+    from include.recsys.variants import COLUMN
+
+    return {} if plan is None else {"columns": [*TABLE_COLUMNS, COLUMN]}
+
+
+def _variant_models(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], reg: dict[str, Any],
+                    plan: Any) -> dict[str, tuple[str, str]]:
+    """Variant name -> (bundle folder, model version), resolved once per run (aliases read
+    when the first shard runs) and frozen in ``<work>/variants/models.json``."""
+    import os
+
+    from include.recsys import registry
+    from include.recsys.variants import VariantError
+
+    folder = rc.work_dir(cfg) / "variants"
+    frozen = folder / "models.json"
+    if frozen.exists():
+        return {k: tuple(v) for k, v in _read_json(frozen).items()}
+    out: dict[str, tuple[str, str]] = {}
+    for v in plan.variants:
+        if v.model == "candidate":
+            out[v.name] = (str(model["bundle"]), str(reg["model_version"]))
+            continue
+        kind, _, ref = v.model.partition(":")
+        version = registry.alias_version(cfg, ref) if kind == "alias" else ref
+        if version is None:
+            raise VariantError(f"variant {v.name}: model alias {ref!r} of {cfg.model_name} does not exist; "
+                               "point it at a version, or change RECSYS_AB_VARIANTS")
+        out[v.name] = (str(_download_version(cfg, str(version), folder / f"v{version}")), str(version))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".models.{os.getpid()}.json"
+    tmp.write_text(json.dumps(out))
+    try:
+        os.link(tmp, frozen)  # first writer wins: every shard scores with the same versions
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {k: tuple(v) for k, v in _read_json(frozen).items()}
+
+
+def _download_version(cfg: PipelineConfig, version: str, dst: Path) -> Path:
+    """The bundle folder of registered model ``version`` (downloaded once into ``dst``)."""
+    import os
+    import shutil
+
+    from include.recsys import registry
+    from include.recsys.variants import VariantError
+
+    if (dst / "bundle").exists():
+        return dst / "bundle"
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    try:
+        local = registry._mlflow(cfg).artifacts.download_artifacts(
+            artifact_uri=f"models:/{cfg.model_name}/{version}", dst_path=str(tmp))
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if registry._is_unreachable(exc):
+            raise
+        raise VariantError(f"model version {version} of {cfg.model_name} cannot be loaded for a variant: {exc}") from exc
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(registry._bundle_folder(Path(local)), dst / "bundle")
+    except OSError:  # another shard finished first
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dst / "bundle"
+
+
+def _score_variants(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], reg: dict[str, Any],
+                    plan: Any, bundle: Any, users: pd.Index, seen: Any, rules: Any) -> tuple[pd.DataFrame, dict, int]:
+    """One shard's lists with the ``variant`` column (see :func:`include.recsys.variants.score`)."""
+    from include.recsys import variants
+    from include.recsys.data import read_segments
+    from include.recsys.recommend import ModelBundle
+
+    models = _variant_models(cfg, rc, model, reg, plan)
+    bundles = {name: (bundle if path == str(model["bundle"]) else ModelBundle.load(path), version)
+               for name, (path, version) in models.items()}
+    # a seen CSR is in the candidate's item space; variants.score remaps it for other bundles
+    return variants.score(
+        bundles, plan, users, seen, cfg.top_n, model_name=reg["model_name"],
+        baseline_of=(bundle, str(reg["model_version"])),
+        allowed_of=(lambda b: rules.allowed_mask(b.item_ids)) if rules is not None else None,
+        block_size=cfg.score_block_size, user_segments=read_segments(cfg),
+    )
 
 
 def assemble_version(
@@ -1039,9 +1161,11 @@ def assemble_version(
     # the fallback lists come from the model's training popularity, global and per segment,
     # exactly as the table's own fallback rows do
     bundle = ModelBundle.load(model["bundle"])
-    lists = [bundle.fallback_list(cfg.top_n).assign(segment="")]
+    rules = item_rules(cfg, rc)
+    allowed = rules.allowed_mask(bundle.item_ids) if rules is not None else None
+    lists = [bundle.fallback_list(cfg.top_n, allowed=allowed).assign(segment="")]
     for seg in bundle.segment_ids if bundle.segment_ids is not None else []:
-        lists.append(bundle.fallback_list(cfg.top_n, seg).assign(segment=str(seg)))
+        lists.append(bundle.fallback_list(cfg.top_n, seg, allowed=allowed).assign(segment=str(seg)))
     fallback = pd.concat(lists, ignore_index=True)[["segment", "rank", "item_id", "score"]]
     users = int(sum(p["users"] for p in parts))
     by_model = int(sum(p["users_by_model"] for p in parts))
@@ -1064,7 +1188,18 @@ def assemble_version(
         "metrics": ev["metrics"]["candidate"],
         "gate": {"verdict": verdict["verdict"], "metric": verdict["metric"], "forced": bool(verdict.get("forced"))},
     }
-    folder = finalize_version(root, rc.version, parts, fallback, manifest)
+    if rules is not None:  # digest, counts, and whether the last good copy stood in
+        manifest["rules"] = rules.summary(bundle.item_ids)
+    plan = cfg.variant_plan
+    if plan is not None:  # salt, shares, the model version behind each arm, users per arm
+        arm_users: dict[str, int] = {}
+        for p in parts:
+            for arm, count in (p.get("variant_users") or {}).items():
+                arm_users[arm] = arm_users.get(arm, 0) + int(count)
+        models = _variant_models(cfg, rc, model, reg, plan)
+        manifest["variants"] = {**plan.to_dict(), "shares": plan.shares(), "users": arm_users,
+                                "model_versions": {k: v[1] for k, v in models.items()}}
+    folder = finalize_version(root, rc.version, parts, fallback, manifest, **_table_columns(plan))
     rows = int(sum(p["rows"] for p in parts))
     return {"version": rc.version, "path": str(folder), "rows": rows, "users": users}
 
@@ -1158,12 +1293,16 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
     current = None
     if served and served != pre["version"] and version_dir(root, served).exists():
         current = read_version_table(str(version_dir(root, served)), ["user_id", "item_id"])
+    rules = item_rules(cfg, rc)
     try:
         report = validate_table(
             read_version_table(pre["path"]),
             top_n=cfg.top_n,
             seen=_privacy_seen(snap),
             current=current,
+            excluded=rules.excluded if rules is not None else None,
+            fallback=_read_fallback(root, pre["version"]) if rules is not None else None,
+            variants=_manifest_variants(root, pre["version"]),
             window=(snap["window_start"], snap["window_end"]),
             run_name=f"recommendations__{pre['version']}",
             report_path=folder / "output_report.json",
@@ -1183,6 +1322,88 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
         "counts": report.counts(),
         "data_docs": report.data_docs,
     }
+
+
+def _manifest_variants(root: Path | str, version: str) -> dict[str, Any] | None:
+    """The ``variants`` block of a version's manifest (None: no A/B variants)."""
+    from include.recsys.publish import read_manifest
+
+    return read_manifest(root, version).get("variants")
+
+
+def _read_fallback(root: Path | str, version: str) -> pd.DataFrame:
+    """The ``_fallback.parquet`` lists of a (possibly unpublished) version."""
+    import io
+
+    from include.recsys import publish as pub
+
+    store = pub._store(root)
+    if store is not None:
+        return pd.read_parquet(io.BytesIO(store.read_bytes(f"version={version}/{pub.FALLBACK}")))
+    return pd.read_parquet(pub.version_dir(root, version) / pub.FALLBACK)
+
+
+def similar_items(
+    cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], model: dict[str, Any], reg: dict[str, Any]
+) -> dict[str, Any]:
+    """The similar-items table of the registered model (cosine of item factors, rules applied),
+    written as an unpublished version ``rc.version`` under ``cfg.similar_items_root`` and
+    validated; ``publish`` serves it together with the recommendations. Raises
+    OutputValidationError (no retries) when it breaks its contract."""
+    from include.recsys import similar as sim
+    from include.recsys.publish import read_current, version_dir
+    from include.recsys.recommend import ModelBundle
+    from include.recsys.validate_output import validate_similar_table
+
+    root = cfg.similar_items_root
+    if cfg.similar_items_k == 0:
+        return {"skipped": True, "reason": "similar_items_k is 0"}
+    if read_current(root) == rc.version:
+        return {"version": rc.version, "root": str(root), "path": str(version_dir(root, rc.version)), "rows": None}
+    rules = item_rules(cfg, rc)
+    bundle = ModelBundle.load(model["bundle"])
+    allowed = rules.allowed_mask(bundle.item_ids) if rules is not None else None
+    k = cfg.similar_items_k
+    kw = {"block_size": cfg.score_block_size} if cfg.similar_items_engine == "exact" else {}
+    items, scores = sim.compute(bundle.item_factors, k, allowed, engine=cfg.similar_items_engine, **kw)
+    fallback = sim.fallback_frame(bundle.item_ids, bundle.item_popularity, k, allowed)
+    manifest = {
+        "table": "similar_items", "model_name": reg["model_name"], "model_version": str(reg["model_version"]),
+        "mlflow_run_id": model["mlflow_run_id"], "airflow_run_id": rc.run_id, "engine": cfg.similar_items_engine,
+        "data_window": {"start": snap["window_start"], "end": snap["window_end"]},
+        "data_interval": rc.data_interval(), "items": len(bundle.item_ids),
+        **({"rules": rules.summary(bundle.item_ids)} if rules is not None else {}),
+    }
+    folder = sim.write_table(root, rc.version, bundle.item_ids, items, scores, fallback, manifest)
+    from include.recsys.publish import read_version_table
+
+    report = validate_similar_table(
+        read_version_table(str(folder)), top_k=k, catalog=bundle.item_ids, allowed=allowed,
+        fallback=fallback, run_name=f"similar_items__{rc.version}",
+        report_path=rc.work_dir(cfg) / "validation" / "similar_items_report.json",
+    )
+    return {"version": rc.version, "root": str(root), "path": str(folder), "rows": report.n_rows}
+
+
+def _publish_similar(cfg: PipelineConfig, rc: RunContext, version: str, reason: str) -> bool | None:
+    """Serve the run's similar-items version beside the recommendations (None: none built)."""
+    from include.recsys.publish import PublishError, StaleData, cleanup, point_current, read_manifest
+
+    root = cfg.similar_items_root
+    if cfg.similar_items_k == 0:
+        return None
+    try:
+        read_manifest(root, version)
+    except PublishError:
+        log.info("no similar-items version %s under %s: not published", version, root)
+        return None
+    try:
+        moved = point_current(root, version, reason=reason, allow_older_data=cfg.allow_older_data)
+    except StaleData as exc:
+        log.warning("similar items: %s", exc)
+        return False
+    cleanup(root, cfg.keep_versions)
+    return moved
 
 
 PUBLISH_OUTCOME = "publish.json"  # in the run's work folder: served, or why not
@@ -1234,6 +1455,7 @@ def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[
         moved = point_current(root, pre["version"], reason=reason, allow_older_data=allow)
     except (StaleData, registry.StaleModel) as exc:
         return _not_served(cfg, rc, pre, reg, model, exc)
+    _publish_similar(cfg, rc, pre["version"], reason)  # its twin table: same version id
     crashpoint("between_current_and_alias")
     registry.set_alias(
         cfg, registry.CHAMPION, reg["model_version"], allow_older_data=allow,
@@ -1451,4 +1673,23 @@ def rollback(cfg: PipelineConfig, rc: RunContext, to_version: str | None = None,
             reason=f"rollback: table {before} -> {target}" + (f": {reason}" if reason else ""),
         )
     log.info("rolled back %s -> %s (model version %s): %s", before, target, model_version, reason or "no reason given")
-    return {"from": before, "to": target, "model_version": model_version, "reason": reason}
+    similar = _rollback_similar(cfg, target, reason)
+    out = {"from": before, "to": target, "model_version": model_version, "reason": reason}
+    return out if similar is None else {**out, "similar_items": similar}
+
+
+def _rollback_similar(cfg: PipelineConfig, target: str, reason: str) -> str | None:
+    """The similar-items table follows a rollback to its twin version (same id) when that one
+    exists; otherwise it stays where it is (it was not built then) and the log says so."""
+    from include.recsys import publish as pub
+
+    root = cfg.similar_items_root
+    try:
+        if pub.read_current(root) is None:
+            return None
+        pub.read_manifest(root, target)
+    except (pub.PublishError, OSError) as exc:
+        log.warning("similar items stay at %s: no version %s to roll back to (%s)", pub.read_current(root), target, exc)
+        return None
+    pub.point_current(root, target, reason=f"rollback with the recommendations: {reason}".strip())
+    return target

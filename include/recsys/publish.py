@@ -95,6 +95,10 @@ STAGING_GRACE_S = 24 * 3600.0
 VERIFY_SHA256_LOCAL = True
 VERIFY_SHA256_REMOTE = False
 TABLE_COLUMNS = ["user_id", "rank", "item_id", "score", "source", "model_name", "model_version"]
+#: other tables under the same protocol (e.g. ``similar_items``: item_id, rank, similar_item_id,
+#: score) pass ``columns=`` and ``key=`` (the column each list belongs to, sorted by) to
+#: write_part / finalize_version / write_version; the defaults are the recommendations'.
+KEY = "user_id"
 
 
 class PublishError(RuntimeError):
@@ -236,20 +240,27 @@ def _check_writable(root: Path, version: str) -> None:
         raise PublishError(f"version {version} is served by CURRENT and cannot be rewritten")
 
 
-def _sorted_by_user_rank(table: pd.DataFrame) -> pd.DataFrame:
+def _sorted_by_user_rank(table: pd.DataFrame, key: str = KEY) -> pd.DataFrame:
     """``table`` sorted by (user_id, rank); a shard's rows usually are already (users in id
-    order, ranks ascending), and then the string sort is skipped."""
-    users = table["user_id"]
+    order, ranks ascending), and then the string sort is skipped. ``key``: another table's
+    list column instead of user_id."""
+    users = table[key]
     if users.is_monotonic_increasing:
         u = users.to_numpy()
         same = u[1:] == u[:-1]
         if (np.diff(table["rank"].to_numpy())[same] > 0).all():
             return table.reset_index(drop=True)
-    return table.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    return table.sort_values([key, "rank"], kind="stable", ignore_index=True)
+
+
+def _part_counts(table: pd.DataFrame, key: str) -> dict[str, int]:
+    """A part's distinct list owners: ``users`` for the recommendations, ``keys`` otherwise."""
+    return {"users" if key == KEY else "keys": int(table[key].nunique())}
 
 
 def write_part(
-    root: Path | str, version: str, index: int, table: pd.DataFrame, *, row_group_rows: int = 16_384
+    root: Path | str, version: str, index: int, table: pd.DataFrame, *, row_group_rows: int = 16_384,
+    columns: list[str] | None = None, key: str = KEY,
 ) -> dict[str, Any]:
     """Write one part file of an unpublished version (a shard's rows, sorted by user_id).
 
@@ -263,14 +274,15 @@ def write_part(
     store = _store(root)
     root = root if store else Path(root)
     _check_writable(root, version)
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    columns = columns or TABLE_COLUMNS
+    missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise PublishError(f"recommendation table lacks column(s) {missing}")
+        raise PublishError(f"{'recommendation' if key == KEY else key.split('_')[0]} table lacks column(s) {missing}")
     if store is not None:
-        return _write_part_remote(store, version, index, table, row_group_rows)
+        return _write_part_remote(store, version, index, table, row_group_rows, columns, key)
     staging = _staging_path(root, version)
     staging.mkdir(parents=True, exist_ok=True)
-    table = _sorted_by_user_rank(table[TABLE_COLUMNS])
+    table = _sorted_by_user_rank(table[columns], key)
     path = staging / f"part-{index:05d}.parquet"
     tmp = staging / f".part-{index:05d}.parquet.tmp"
     try:
@@ -283,8 +295,8 @@ def write_part(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    users = int(table["user_id"].nunique())
-    out = {"path": path.name, "rows": len(table), "users": users, "sha256": file_sha256(path), "size": path.stat().st_size}
+    out = {"path": path.name, "rows": len(table), **_part_counts(table, key), "sha256": file_sha256(path),
+           "size": path.stat().st_size}
     crashpoint("after_first_part")
     return out
 
@@ -299,26 +311,28 @@ def _parquet_bytes(table: pd.DataFrame, **kw: Any) -> bytes:
 
 
 def _write_part_remote(
-    store: ObjectStore, version: str, index: int, table: pd.DataFrame, row_group_rows: int
+    store: ObjectStore, version: str, index: int, table: pd.DataFrame, row_group_rows: int,
+    columns: list[str] = TABLE_COLUMNS, key: str = KEY,
 ) -> dict[str, Any]:
     """A part written in place (no rename on object stores): one PUT of the whole file."""
     vrel = _vrel(version)
     if store.exists(f"{vrel}/{MANIFEST}"):  # rewriting a complete, unserved version
         log.warning("version %s is rewritten: its manifest goes first", store.url_of(vrel))
         store.delete(f"{vrel}/{MANIFEST}")
-    table = _sorted_by_user_rank(table[TABLE_COLUMNS])
+    table = _sorted_by_user_rank(table[columns], key)
     data = _parquet_bytes(table, row_group_size=row_group_rows, compression="zstd")
     name = f"part-{index:05d}.parquet"
     store.write_bytes(f"{vrel}/{name}", data)
     crashpoint("after_first_part")
     return {
-        "path": name, "rows": len(table), "users": int(table["user_id"].nunique()),
+        "path": name, "rows": len(table), **_part_counts(table, key),
         "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
     }
 
 
 def _full_manifest(
-    version: str, parts: list[dict[str, Any]], manifest: dict[str, Any], fallback: dict[str, Any]
+    version: str, parts: list[dict[str, Any]], manifest: dict[str, Any], fallback: dict[str, Any],
+    columns: list[str] | None = None,
 ) -> dict[str, Any]:
     """The manifest: what the caller gave, plus every file with the size and sha256 that
     :func:`verify_version` checks (``fallback``: ``_fallback.parquet``'s own entry)."""
@@ -326,18 +340,19 @@ def _full_manifest(
         **manifest,
         "schema_version": SCHEMA_VERSION,
         "version": version,
-        "columns": TABLE_COLUMNS,
+        "columns": columns or TABLE_COLUMNS,
         "files": [{k: p[k] for k in ("path", "rows", "sha256", "size") if k in p} for p in parts],
         "fallback": fallback,
         "rows": int(sum(p["rows"] for p in parts)),
-        "users": int(sum(p["users"] for p in parts)),
+        **({"users": int(sum(p["users"] for p in parts))} if all("users" in p for p in parts)
+           else {"keys": int(sum(p.get("keys", 0) for p in parts))}),
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
 
 
 def _finalize_remote(
     root: Path | str, store: ObjectStore, version: str, parts: list[dict[str, Any]],
-    fallback: pd.DataFrame, manifest: dict[str, Any],
+    fallback: pd.DataFrame, manifest: dict[str, Any], columns: list[str] | None = None,
 ) -> Path:
     """Object-store twin of :func:`finalize_version`: check the parts (present, same size),
     drop strays, write the fallback list, then the manifest LAST (the version is complete
@@ -354,12 +369,12 @@ def _finalize_remote(
     fb = _parquet_bytes(fallback)
     store.write_bytes(f"{vrel}/{FALLBACK}", fb)
     fb_meta = {"path": FALLBACK, "size": len(fb), "sha256": hashlib.sha256(fb).hexdigest()}
-    manifest = _full_manifest(version, parts, manifest, fb_meta)
+    manifest = _full_manifest(version, parts, manifest, fb_meta, columns)
     store.write_bytes(f"{vrel}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
     crashpoint("after_staged_manifest")
     log.info(
-        "version %s complete: %d rows for %d users in %d part(s)",
-        store.url_of(vrel), manifest["rows"], manifest["users"], len(parts),
+        "version %s complete: %d rows for %d lists in %d part(s)",
+        store.url_of(vrel), manifest["rows"], manifest.get("users", manifest.get("keys")), len(parts),
     )
     return version_dir(root, version)
 
@@ -370,16 +385,18 @@ def finalize_version(
     parts: list[dict[str, Any]],
     fallback: pd.DataFrame,
     manifest: dict[str, Any],
+    *,
+    columns: list[str] | None = None,
 ) -> Path:
     """Complete a staged version: fallback list + manifest (written last), then rename it
     into ``version=<id>/`` in one step. Refuses when a part named in ``parts`` is missing or
-    differs from what its writer reported."""
+    differs from what its writer reported. ``columns``: the table's, for its manifest."""
     store = _store(root)
     root = root if store else Path(root)
     _check_writable(root, version)
     parts = sorted(parts, key=lambda p: p["path"])
     if store is not None:
-        return _finalize_remote(root, store, version, parts, fallback, manifest)
+        return _finalize_remote(root, store, version, parts, fallback, manifest, columns)
     staging = _staging_path(root, version)
     for part in parts:
         path = staging / part["path"]
@@ -392,7 +409,7 @@ def finalize_version(
     fallback.to_parquet(fb_path, index=False)
     _fsync_file(fb_path)
     fb_meta = {"path": FALLBACK, "size": fb_path.stat().st_size, "sha256": file_sha256(fb_path)}
-    manifest = _full_manifest(version, parts, manifest, fb_meta)
+    manifest = _full_manifest(version, parts, manifest, fb_meta, columns)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     _fsync_file(staging / MANIFEST)
     _fsync_dir(staging)
@@ -404,8 +421,8 @@ def finalize_version(
     os.replace(staging, target)
     _fsync_dir(root)
     log.info(
-        "version %s complete: %d rows for %d users in %d part(s)",
-        version, manifest["rows"], manifest["users"], len(parts),
+        "version %s complete: %d rows for %d lists in %d part(s)",
+        version, manifest["rows"], manifest.get("users", manifest.get("keys")), len(parts),
     )
     return target
 
@@ -420,8 +437,13 @@ def write_version(
     *,
     rows_per_part: int = 2_000_000,
     row_group_rows: int = 16_384,
+    columns: list[str] | None = None,
+    key: str = KEY,
 ) -> Path:
     """Write a complete version (parts, fallback, manifest) from one process and return it.
+
+    ``columns`` / ``key``: another table's columns and list column (default: the
+    recommendations', lists per ``user_id``).
 
     Re-writing a version that exists but is not served replaces it (a task retry); re-writing
     the served version is refused. On any error the staging folder is removed.
@@ -436,11 +458,11 @@ def write_version(
         _check_writable(root, version)
         t0 = time.perf_counter()
         shutil.rmtree(_staging_path(root, version), ignore_errors=True)
-    table = table.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    table = table.sort_values([key, "rank"], kind="stable", ignore_index=True)
     # parts split at user boundaries so each part holds whole users
     cuts = list(range(0, max(len(table), 1), rows_per_part)) + [len(table)]
     bounds = [0]
-    users = table["user_id"].to_numpy()
+    users = table[key].to_numpy()
     for c in cuts[1:-1]:
         while 0 < c < len(table) and users[c] == users[c - 1]:
             c += 1
@@ -451,10 +473,10 @@ def write_version(
     if len(bounds) == 1:
         bounds.append(0)
     parts = [
-        write_part(root, version, i, table.iloc[lo:hi], row_group_rows=row_group_rows)
+        write_part(root, version, i, table.iloc[lo:hi], row_group_rows=row_group_rows, columns=columns, key=key)
         for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
     ]
-    target = finalize_version(root, version, parts, fallback, manifest)
+    target = finalize_version(root, version, parts, fallback, manifest, columns=columns)
     log.info("wrote version %s in %.2fs", version, time.perf_counter() - t0)
     return target
 

@@ -78,6 +78,8 @@ class _Loaded:
     fallback: dict[str, tuple[list, list]]  # segment ("" = global) -> (items, scores)
     max_n: int
     int_ids: bool
+    variants: np.ndarray | None = None  # A/B arm per user (table order); None: no variants
+    plan: Any = None  # the manifest's VariantPlan: the arm of a user the table does not hold
 
     @classmethod
     def open(cls, root: Path | str, version: str) -> _Loaded:
@@ -87,6 +89,8 @@ class _Loaded:
 
         manifest = publish.read_manifest(root, version)  # refuses versions without manifest
         columns = ["user_id", "item_id", "score", "source", "rank"]
+        if manifest.get("variants"):  # the column exists only when variants are configured
+            columns.append("variant")
         try:
             store = publish._store(root)
             if store is not None:
@@ -134,6 +138,7 @@ class _Loaded:
             },
             max_n=int(manifest.get("top_n") or (np.diff(offsets).max(initial=0))),
             int_ids=int_ids,
+            **_variant_fields(table, starts, manifest),
         )
 
     def key(self, user_id: Any) -> Any:
@@ -158,8 +163,89 @@ class _Loaded:
         )
 
 
+class SimilarItems(NamedTuple):
+    item_id: Any
+    items: list
+    scores: list
+    source: str  # "model" (the item's own list) or "fallback" (an unknown item: popular items)
+    version: str
+
+
+@dataclass
+class _LoadedSimilar:
+    """One version of the similar-items table in memory (lists per ``item_id``)."""
+
+    version: str
+    manifest: dict[str, Any]
+    index: dict[Any, int]
+    offsets: np.ndarray
+    similar: np.ndarray  # object array of similar item ids, table order
+    scores: np.ndarray
+    fallback: tuple[list, list]
+    max_n: int
+    int_ids: bool
+
+    @classmethod
+    def open(cls, root: Path | str, version: str) -> _LoadedSimilar:
+        import pyarrow as pa
+
+        manifest = publish.read_manifest(root, version)
+        try:
+            folder = publish.version_dir(root, version)
+            table = pd.DataFrame(publish.read_version_table(str(folder) if storage.is_remote(root) else folder,
+                                                            ["item_id", "rank", "similar_item_id", "score"]))
+            store = publish._store(root)
+            raw = (store.read_bytes(f"version={version}/{publish.FALLBACK}") if store is not None
+                   else (folder / publish.FALLBACK).read_bytes())
+            fb = pd.read_parquet(io.BytesIO(raw)).sort_values("rank")
+        except (OSError, pa.ArrowException, storage.StorageError) as exc:
+            raise publish.PublishError(f"similar-items version {version} is unreadable: {exc}") from exc
+        keys = table["item_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+        return cls(
+            version=version, manifest=manifest,
+            index={k: i for i, k in enumerate(keys[starts].tolist())},
+            offsets=np.r_[starts, len(keys)].astype(np.int64),
+            similar=table["similar_item_id"].to_numpy(dtype=object),
+            scores=table["score"].to_numpy(np.float32),
+            fallback=(fb["similar_item_id"].tolist(), fb["score"].astype(float).tolist()),
+            max_n=int(manifest.get("top_k") or np.diff(np.r_[starts, len(keys)]).max(initial=0)),
+            int_ids=table["item_id"].dtype.kind in "iu",
+        )
+
+    def lookup(self, item_id: Any, n: int) -> SimilarItems:
+        key = item_id
+        if self.int_ids:
+            try:
+                key = int(item_id)
+            except (TypeError, ValueError):
+                key = None
+        else:
+            key = str(item_id)
+        pos = self.index.get(key)
+        if pos is None:
+            items, scores = self.fallback
+            return SimilarItems(item_id, items[:n], scores[:n], "fallback", self.version)
+        lo = self.offsets[pos]
+        hi = min(self.offsets[pos + 1], lo + n)
+        return SimilarItems(item_id, self.similar[lo:hi].tolist(), self.scores[lo:hi].tolist(), "model",
+                            self.version)
+
+
+def _variant_fields(table: Any, starts: np.ndarray, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``variants`` (each user's arm) and ``plan`` of a table with A/B variants; {} without."""
+    if not manifest.get("variants") or "variant" not in table.column_names:
+        return {}
+    from include.recsys.variants import VariantPlan
+
+    arms = np.asarray(table.column("variant").to_pylist(), dtype=object)
+    return {"variants": arms[starts], "plan": VariantPlan.from_dict(manifest["variants"])}
+
+
 class RecommendationStore:
     """Reads the recommendation tables under ``root`` (see the module docstring)."""
+
+    _loader: Any = None  # _Loaded (set below the class); SimilarItemsStore: _LoadedSimilar
 
     def __init__(
         self, root: Path | str, refresh_s: float = 5.0, clock: Callable[[], float] = time.monotonic
@@ -233,7 +319,7 @@ class RecommendationStore:
         loaded = self._loaded.get(version)
         if loaded is None:
             with self._lock:
-                loaded = self._loaded.get(version) or _Loaded.open(self.root, version)
+                loaded = self._loaded.get(version) or (self._loader or _Loaded).open(self.root, version)
                 # keep the served version and at most one other in memory
                 self._loaded = {v: x for v, x in self._loaded.items() if v == self._current_or_none()}
                 self._loaded[version] = loaded
@@ -261,11 +347,12 @@ class RecommendationStore:
         return loaded.lookup(user_id, self._check_n(loaded, n), segment)
 
     def recommend_many(self, user_ids: list[Any], n: int | None = None, version: str | None = None) -> pd.DataFrame:
-        """Long-format recommendations of many users, all from one version."""
+        """Long-format recommendations of many users, all from one version (with a ``variant``
+        column when the table has A/B variants)."""
         loaded = self._version(version)
         n = self._check_n(loaded, n)
         rows = [loaded.lookup(u, n) for u in user_ids]
-        return pd.DataFrame(
+        df = pd.DataFrame(
             {
                 "user_id": [r.user_id for r in rows for _ in r.items],
                 "rank": [k for r in rows for k in range(1, len(r.items) + 1)],
@@ -274,6 +361,27 @@ class RecommendationStore:
                 "source": [r.source for r in rows for _ in r.items],
             }
         )
+        if loaded.plan is not None:
+            arms = [self._arm(loaded, u) for u in user_ids]
+            df["variant"] = [a for a, r in zip(arms, rows) for _ in r.items]
+        return df
+
+    def variant_of(self, user_id: Any, version: str | None = None) -> str | None:
+        """The A/B arm of ``user_id`` in CURRENT (or ``version``): its ``variant`` column, or
+        for a user the table does not hold the arm the salted hash gives (what the nightly run
+        would assign); None when the table has no variants."""
+        return self._arm(self._version(version), user_id)
+
+    @staticmethod
+    def _arm(loaded: _Loaded, user_id: Any) -> str | None:
+        if loaded.plan is None:
+            return None
+        pos = loaded.index.get(loaded.key(user_id))
+        if pos is not None:
+            return str(loaded.variants[pos])
+        from include.recsys.variants import assign
+
+        return str(assign([user_id], loaded.plan)[0])
 
     def for_user(
         self, user_id: Any, n: int | None = None, version: str | None = None, segment: str | None = None
@@ -296,6 +404,28 @@ class RecommendationStore:
             return publish.read_version_table(str(folder))
         # partitioning=None: no extra hive column from the "version=<id>" folder name
         return pd.read_parquet(sorted(folder.glob("part-*.parquet")), partitioning=None)
+
+
+class SimilarItemsStore(RecommendationStore):
+    """Reads the similar-items table (``item_id, rank, similar_item_id, score``) under its own
+    root (:func:`include.recsys.similar.similar_root`), with the same CURRENT and version
+    handling as :class:`RecommendationStore`::
+
+        store = SimilarItemsStore("data/similar_items")
+        store.similar("i17", n=5)   # SimilarItems(item_id, items, scores, source, version)
+    """
+
+    _loader = _LoadedSimilar
+
+    def similar(self, item_id: Any, n: int | None = None, version: str | None = None) -> SimilarItems:
+        """The top-n items similar to ``item_id``; an item the table does not hold gets the
+        table's fallback list (popular allowed items, ``source == "fallback"``)."""
+        loaded = self._version(version)
+        return loaded.lookup(item_id, self._check_n(loaded, n))
+
+    def knows(self, item_id: Any, version: str | None = None) -> bool:
+        """Whether the table holds a list for ``item_id``."""
+        return self.similar(item_id, 1, version).source == "model"
 
 
 # --- CLI -----------------------------------------------------------------------------------

@@ -89,10 +89,16 @@ class ModelBundle:
                 return self.segment_popularity[pos]
         return self.item_popularity
 
-    def fallback_list(self, n: int, segment: str | None = None) -> pd.DataFrame:
-        """The top-n fallback list (rank, item_id, score in [0, 1]) of a segment or global."""
+    def fallback_list(
+        self, n: int, segment: str | None = None, allowed: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """The top-n fallback list (rank, item_id, score in [0, 1]) of a segment or global;
+        only ``allowed`` items (bool per item, the business rules) when given."""
         pop = self.fallback_popularity(segment)
-        order = np.argsort(-pop, kind="stable")[:n]
+        order = np.argsort(-pop, kind="stable")
+        if allowed is not None:
+            order = order[np.asarray(allowed, dtype=bool)[order]]
+        order = order[:n]
         return pd.DataFrame(
             {
                 "rank": np.arange(1, len(order) + 1, dtype=np.int16),
@@ -197,8 +203,14 @@ def topn_dense(
     *,
     tile_items: int = TILE_ITEMS,
     threads: int | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-n items per user by dot product, excluding ``seen`` (rows aligned with users).
+
+    ``allowed`` (bool per item, the business rules of :mod:`include.recsys.rules`): items
+    where it is False are left out of the kernel's scan order altogether -- never scored,
+    never selected -- so each list fills to n from the next best allowed items, and scoring
+    gets cheaper, not dearer, with every excluded item.
 
     Users go in blocks of ``min(block_size, TILE_USERS)`` to a pool of ``threads`` workers
     (default: all cores), BLAS limited to one thread each. A worker scores its block
@@ -229,11 +241,21 @@ def topn_dense(
     if n_users == 0 or n == 0:
         return out_items, out_scores
     uf = np.ascontiguousarray(user_factors, dtype=np.float32)
+    if allowed is None:
+        scan = np.arange(n_items)
+    else:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n_items,):
+            raise ValueError(f"allowed has shape {allowed.shape}, expected ({n_items},)")
+        scan = np.flatnonzero(allowed)
     # items by decreasing norm: the first tile then holds most users' strong candidates, the
     # threshold starts high and later tiles add few (ranks still use the original ids)
-    item_of = np.argsort(-np.linalg.norm(item_factors, axis=1), kind="stable").astype(np.int32)
-    position = np.empty(n_items, dtype=np.int32)
-    position[item_of] = np.arange(n_items, dtype=np.int32)
+    order = np.argsort(-np.linalg.norm(item_factors[scan], axis=1), kind="stable")
+    item_of = scan[order].astype(np.int32)
+    n_scan = len(item_of)
+    # excluded items sit past the last tile: their seen entries sort last and are never reached
+    position = np.full(n_items, n_scan, dtype=np.int32)
+    position[item_of] = np.arange(n_scan, dtype=np.int32)
     vf = np.ascontiguousarray(item_factors[item_of], dtype=np.float32)
     seen = seen.tocsr()
     indptr = seen.indptr.astype(np.int64, copy=False)
@@ -243,7 +265,7 @@ def topn_dense(
     rows = min(block_size, TILE_USERS)
     # candidate keys per user between compactions; never more than the catalog (+1: no
     # compaction at all when n >= n_items)
-    cap = min(n + max(n, 128), n_items + 1)
+    cap = min(n + max(n, 128), n_scan + 1)
     starts = range(0, n_users, rows)
 
     def run(lo: int) -> None:
@@ -265,7 +287,8 @@ def topn_dense(
 def ranked_filtered(order: np.ndarray, seen: sp.csr_matrix, n: int) -> np.ndarray:
     """Per row of ``seen``: the first n items of the global ``order`` that the row has not seen.
 
-    ``order`` is a permutation of all item indices (e.g. by decreasing popularity). For a row
+    ``order`` is a permutation of all item indices (e.g. by decreasing popularity), or of a
+    subset of them (the allowed items: the others are never returned). For a row
     whose seen items sit at sorted positions ``s_0 < s_1 < ...`` of ``order``, the j-th unseen
     position is ``j + #{i : s_i - i <= j}``: one ``searchsorted`` over combined
     ``row * (n_items + 1) + (s_i - i)`` keys answers every (row, j). Only seen items at
@@ -280,14 +303,17 @@ def ranked_filtered(order: np.ndarray, seen: sp.csr_matrix, n: int) -> np.ndarra
     if n == 0 or n_rows == 0 or n_items == 0:
         return out
     order = np.asarray(order, dtype=np.int64)
-    m = min(n, n_items)
-    position = np.empty(n_items, dtype=np.int64)  # item -> position in `order`
-    position[order] = np.arange(n_items, dtype=np.int64)
+    n_order = len(order)
+    m = min(n, n_order)
+    if m == 0:
+        return out
+    position = np.full(n_items, n_items, dtype=np.int64)  # item -> position in `order`
+    position[order] = np.arange(n_order, dtype=np.int64)  # (n_items: not in it, never counts)
     seen = seen.tocsr()
     indptr = seen.indptr.astype(np.int64)
     row_len = np.diff(indptr)
     pos = position[seen.indices]
-    keep = pos < np.repeat(m - 1 + row_len, row_len)  # the entries that can count
+    keep = (pos < np.repeat(m - 1 + row_len, row_len)) & (pos < n_order)  # the entries that can count
     pos = pos[keep]
     kept = np.concatenate([[0], np.cumsum(keep)])
     row_start = kept[indptr[:-1]]  # rows of the kept entries stay grouped, in row order
@@ -300,7 +326,7 @@ def ranked_filtered(order: np.ndarray, seen: sp.csr_matrix, n: int) -> np.ndarra
     j = np.arange(m, dtype=np.int64)
     query = np.arange(n_rows, dtype=np.int64)[:, None] * stride + j[None, :]
     target = j[None, :] + np.searchsorted(keys, query, side="right") - row_start[:, None]
-    ok = target < n_items
+    ok = target < n_order
     head = out[:, :m]
     head[ok] = order[target[ok]]
     return out
@@ -371,6 +397,7 @@ def recommend(
     *,
     block_size: int = 1024,
     user_segments: pd.Series | None = None,
+    allowed: np.ndarray | None = None,
 ) -> Recommendations:
     """Top-n for each external user id; users unknown to the model get the popularity fallback.
 
@@ -378,7 +405,8 @@ def recommend(
     with), or the CSR :func:`seen_matrix` would build from them; it applies to model and
     fallback rows alike. With ``user_segments`` (segment by user_id) an unknown user whose
     segment the model knows gets that segment's popularity list; everyone else unknown gets
-    global popularity.
+    global popularity. ``allowed`` (bool per bundle item, see :mod:`include.recsys.rules`):
+    only those items are recommended, by the model and the fallback alike.
     """
     t0 = time.perf_counter()
     bundle.verify_id_maps()
@@ -390,7 +418,8 @@ def recommend(
     scores = np.full((len(users), n), -np.inf, dtype=np.float32)
     if known.any():
         ki, ks = topn_dense(
-            bundle.user_factors[uidx[known]], bundle.item_factors, seen_csr[known], n, block_size
+            bundle.user_factors[uidx[known]], bundle.item_factors, seen_csr[known], n, block_size,
+            allowed=allowed,
         )
         items[known], scores[known] = ki, ks
     if (~known).any():
@@ -402,7 +431,10 @@ def recommend(
         for seg in pd.unique(segs):
             rows = cold[pd.isna(segs)] if pd.isna(seg) else cold[segs == seg]
             pop = bundle.fallback_popularity(None if pd.isna(seg) else seg)
-            fi = ranked_filtered(np.argsort(-pop, kind="stable"), seen_csr[rows], n)
+            order = np.argsort(-pop, kind="stable")
+            if allowed is not None:
+                order = order[np.asarray(allowed, dtype=bool)[order]]
+            fi = ranked_filtered(order, seen_csr[rows], n)
             norm = pop.astype(np.float32) / max(float(pop.max()), 1.0)
             items[rows] = fi
             scores[rows] = np.where(fi >= 0, norm[np.maximum(fi, 0)], -np.inf)

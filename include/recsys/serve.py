@@ -6,6 +6,9 @@
 
 Routes: ``GET /recommendations/{user_id}?n=10`` (the fallback list for unknown users, marked
 ``source: "fallback"``), ``GET /version`` (the served version and its manifest summary),
+``GET /items/{item_id}/similar?n=10`` (the similar-items table, published beside the
+recommendations: ``--similar-root`` or ``<root>/../similar_items``; an unknown item gets the
+table's popular-items fallback, ``source: "fallback"``; 503 while none is published),
 ``GET /health`` (200 when a version is served and readable, 503 otherwise). It reads through
 :class:`~include.recsys.reader.RecommendationStore`, so a new CURRENT is picked up on the next
 request and every answer comes from one version (on an object store, within the reader's
@@ -39,7 +42,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from include.recsys import publish, storage
-from include.recsys.reader import RecommendationStore
+from include.recsys.reader import RecommendationStore, SimilarItemsStore
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +134,12 @@ _RESPONSES = {
 
 
 def create_app(
-    root: Path | str, token: str | None = None, *, no_auth: bool = False, limiter: RateLimiter | None = None
+    root: Path | str, token: str | None = None, *, no_auth: bool = False, limiter: RateLimiter | None = None,
+    similar_root: Path | str | None = None,
 ):
     """The FastAPI app. ``token``: the bearer token every route but ``/health`` requires;
-    ``no_auth=True`` (and no token) serves without one. One of the two must be given."""
+    ``no_auth=True`` (and no token) serves without one. One of the two must be given.
+    ``similar_root``: the similar-items table (default: ``similar_items`` beside ``root``)."""
     if not token and not no_auth:
         raise ServeConfigError(
             f"no reader token: set {TOKEN_FILE_ENV} (a secrets file) or {TOKEN_ENV}, or start "
@@ -143,6 +148,9 @@ def create_app(
     expected = token.encode() if token else None
     limiter = limiter or _limiter_from_env()
     store = RecommendationStore(root)
+    from include.recsys.similar import similar_root as _similar_root
+
+    similar_store = SimilarItemsStore(similar_root or _similar_root(storage.normalize(root)))
     app = FastAPI(title="recsys recommendations", version="1")
     bearer = HTTPBearer(auto_error=False, description="RECSYS_READER_TOKEN")
 
@@ -183,12 +191,31 @@ def create_app(
     ):
         try:
             r = store.recommend(user_id, n=n, segment=segment)
+            variant = store.variant_of(user_id, r.version)
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         except (LookupError, publish.PublishError, storage.StorageError) as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
-        return {
+        body = {
             "user_id": user_id,
+            "version": r.version,
+            "source": r.source,
+            "items": [{"rank": i + 1, "item_id": it, "score": s} for i, (it, s) in enumerate(zip(r.items, r.scores))],
+        }
+        if variant is not None:  # only tables with A/B variants: log it with the exposure
+            body["variant"] = variant
+        return body
+
+    @app.get("/items/{item_id}/similar", **guarded)
+    def similar_items(item_id: str, n: int | None = Query(default=None, ge=1)):
+        try:
+            r = similar_store.similar(item_id, n=n)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        except (LookupError, publish.PublishError, storage.StorageError) as exc:
+            raise HTTPException(status_code=503, detail=f"similar items: {exc}") from exc
+        return {
+            "item_id": item_id,
             "version": r.version,
             "source": r.source,
             "items": [{"rank": i + 1, "item_id": it, "score": s} for i, (it, s) in enumerate(zip(r.items, r.scores))],

@@ -16,6 +16,8 @@ the input validation):
   - ``ranks_contiguous``: ranks are exactly 1..N per user (no gaps, no repeats);
   - ``scores_non_increasing``: score never rises with rank (tolerance 1e-6);
   - ``no_seen_items``: no (user, item) pair of the snapshot interactions;
+  - ``no_excluded_items`` (with business rules): no item the rules exclude, in any list or
+    in the fallback lists; ``items_per_user`` then counts allowed items only;
   - ``items_in_catalog``: every item is in the snapshot's items;
   - ``user_coverage``: share of the snapshot's users with a list, above a bound;
   - ``jaccard_vs_current``: mean Jaccard of the top-N item sets vs the CURRENT table over
@@ -131,8 +133,14 @@ def set_checks(
     seen: pd.DataFrame | SeenPairs,
     current: pd.DataFrame | None,
     bounds: dict[str, Any],
+    excluded: pd.Index | None = None,
+    fallback: pd.DataFrame | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     """The set-based checks; returns (results, notes, figures).
+
+    ``excluded``: item ids the business rules exclude (:mod:`include.recsys.rules`): none may
+    appear in the table nor in ``fallback`` (the version's fallback lists), and a user's
+    expected list length counts allowed items only.
 
     ``seen``: the snapshot pairs as a frame (``user_id``, ``item_id``; strings or categoricals)
     or as :class:`SeenPairs` (integer codes: no per-row string is hashed); same results.
@@ -160,6 +168,23 @@ def set_checks(
         message=f"{int(outside.sum()):,} row(s) recommend items outside the catalog "
         f"(snapshot items), e.g. {_sample(pd.unique(t.loc[outside, 'item_id']))}",
     ))
+
+    # business rules: no excluded item in any list, nor in the fallback lists
+    ex_cat = np.zeros(n_cat, dtype=bool)
+    if excluded is not None:
+        excluded = pd.Index(excluded)
+        ex_rows = _in_excluded(t["item_id"], excluded)
+        fb_rows = _in_excluded(fallback["item_id"], excluded) if fallback is not None else np.zeros(0, bool)
+        ex_cat = _in_excluded(pd.Series(catalog), excluded)
+        bad = list(pd.unique(t.loc[ex_rows, "item_id"]))
+        if fallback is not None:
+            bad += list(pd.unique(fallback.loc[fb_rows, "item_id"]))
+        results.append(check_result(
+            "no_excluded_items", severity=ERROR, success=not (ex_rows.any() or fb_rows.any()),
+            observed=int(ex_rows.sum() + fb_rows.sum()), bounds={"max": 0},
+            message=f"{int(ex_rows.sum()):,} row(s) and {int(fb_rows.sum()):,} fallback row(s) recommend "
+            f"items the business rules exclude, e.g. {_sample(bad)}",
+        ))
 
     # seen pairs (distinct) of the table's users
     if isinstance(seen, SeenPairs):
@@ -200,12 +225,14 @@ def set_checks(
 
     # exactly N rows per user, N = min(top_n, catalog - seen)
     count = np.bincount(u, minlength=len(users))
-    seen_per_user = np.bincount(seen_keys // max(n_cat, 1), minlength=len(users)) if n_cat else np.zeros(len(users), int)
-    expected = np.minimum(top_n, np.maximum(n_cat - seen_per_user, 0))
+    # (with rules: allowed catalog items minus the user's allowed seen items)
+    allowed_seen = seen_keys[~ex_cat[seen_keys % max(n_cat, 1)]] if n_cat else seen_keys
+    seen_per_user = np.bincount(allowed_seen // max(n_cat, 1), minlength=len(users)) if n_cat else np.zeros(len(users), int)
+    expected = np.minimum(top_n, np.maximum(n_cat - int(ex_cat.sum()) - seen_per_user, 0))
     wrong = count != expected
     results.append(check_result(
         "items_per_user", severity=ERROR, success=not wrong.any(), observed=int(wrong.sum()),
-        bounds={"top_n": top_n, "rule": "min(top_n, |catalog| - |seen|)"},
+        bounds={"top_n": top_n, "rule": "min(top_n, |allowed catalog| - |allowed seen|)"},
         message=f"{int(wrong.sum()):,} user(s) do not have exactly min({top_n}, catalog - seen) items, e.g. "
         + ", ".join(f"{users[k]} has {count[k]} (expected {expected[k]})" for k in np.flatnonzero(wrong)[:_SAMPLE]),
     ))
@@ -309,12 +336,55 @@ def set_checks(
     return results, notes, figures
 
 
+def variant_checks(table: pd.DataFrame, variants: dict[str, Any]) -> list[dict[str, Any]]:
+    """A/B arms: every user in exactly one configured arm, realised shares within the binomial
+    tolerance of the configured ones (:func:`include.recsys.variants.share_check`), and the
+    holdout served the popularity baseline only (``source == "fallback"``)."""
+    from include.recsys.variants import COLUMN, HOLDOUT, VariantPlan, share_check
+
+    plan = VariantPlan.from_dict(variants)
+    if COLUMN not in table.columns:
+        return [check_result("variant_column", severity=ERROR, success=False, observed=None, bounds={},
+                             message="variants are configured but the table has no variant column")]
+    per_user = table.groupby("user_id", sort=False)[COLUMN].agg(["first", "nunique"])
+    mixed = per_user["nunique"].to_numpy() != 1
+    counts = {str(k): int(v) for k, v in per_user["first"].value_counts().items()}
+    rows = share_check(counts, plan)
+    bad = [r for r in rows if not r[4]]
+    out = [
+        check_result("variant_one_per_user", severity=ERROR, success=not mixed.any(), observed=int(mixed.sum()),
+                     bounds={"max": 0}, message=f"{int(mixed.sum()):,} user(s) in more than one variant, e.g. "
+                     f"{_sample(per_user.index[mixed])}"),
+        check_result("variant_shares", severity=ERROR, success=not bad, observed=counts,
+                     bounds={arm: [round(p - tol, 6), round(p + tol, 6)] for arm, p, _, tol, _ in rows},
+                     message="; ".join(f"{arm}: realised share {got:.4f} vs configured {p:.4f} (tolerance "
+                                       f"{tol:.4f} over {len(per_user):,} users)" for arm, p, got, tol, _ in bad)),
+    ]
+    hold = (table[COLUMN] == HOLDOUT).to_numpy() & (table["source"] != "fallback").to_numpy()
+    out.append(check_result("holdout_gets_baseline", severity=ERROR, success=not hold.any(), observed=int(hold.sum()),
+                            bounds={"max": 0}, message=f"{int(hold.sum()):,} holdout row(s) served by a model, "
+                            f"e.g. users {_sample(pd.unique(table.loc[hold, 'user_id']))}"))
+    return out
+
+
+def _in_excluded(values: pd.Series, excluded: pd.Index) -> np.ndarray:
+    """Bool per value: in ``excluded`` (ids compared as text too: CSV rules vs integer ids)."""
+    vals = pd.Index(values.astype(object) if isinstance(values.dtype, pd.CategoricalDtype) else values)
+    hit = np.asarray(vals.isin(excluded), dtype=bool)
+    if len(excluded) and vals.dtype.kind != excluded.dtype.kind:
+        hit |= np.asarray(vals.astype(str).isin(excluded.astype(str)), dtype=bool)
+    return hit
+
+
 def validate_table(
     table: pd.DataFrame,
     *,
     top_n: int,
     seen: pd.DataFrame | SeenPairs,
     current: pd.DataFrame | None = None,
+    excluded: pd.Index | None = None,
+    fallback: pd.DataFrame | None = None,
+    variants: dict[str, Any] | None = None,
     window: tuple[str | None, str | None] = (None, None),
     run_name: str = "recommendations",
     run_time: Any = None,
@@ -332,6 +402,10 @@ def validate_table(
             (categorical ones are looked up per category: far less memory on 20M pairs), or
             the same pairs as integer codes (:class:`SeenPairs`).
         current: The CURRENT table (``user_id``, ``item_id``) or None before the first publish.
+        excluded: Item ids excluded by the business rules (None: no rules configured).
+        fallback: The version's fallback lists (``item_id``), checked against ``excluded``.
+        variants: The manifest's ``variants`` block (salt, shares): the ``variant`` column's
+            realised shares are checked against it (:func:`variant_checks`).
     """
     from datetime import datetime, timezone
 
@@ -355,8 +429,11 @@ def validate_table(
     gx_ok = not any(r["success"] is False and r["severity"] == ERROR for r in results)
     notes: list[str] = []
     if gx_ok:  # the set-based checks assume the columns and dtypes are right
-        extra, notes, figures = set_checks(table, top_n=top_n, seen=seen, current=current, bounds=bounds)
+        extra, notes, figures = set_checks(table, top_n=top_n, seen=seen, current=current, bounds=bounds,
+                                           excluded=excluded, fallback=fallback)
         results += extra
+        if variants is not None:
+            results += variant_checks(table, variants)
         notes.append(f"figures: {figures}")
     else:
         notes.append("set-based checks skipped: the table failed its schema checks")
@@ -373,3 +450,85 @@ def validate_table(
         data_docs=docs,
     )
     return finish(report, report_path=report_path, error_cls=OutputValidationError)
+
+
+def validate_similar_table(
+    table: pd.DataFrame,
+    *,
+    top_k: int,
+    catalog: pd.Index,
+    allowed: np.ndarray | None = None,
+    fallback: pd.DataFrame | None = None,
+    run_name: str = "similar_items",
+    report_path: str | Path | None = None,
+) -> ValidationReport:
+    """The similar-items table's contract (``item_id, rank, similar_item_id, score``), checked
+    before it is published; raises :class:`OutputValidationError` on any failure.
+
+    Every catalog item has ``min(top_k, allowed items other than itself)`` rows, ranks 1..K,
+    no item lists itself or an item twice, scores are cosines (finite, in [-1, 1]) that never
+    rise with rank, similar items are catalog items and none is excluded by the rules
+    (``allowed``: bool per ``catalog`` item), nor in ``fallback``.
+    """
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    missing = [c for c in ("item_id", "rank", "similar_item_id", "score") if c not in table.columns]
+    results.append(check_result("similar_columns", severity=ERROR, success=not missing, observed=missing,
+                                bounds={"missing": []}, message=f"similar-items table lacks column(s) {missing}"))
+    if not missing:
+        results += _similar_checks(table, top_k, pd.Index(catalog), allowed, fallback)
+    report = ValidationReport(
+        success=all(r["success"] for r in results), n_rows=len(table), results=results,
+        suite_name="similar_items_table", duration_s=time.perf_counter() - started,
+        notes=[f"{run_name}: {len(table):,} rows, top {top_k}"],
+    )
+    return finish(report, report_path=report_path, error_cls=OutputValidationError)
+
+
+def _similar_checks(
+    table: pd.DataFrame, top_k: int, catalog: pd.Index, allowed: np.ndarray | None, fallback: pd.DataFrame | None
+) -> list[dict[str, Any]]:
+    t = table.sort_values(["item_id", "rank"], kind="stable", ignore_index=True)
+    allowed = np.ones(len(catalog), bool) if allowed is None else np.asarray(allowed, dtype=bool)
+    src = catalog.get_indexer(pd.Index(t["item_id"]))
+    dst = catalog.get_indexer(pd.Index(t["similar_item_id"]))
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, bad: np.ndarray, what: str, sample: Any) -> None:
+        out.append(check_result(name, severity=ERROR, success=not bad.any(), observed=int(bad.sum()),
+                                bounds={"max": 0}, message=f"{int(bad.sum()):,} {what}, e.g. {_sample(sample)}"))
+
+    outside = (src < 0) | (dst < 0)
+    add("similar_in_catalog", outside, "row(s) name items outside the model's catalog",
+        t.loc[outside, "similar_item_id"].unique())
+    add("similar_not_self", t["item_id"].to_numpy() == t["similar_item_id"].to_numpy(),
+        "row(s) list an item as similar to itself", t.loc[t["item_id"] == t["similar_item_id"], "item_id"].unique())
+    dup = t.duplicated(["item_id", "similar_item_id"]).to_numpy()
+    add("similar_distinct", dup, "repeated (item, similar item) row(s)", t.loc[dup, "item_id"].unique())
+    excl = (dst >= 0) & ~allowed[np.maximum(dst, 0)]
+    fb_bad = np.zeros(0, bool)
+    if fallback is not None:
+        fdst = catalog.get_indexer(pd.Index(fallback["similar_item_id"]))
+        fb_bad = (fdst < 0) | ~allowed[np.maximum(fdst, 0)]
+    add("similar_no_excluded_items", np.r_[excl, fb_bad],
+        "row(s) (table and fallback) list items the business rules exclude or the catalog lacks",
+        list(t.loc[excl, "similar_item_id"].unique()))
+    # list lengths: min(K, allowed items other than the item itself) for every catalog item
+    count = pd.Series(src[src >= 0]).value_counts().reindex(range(len(catalog)), fill_value=0).to_numpy()
+    expected = np.minimum(top_k, int(allowed.sum()) - allowed.astype(int))
+    wrong = count != expected
+    add("similar_items_per_item", wrong, f"item(s) without exactly min({top_k}, allowed others) similar items",
+        [f"{catalog[i]} has {count[i]} (expected {expected[i]})" for i in np.flatnonzero(wrong)[:_SAMPLE]])
+    starts = np.r_[0, np.cumsum(np.bincount(pd.factorize(t["item_id"])[0]))[:-1]] if len(t) else np.zeros(0, int)
+    per = np.bincount(pd.factorize(t["item_id"])[0]) if len(t) else np.zeros(0, int)
+    position = np.arange(len(t)) - np.repeat(starts, per) + 1
+    bad_rank = t["rank"].to_numpy() != position
+    add("similar_ranks_contiguous", bad_rank, "row(s) whose rank is not its position 1..K",
+        t.loc[bad_rank, "item_id"].unique())
+    score = t["score"].to_numpy(np.float64)
+    same = np.r_[False, t["item_id"].to_numpy()[1:] == t["item_id"].to_numpy()[:-1]]
+    bad_score = ~np.isfinite(score) | (np.abs(score) > 1 + 1e-4) | (
+        same & (np.r_[np.inf, np.diff(score)] > _SCORE_TOL))
+    add("similar_scores", bad_score, "row(s) with a score outside [-1, 1] or rising with rank",
+        t.loc[bad_score, "item_id"].unique())
+    return out

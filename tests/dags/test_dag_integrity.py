@@ -84,6 +84,10 @@ def test_structure(dagbag):
         ("assemble_version", "validate_output"),
         ("validate_output", "approve_release"),  # issue 18: a person may hold the release
         ("approve_release", "publish"),
+        ("snapshot", "similar_items"),  # issue 19: the similar-items table, served with publish
+        ("train", "similar_items"),
+        ("register", "similar_items"),
+        ("similar_items", "publish"),
         ("register", "publish"),
         ("train", "publish"),
     }
@@ -92,7 +96,7 @@ def test_structure(dagbag):
         "snapshot", "validate_input", "split", "plan_trials", "run_trial", "select_best", "train",
         "evaluate", "gate",
         "should_publish", "register", "plan_shards", "score_shard", "assemble_version", "validate_output",
-        "approve_release", "publish",
+        "approve_release", "publish", "similar_items",
     }
 
 

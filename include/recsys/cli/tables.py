@@ -172,12 +172,14 @@ def _recommend(user_id: str, n: int | None, version: str | None, fallback: bool,
         {"rank": i + 1, "item_id": it, "score": round(float(s), 6)}
         for i, (it, s) in enumerate(zip(r.items, r.scores))
     ]
+    variant = store.variant_of(user_id, version)  # None unless the table has A/B variants
     if as_json:
         emit_json({"user_id": user_id, "version": r.version, "source": r.source, "known": known,
-                   "items": items})
+                   **({"variant": variant} if variant is not None else {}), "items": items})
         return
     o = out()
     what = "popularity fallback (unknown user)" if not known else f"source: {r.source}"
+    what += f" - variant {variant}" if variant is not None else ""
     o.line(f"user {user_id} - version {r.version} - {what}", "bold")
     o.table(items, ["rank", "item_id", "score"])
 
@@ -191,23 +193,56 @@ def _known_user(store, user_id: str, version: str) -> bool:
 
 def similar(
     item_id: str = typer.Argument(..., help="The item id."),
-    n: int = typer.Option(None, "-n", "--n", min=1, help="How many."),
+    n: int = typer.Option(None, "-n", "--n", min=1, help="How many (default: all stored, the table's top K)."),
+    version: str = typer.Option(None, "--version", help="Read this version instead of CURRENT."),
+    fallback: bool = typer.Option(
+        False, "--fallback", help="For an unknown item, show the fallback list (popular items) instead of failing."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Items similar to ITEM_ID, from the similar-items table (once the pipeline publishes one).
+    """Items most similar to ITEM_ID (cosine of the model's item factors), from the published
+    similar-items table (RECSYS_SIMILAR_ITEMS_DIR, default: similar_items beside the
+    recommendations).
 
-    Example: recsys similar i17 -n 5
+    Example: recsys similar i17 -n 5;  recsys similar i17 --json
     """
-    _similar(item_id, n, as_json=as_json)
+    _similar(item_id, n, version, fallback, as_json=as_json)
+
+
+def _similar_root(cfg) -> Path | str:
+    from include.recsys.similar import similar_root
+
+    return similar_root(cfg.recommendations_root, getattr(cfg, "similar_items_dir", "") or "")
 
 
 @handle_errors
-def _similar(item_id: str, n: int | None, as_json: bool) -> None:
-    cfg = config()
-    root = cfg.recommendations_root
-    table = f"{str(root).rstrip('/').rsplit('/', 1)[0]}/similar_items"
-    raise CliError(f"no similar-items table published under {table}: the pipeline does not build "
-                   f"one yet, so item {item_id!r} cannot be looked up", EXIT_NOT_FOUND)
+def _similar(item_id: str, n: int | None, version: str | None, fallback: bool, as_json: bool) -> None:
+    from include.recsys import publish
+    from include.recsys.reader import SimilarItemsStore
+
+    root = _similar_root(config())
+    if publish.read_current(root) is None:
+        raise CliError(f"no similar-items table published under {root}: the nightly run builds it "
+                       f"(similar_items task), so item {item_id!r} cannot be looked up yet", EXIT_NOT_FOUND)
+    store = SimilarItemsStore(root)
+    version = version or store.current_version()
+    r = store.similar(item_id, n=n, version=version)
+    known = r.source == "model"
+    if not known and not fallback:
+        raise CliError(f"item {item_id!r} is not in similar-items version {version}: unknown items are "
+                       "served the popular-items fallback (add --fallback to see it)")
+    items = [
+        {"rank": i + 1, "item_id": it, "score": round(float(s), 6)}
+        for i, (it, s) in enumerate(zip(r.items, r.scores))
+    ]
+    if as_json:
+        emit_json({"item_id": item_id, "version": r.version, "source": r.source, "known": known,
+                   "items": items})
+        return
+    o = out()
+    what = "popular-items fallback (unknown item)" if not known else "cosine of item factors"
+    o.line(f"similar to {item_id} - version {r.version} - {what}", "bold")
+    o.table(items, ["rank", "item_id", "score"])
 
 
 def rollback(
