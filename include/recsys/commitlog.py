@@ -129,7 +129,8 @@ def append(root: Path | str, entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a new, renamed or removed file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -156,7 +157,7 @@ def _create_local(folder: Path, name: str, data: bytes) -> None:
             _create_excl(folder / name, data)  # a filesystem without hard links
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _create_excl(path: Path, data: bytes) -> None:

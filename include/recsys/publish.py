@@ -69,6 +69,7 @@ import numpy as np
 import pandas as pd
 
 from include.recsys import commitlog, storage
+from include.recsys.commitlog import fsync_dir
 from include.recsys.crashpoints import crashpoint
 from include.recsys.storage import ObjectStore
 
@@ -212,14 +213,6 @@ def discard_staged(root: Path | str, version: str) -> None:
         return
     store.delete(f"{_vrel(version)}/{MANIFEST}")
     store.delete(_vrel(version), recursive=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -412,14 +405,14 @@ def finalize_version(
     manifest = _full_manifest(version, parts, manifest, fb_meta, columns)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     _fsync_file(staging / MANIFEST)
-    _fsync_dir(staging)
+    fsync_dir(staging)
     crashpoint("after_staged_manifest")
     target = version_dir(root, version)
     if target.exists():
         log.warning("replacing unpublished version folder %s (a previous attempt)", target)
         _remove_version_dir(target)
     os.replace(staging, target)
-    _fsync_dir(root)
+    fsync_dir(root)
     log.info(
         "version %s complete: %d rows for %d lists in %d part(s)",
         version, manifest["rows"], manifest.get("users", manifest.get("keys")), len(parts),
@@ -614,7 +607,7 @@ def _write_pointer(root: Path | str, store: ObjectStore | None, version: str) ->
             os.fsync(fh.fileno())
         crashpoint("before_current_replace")
         os.replace(tmp, root / CURRENT)
-        _fsync_dir(root)
+        fsync_dir(root)
         return
     # no lock across hosts: write the log's newest version, read AFTER CURRENT's ETag, with
     # If-Match on that ETag; a writer that lost reads both again (CURRENT only moves forward)
@@ -918,7 +911,7 @@ def _age_s(folder: Path) -> float:
 def _remove_version_dir(folder: Path, *, retention: bool = False) -> None:
     """The manifest first (the version turns invisible at once), then the rest."""
     (folder / MANIFEST).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     if retention:
         crashpoint("mid_retention")
     shutil.rmtree(folder, ignore_errors=True)
