@@ -164,6 +164,12 @@ def figures(task_id: str, value: Any) -> str:
         return f"model version {v.get('model_version')} (challenger)"
     if task_id == "plan_shards" and isinstance(value, list):
         return f"{len(value)} shards"
+    if task_id == "approve_release" and v:
+        if not v.get("required"):
+            return "not asked (require_approval is off)"
+        by = v.get("by")
+        by = (by.get("name") or by.get("id")) if isinstance(by, dict) else by  # Airflow's user record
+        return f"approved by {by}" if v.get("approved") else ""
     if task_id == "publish" and v:
         return f"CURRENT -> {v.get('version')}" if v.get("moved") else f"{v.get('version')} already served"
     if "rows" in v:
