@@ -9,6 +9,11 @@ the value typed in the browser reached the pipeline. A screenshot lands in ``tes
 
 Skipped (with the reason) when Chromium / chromedriver / selenium are absent:
 ``make browser`` or ``apt-get install chromium chromium-driver`` installs them.
+In the same standalone (no second start), a run triggered over REST with
+``require_approval: true`` must park ``approve_release`` in ``awaiting_input``; the browser
+finds it on **Browse -> Required Actions**, opens the task's review page and presses
+**Approve**, and the run must then publish (CURRENT moves to the version in the request).
+
 The standalone process group is always stopped, also when the test fails.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +43,7 @@ HOST = "127.0.0.1"
 TOP_N = 7  # the value typed into the form (the default is 20)
 START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 300
+APPROVAL_TIMEOUT_S = 600  # queued behind the first run (max_active_runs=1), then the build
 ARTIFACTS = ROOT / "test-artifacts"
 
 CHROMIUM = os.environ.get("RECSYS_UI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -133,6 +140,17 @@ class Api:
         )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)
+
+    def send(self, method: str, path: str, body: dict) -> dict:
+        req = urllib.request.Request(
+            f"{self.base}{path}", data=json.dumps(body).encode(), method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as exc:  # say what the server answered, not just the code
+            raise AssertionError(f"{method} {path} -> {exc.code}: {exc.read()[:2000]!r}") from exc
 
 
 @pytest.fixture(scope="module")
@@ -344,4 +362,104 @@ def test_trigger_from_ui_with_form_param_runs_to_success(airflow_server, browser
         assert table.groupby("user_id")["rank"].max().max() == TOP_N
     except BaseException:
         _screenshot(browser, "failure")
+        raise
+
+
+def _login(driver, wait, url: str, password: str) -> None:
+    """Log in with the simple auth manager's generated admin password."""
+    driver.get(f"{url}/")
+    wait.until(EC.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda d: "/auth/login" not in d.current_url)
+
+
+def _body_text(driver) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _run_states(api: Api, run_id: str) -> dict[str, str]:
+    tis = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    return {ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti["state"] for ti in tis}
+
+
+def _wait_run(api: Api, run_id: str, until, timeout_s: float, what: str, log_tail) -> dict[str, str]:
+    """Poll the run's task states until ``until(run_state, states)``; fail (with the states) on a
+    finished run that never got there, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run_state = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        states = _run_states(api, run_id)
+        if until(run_state, states):
+            return states
+        if run_state in ("success", "failed") or time.monotonic() > deadline:
+            pytest.fail(f"run {run_id} ({run_state}) never reached {what} in {timeout_s}s: {states}\n{log_tail()}")
+        time.sleep(3)
+
+
+def test_pending_approval_shows_in_ui_and_approve_publishes(airflow_server, browser):
+    """require_approval: the run waits in awaiting_input, the UI lists it, Approve publishes it."""
+    url, api = airflow_server["url"], airflow_server["api"]
+    recs = airflow_server["data"] / "recommendations"
+    wait = WebDriverWait(browser, 60)
+    try:
+        # the trigger form is covered above: this run comes over REST (same data, same config)
+        before = (recs / "CURRENT").read_text().strip() if (recs / "CURRENT").exists() else None
+        run = api.send("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                       {"logical_date": None, "conf": {"require_approval": True}})
+        run_id = run["dag_run_id"]
+        ti_path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_release/-1"
+        states = _wait_run(api, run_id, lambda rs, st: st.get("approve_release") == "awaiting_input",
+                           APPROVAL_TIMEOUT_S, "approve_release awaiting_input", airflow_server["log_tail"])
+        assert states.get("publish") in (None, "none", "scheduled", "queued"), states  # not before the answer
+
+        hitl = api.get(f"{ti_path}/hitlDetails")
+        assert hitl["response_received"] is False, hitl
+        assert hitl["options"] == ["Approve", "Reject"], hitl
+        m = re.fullmatch(r"Publish recommendations (\S+)\? Gate (\w+).*", hitl["subject"])
+        assert m, hitl["subject"]  # the run's own subject (include/recsys/approval.py), not the placeholder
+        version = m.group(1)
+        assert version != before
+
+        # Browse -> Required Actions lists the pending request of this run
+        _login(browser, wait, url, airflow_server["password"])
+        browser.get(f"{url}/required_actions?response_received=false")
+        try:
+            wait.until(lambda d: hitl["subject"] in _body_text(d) and run_id in _body_text(d))
+        except TimeoutException:
+            pytest.fail("Required Actions does not list the pending approval:\n" + _body_text(browser)[:3000])
+        _screenshot(browser, "required-actions")
+
+        # the subject links to the task's review page: the request's body and its two buttons
+        browser.find_element(
+            By.XPATH, "//a[contains(@href, '/tasks/approve_release/required_actions')]"
+            f"[contains(normalize-space(), '{version}')]").click()
+        wait.until(lambda d: d.current_url.endswith("/tasks/approve_release/required_actions"))
+        approve = wait.until(EC.element_to_be_clickable(
+            (By.XPATH, "//button[normalize-space()='Approve']")))
+        WebDriverWait(browser, 30).until(lambda d: "Gate: " in _body_text(d) and version in _body_text(d))
+        assert browser.find_elements(By.XPATH, "//button[normalize-space()='Reject']")
+        _screenshot(browser, "approval-pending")  # state Awaiting Input, subject, gate table
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", approve)
+        _screenshot(browser, "approval-buttons")  # the Approve / Reject buttons below the body
+        approve.click()
+
+        # the answer reached Airflow from the browser, and the run goes on to publish
+        deadline = time.monotonic() + 60
+        while not (hitl := api.get(f"{ti_path}/hitlDetails"))["response_received"]:
+            if time.monotonic() > deadline:
+                pytest.fail("the Approve click did not answer the request:\n" + _body_text(browser)[:3000])
+            time.sleep(1)
+        assert hitl["chosen_options"] == ["Approve"], hitl
+        states = _wait_run(api, run_id, lambda rs, st: rs == "success", RUN_TIMEOUT_S, "success",
+                           airflow_server["log_tail"])
+        assert states["approve_release"] == "success" and states["publish"] == "success", states
+        assert (recs / "CURRENT").read_text().strip() == version
+        assert (recs / f"version={version}").is_dir()
+
+        browser.get(f"{url}/dags/{DAG_ID}/runs/{run_id}")
+        WebDriverWait(browser, 60).until(lambda d: run_id in _body_text(d) and "success" in _body_text(d).lower())
+        _screenshot(browser, "approval-run-success")
+    except BaseException:
+        _screenshot(browser, "approval-failure")
         raise
