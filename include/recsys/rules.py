@@ -207,13 +207,6 @@ def resolve(df: pd.DataFrame, as_of: Any, surface: str = "") -> np.ndarray:
     return excluded
 
 
-def load_rules(path: Path | str, as_of: Any, surface: str = "") -> ItemRules:
-    """Read, check and resolve a rules file at ``as_of`` (the run's data interval end)."""
-    path = Path(path)
-    df = read_rules_table(path)
-    return _from_table(df, str(path), file_sha256(path), as_of, surface)
-
-
 def _from_table(df: pd.DataFrame, path: str, digest: str, as_of: Any, surface: str, **kw: Any) -> ItemRules:
     mask = resolve(df, as_of, surface)
     by_cat: dict[str, int] = {}

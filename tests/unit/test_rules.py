@@ -4,6 +4,7 @@ output validation; malformed rules files fail clearly or fall back to the last g
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from include.recsys.recommend import ModelBundle, recommend, topn_dense
 from include.recsys.rules import (
     RulesError,
     load_for_run,
-    load_rules,
+    load_for_run,
     read_resolved,
     save_resolved,
 )
@@ -23,6 +24,12 @@ from include.recsys.validate_history import load_bounds
 from include.recsys.validate_output import set_checks
 
 AS_OF = "2026-12-01T00:00:00+00:00"
+
+
+def _load(path, as_of, surface: str = ""):
+    """The run's loader with the default policy (fail on a bad file); its last good copy goes
+    beside the rules file."""
+    return load_for_run(path, as_of, keep_dir=Path(path).parent / "keep", surface=surface)
 
 
 def _bundle(n_users: int = 300, n_items: int = 200, f: int = 8, seed: int = 0) -> ModelBundle:
@@ -66,7 +73,7 @@ def test_rules_excluding_ten_percent_fill_every_list(tmp_path) -> None:
     b = _bundle()
     df, excluded = _rules_frame(b.item_ids)
     df.to_parquet(tmp_path / "rules.parquet")
-    rules = load_rules(tmp_path / "rules.parquet", AS_OF)
+    rules = _load(tmp_path / "rules.parquet", AS_OF)
     assert set(rules.excluded) == excluded and len(excluded) >= 0.09 * len(b.item_ids)
     allowed = rules.allowed_mask(b.item_ids)
     users = pd.Index(list(b.user_ids[:250]) + [f"new{i}" for i in range(20)])  # 20 fallback users
@@ -129,9 +136,9 @@ def test_surfaces_and_csv_booleans(tmp_path) -> None:
     path = tmp_path / "rules.csv"
     path.write_text("item_id,available,allow_surfaces,deny_surfaces,category\n"
                     "a,yes,,email,x\nb,1,home|email,,x\nc,TRUE,home,,y\nd,no,,,y\n")
-    assert set(load_rules(path, AS_OF).excluded) == {"d"}
-    assert set(load_rules(path, AS_OF, surface="email").excluded) == {"a", "c", "d"}
-    home = load_rules(path, AS_OF, surface="home")
+    assert set(_load(path, AS_OF).excluded) == {"d"}
+    assert set(_load(path, AS_OF, surface="email").excluded) == {"a", "c", "d"}
+    home = _load(path, AS_OF, surface="home")
     assert set(home.excluded) == {"d"} and home.by_category == {"y": 1}
     assert home.summary(pd.Index(list("abcdz")))["excluded_in_catalog"] == 1
 
@@ -153,7 +160,7 @@ def test_malformed_rules_name_file_column_row(tmp_path, content, expected) -> No
     if content is not None:
         path.write_text(content)
     with pytest.raises(RulesError) as err:
-        load_rules(path, AS_OF)
+        _load(path, AS_OF)
     assert expected in str(err.value) and str(path) in str(err.value)
 
 
@@ -161,7 +168,7 @@ def test_corrupt_parquet_is_a_rules_error(tmp_path) -> None:
     path = tmp_path / "rules.parquet"
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(RulesError, match="cannot be read as Parquet"):
-        load_rules(path, AS_OF)
+        _load(path, AS_OF)
 
 
 def test_keep_previous_uses_the_last_good_copy(tmp_path) -> None:
@@ -182,9 +189,9 @@ def test_keep_previous_uses_the_last_good_copy(tmp_path) -> None:
 def test_resolved_rules_first_writer_wins(tmp_path) -> None:
     path = tmp_path / "rules.csv"
     path.write_text("item_id,available\na,0\nb,1\n")
-    first = save_resolved(load_rules(path, AS_OF), tmp_path / "work")
+    first = save_resolved(_load(path, AS_OF), tmp_path / "work")
     path.write_text("item_id,available\na,1\nb,0\n")  # the file changes during the run
-    second = save_resolved(load_rules(path, AS_OF), tmp_path / "work")
+    second = save_resolved(_load(path, AS_OF), tmp_path / "work")
     assert set(first.excluded) == set(second.excluded) == {"a"}
     assert read_resolved(tmp_path / "work").sha256 == first.sha256
     assert read_resolved(tmp_path / "nothing") is None
