@@ -16,7 +16,6 @@ from include.recsys.recommend import ModelBundle, recommend, topn_dense
 from include.recsys.rules import (
     RulesError,
     load_for_run,
-    load_for_run,
     read_resolved,
     save_resolved,
 )
