@@ -40,7 +40,7 @@ airflow-db: venv
 	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 
 demo: airflow-db
-	$(PY) -m include.recsys.demo $(DEMO_ARGS)
+	$(PY) -m include.recsys.cli.demo $(DEMO_ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -78,7 +78,7 @@ airflow: airflow-db
 # the HTTP reader on loopback; with RECSYS_READER_TOKEN(_FILE) set it requires that bearer token,
 # without one it runs --no-auth (allowed on 127.0.0.1 only)
 serve: venv
-	$(PY) -m include.recsys.serve --host 127.0.0.1 --port $${SERVE_PORT:-8000} $$([ -n "$$RECSYS_READER_TOKEN$$RECSYS_READER_TOKEN_FILE" ] || echo --no-auth)
+	$(PY) -m include.recsys.tables.serve --host 127.0.0.1 --port $${SERVE_PORT:-8000} $$([ -n "$$RECSYS_READER_TOKEN$$RECSYS_READER_TOKEN_FILE" ] || echo --no-auth)
 
 # The whole nightly run (real DAG via dag.test) per task + floors + stages alone; writes
 # bench/results/pipeline-$(PRESET)-<date>.{json,md}. PRESET: s, m, l, tiny, default, movielens.

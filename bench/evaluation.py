@@ -11,10 +11,10 @@ factors, all timings in one process:
 - ``implicit``: ``implicit.evaluation.ranking_metrics_at_k(model, seen, holdout, K=10)``
   for ONE k. It recommends inside (``model.recommend`` on batches of users, seen items
   filtered), then computes precision / map / ndcg / auc at that k.
-- ``ours_metrics``: :func:`include.recsys.evaluate.ranking_metrics` from GIVEN top-100 lists
+- ``ours_metrics``: :func:`include.recsys.metrics.ranking.ranking_metrics` from GIVEN top-100 lists
   for k = 10, 20, 50, 100: precision, recall, ndcg, map, mrr, hit rate, coverage, Gini,
   novelty, ILD (20-dim item features) and the popularity-bias curves.
-- ``ours_lists``: producing those top-100 lists (:func:`include.recsys.recommend.topn_dense`,
+- ``ours_lists``: producing those top-100 lists (:func:`include.recsys.scoring.recommend.topn_dense`,
   the pipeline's scorer, seen items filtered), so ``ours_lists + ours_metrics`` is the like-
   for-like "recommend inside, then score" figure.
 - ``ours_bootstrap`` (information, not in the ratio): a paired bootstrap (1000 resamples) of
@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from bench.scoring import make_problem
-    from include.recsys.evaluate import paired_bootstrap_table, ranking_metrics
-    from include.recsys.recommend import topn_dense
-    from include.recsys.topk import warm_up
+    from include.recsys.metrics.bootstrap import paired_bootstrap_table
+    from include.recsys.metrics.ranking import ranking_metrics
+    from include.recsys.scoring.recommend import topn_dense
+    from include.recsys.scoring.topk import warm_up
 
     t0 = time.perf_counter()
     uf, vf, seen = make_problem(args.users, args.items, args.factors, args.nnz)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.pipeline --preset m [--out bench/results]   # make bench PRESET=m
 
-Presets: the synthetic ones of ``include.recsys.synth.PRESETS`` (``s`` ~100k events, ``m``
+Presets: the synthetic ones of ``include.recsys.data.synth.PRESETS`` (``s`` ~100k events, ``m``
 100k users x 20k items ~5M events, ``l`` 140k users x 27k items ~20M events, ``tiny``,
 ``default``) and ``movielens`` (the real MovieLens-small ratings.csv, found at
 ``$RECSYS_MOVIELENS_DIR`` or ``../shared/datasets/movielens-latest-small``).
@@ -13,7 +13,7 @@ One run, each part in its own process (so one part's memory or imports never lea
    reused by later runs (not part of the measured run);
 2. **DAG**: a fresh ``AIRFLOW_HOME`` (``airflow db migrate``), an empty registry / run folder /
    table, then the real ``recsys_nightly_retrain`` DAG through ``dag.test()``. Every stage
-   function of ``include.recsys.pipeline`` is wrapped to record its wall time, CPU time (all
+   function of ``include.recsys.stages.publish`` is wrapped to record its wall time, CPU time (all
    threads of the process), peak RSS *while it ran* (the kernel's high-water mark, reset
    before each stage through ``/proc/self/clear_refs``) and rows in/out; the task instances'
    start/end come from the Airflow DB. ``dag.test`` runs every task in that one process, so
@@ -137,9 +137,8 @@ def _rows(name: str, args: tuple, out: Any) -> tuple[int | None, int | None]:
 
 
 def _instrument(records: list[dict], peaks: PeakTracker, task_ids: list[str]) -> None:
-    """Wrap the stage function of include.recsys.pipeline behind each task (the DAG's tasks
-    call ``pipeline.<task_id>`` by name at run time, so the wrapper is what runs)."""
-    from include.recsys import pipeline
+    """Wrap the stage function behind each task (``stages.TASKS``; the DAG's tasks import their
+    stage from its module at run time, so the wrapper is what runs)."""
 
     def wrap(name: str, fn):
         @functools.wraps(fn)
@@ -166,10 +165,15 @@ def _instrument(records: list[dict], peaks: PeakTracker, task_ids: list[str]) ->
 
         return inner
 
-    names = [t for t in task_ids if callable(getattr(pipeline, t, None))]
-    names += [t for t in STAGES if t not in names and hasattr(pipeline, t)]
+    import importlib
+
+    from include.recsys.stages import TASKS
+
+    names = [t for t in task_ids if t in TASKS] + [t for t in STAGES if t not in task_ids and t in TASKS]
     for name in names:
-        setattr(pipeline, name, wrap(name, getattr(pipeline, name)))
+        module, fn = TASKS[name].split(":")
+        mod = importlib.import_module(module)
+        setattr(mod, fn, wrap(name, getattr(mod, fn)))
 
 
 # --- child processes ------------------------------------------------------------------------
@@ -183,7 +187,7 @@ def child_dag(args: argparse.Namespace) -> int:
     records: list[dict] = []
     peaks = PeakTracker()
     peaks.start()  # imports and DAG loading count in the process peak, not in a stage
-    from include.recsys.demo import load_dag
+    from include.recsys.cli.demo import load_dag
 
     t_load = time.perf_counter()
     dag = load_dag()
@@ -252,9 +256,9 @@ def child_floors(args: argparse.Namespace) -> int:
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
-    from include.recsys.config import load_config
-    from include.recsys.data import IdMap, interaction_matrix
-    from include.recsys.recommend import ModelBundle
+    from include.recsys.config.settings import load_config
+    from include.recsys.core.ids import IdMap, interaction_matrix
+    from include.recsys.scoring.bundle import ModelBundle
 
     cfg = load_config()
     run_dir = _find_run_dir(cfg.data_dir)
@@ -358,8 +362,8 @@ def _fixed_costs(cfg: Any) -> dict[str, Any]:
 
 def child_land(args: argparse.Namespace) -> int:
     """Generate and land a synthetic preset under the data dir (skipped when already there)."""
-    from include.recsys import synth
-    from include.recsys.config import load_config
+    from include.recsys.data import synth
+    from include.recsys.config.settings import load_config
 
     spec = dataclasses.replace(synth.PRESETS[args.preset], end_date=DATA_END)
     cfg = load_config()
@@ -749,7 +753,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.recsys import synth
+    from include.recsys.data import synth
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="s", choices=[*sorted(synth.PRESETS), "movielens"])

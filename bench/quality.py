@@ -16,10 +16,10 @@ Synthetic preset (``--synthetic``, default ``m``; ``none`` skips)
     ``holdout_days``), tuning on the last ``tune_validation_days`` before that cutoff.
 
 Compared, with the items a user saw in training filtered for all three, NDCG@10 by
-:func:`include.recsys.evaluate.ranking_metrics` over the users who have holdout items (held-out
+:func:`include.recsys.metrics.ranking.ranking_metrics` over the users who have holdout items (held-out
 items never seen in training stay relevant and unreachable for every model):
 
-(a) tuned: the pipeline's random search (``--trials``) + refit (``include.recsys.train``);
+(a) tuned: the pipeline's random search (``--trials``) + refit (``include.recsys.backends.implicit``);
 (b) ``implicit.als.AlternatingLeastSquares()`` with its defaults (factors=100,
     regularization=0.01, alpha=1.0, iterations=15; ``random_state`` fixed for repeatability)
     fit on the raw matrix a user would hand it: the ratings as values for MovieLens, event
@@ -64,7 +64,7 @@ def evaluate_lists(
     top_items: dict[str, np.ndarray], users: pd.Index, items: pd.Index, holdout: pd.DataFrame, train: pd.DataFrame
 ) -> dict[str, dict[str, float]]:
     """NDCG/recall/precision@10 of each model's top lists (rows = ``users``, train item index)."""
-    from include.recsys.evaluate import ranking_metrics
+    from include.recsys.metrics.ranking import ranking_metrics
 
     seen = pd.MultiIndex.from_frame(train[["user_id", "item_id"]].drop_duplicates())
     pairs = holdout[["user_id", "item_id"]].drop_duplicates()
@@ -87,8 +87,8 @@ def implicit_defaults_top(train: pd.DataFrame, users, items, value: str | None, 
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from include.recsys.data import interaction_matrix
-    from include.recsys.recommend import topn_dense
+    from include.recsys.core.ids import interaction_matrix
+    from include.recsys.scoring.recommend import topn_dense
 
     ui = interaction_matrix(train, users, items, value=value)
     t0 = time.perf_counter()
@@ -115,16 +115,16 @@ def compare(
     valid_cutoff: pd.Timestamp | None,
 ) -> dict:
     """Tune on (fit_df, valid), refit on train, compare the three models on holdout."""
-    from include.recsys import tune
-    from include.recsys.data import IdMap, interaction_matrix
-    from include.recsys.evaluate import popularity_topn
-    from include.recsys.recommend import topn_dense
-    from include.recsys.train import train as fit
+    from include.recsys.tuning.search import prepare, search
+    from include.recsys.core.ids import IdMap, interaction_matrix
+    from include.recsys.scoring.baselines import popularity_topn
+    from include.recsys.scoring.recommend import topn_dense
+    from include.recsys.backends.implicit import train as fit
 
     print(f"[{name}] train {len(train)} events, holdout {len(holdout)}, tuning fit {len(fit_df)}, valid {len(valid)}", flush=True)
     t0 = time.perf_counter()
-    data = tune.prepare(fit_df, valid, valid_cutoff, max_eval_users=cfg.tune_max_eval_users, seed=cfg.seed)
-    best, results = tune.search(data, cfg)
+    data = prepare(fit_df, valid, valid_cutoff, max_eval_users=cfg.tune_max_eval_users, seed=cfg.seed)
+    best, results = search(data, cfg)
     tune_s = time.perf_counter() - t0
     print(f"[{name}] tuning: {len(results)} trials in {tune_s:.1f}s; best {best['config'] if best else None}", flush=True)
     tuned_cfg = cfg.with_overrides(best["config"]) if best else cfg
@@ -175,7 +175,7 @@ def compare(
 
 
 def movielens(path: Path, cfg) -> dict:
-    from include.recsys.data import _read_movielens
+    from include.recsys.data.source import _read_movielens
 
     df = _read_movielens(path / "ratings.csv")
     train, holdout = per_user_temporal_split(df, 0.2)
@@ -190,9 +190,11 @@ def movielens(path: Path, cfg) -> dict:
 
 
 def synthetic(preset: str, cfg) -> dict:
-    from include.recsys import synth, tune
-    from include.recsys.data import Window, build_snapshot
-    from include.recsys.split import time_split
+    from include.recsys.data import synth
+    from include.recsys.tuning.search import validation_split
+    from include.recsys.data.source import Window
+    from include.recsys.data.snapshot import build_snapshot
+    from include.recsys.data.split import time_split
 
     spec = dataclasses.replace(synth.PRESETS[preset], end_date="2026-11-20")
     tmp = Path(tempfile.mkdtemp(prefix="recsys-quality-"))
@@ -203,7 +205,7 @@ def synthetic(preset: str, cfg) -> dict:
     snap, _ = build_snapshot(scfg, window)
     cutoff = window.end - pd.Timedelta(days=scfg.holdout_days)
     train, holdout, _ = time_split(snap, cutoff)
-    fit_df, valid, val_cutoff = tune.validation_split(train, cutoff, scfg.tune_validation_days)
+    fit_df, valid, val_cutoff = validation_split(train, cutoff, scfg.tune_validation_days)
     print(f"[{preset}] data ready in {time.perf_counter() - t0:.1f}s", flush=True)
     counts = train.assign(count=np.float32(1.0))
     res = compare(preset, counts.assign(weight=train["weight"]), holdout, fit_df, valid, scfg,
@@ -240,7 +242,7 @@ def _md(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.recsys.config import load_config
+    from include.recsys.config.settings import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--movielens", default=os.environ.get("RECSYS_MOVIELENS_DIR")

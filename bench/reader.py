@@ -20,8 +20,9 @@ import pandas as pd
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.recsys import publish
-    from include.recsys.reader import RecommendationStore
+    from include.recsys.tables.versions import write_version
+    from include.recsys.tables.current import point_current
+    from include.recsys.tables.reader import RecommendationStore
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=100_000)
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     fb = pd.DataFrame({"rank": np.arange(1, args.n + 1), "item_id": [f"i{k}" for k in range(args.n)], "score": np.ones(args.n, np.float32)})
     t0 = time.perf_counter()
-    publish.write_version(root, "v1", table, fb, {"top_n": args.n})
-    publish.point_current(root, "v1")
+    write_version(root, "v1", table, fb, {"top_n": args.n})
+    point_current(root, "v1")
     write_s = time.perf_counter() - t0
     store = RecommendationStore(root)
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ its fastest run, the fair figure on a machine shared with other work. Methods:
 - ``gemm_chunks``: one big sgemm per 8192-user chunk, BLAS on all cores;
 - ``gemm_tiles``: the tiles ``ours`` computes (256 users x 1024 items, one BLAS thread per
   worker, all cores), products only;
-- ``ours``: :func:`include.recsys.recommend.topn_dense` (tiled GEMM fused with seen filtering
+- ``ours``: :func:`include.recsys.scoring.recommend.topn_dense` (tiled GEMM fused with seen filtering
   and the top-N selection);
 - ``previous``: the kernel this replaced (1024-user GEMM blocks, then a heap per row);
 - ``implicit``: ``model.recommend(all_users, user_items, N, filter_already_liked_items=True)``;
@@ -21,7 +21,7 @@ its fastest run, the fair figure on a machine shared with other work. Methods:
   rounds: all see the same load, so the ratios of their fastest runs (and the medians of the
   per-round ratios) are the steadiest wall-clock ratios on a shared machine;
 - ``rules``: ``ours`` without and with business rules (``--rules-share`` of the items excluded
-  at random: :func:`include.recsys.rules.ItemRules.allowed_mask` on the item ids, then
+  at random: :func:`include.recsys.scoring.rules.ItemRules.allowed_mask` on the item ids, then
   ``topn_dense(..., allowed=mask)``), alternated in one process, ``--repeat`` rounds; reports
   the with/without ratio (target <= 1.2); and the same for the pipeline's entry point,
   ``recommend`` vs ``variants.score`` with the rules plus two A/B arms (two bundles) and a 2%
@@ -154,8 +154,8 @@ def run_method(method: str, args) -> dict:
         from concurrent.futures import ThreadPoolExecutor
 
         import scipy.linalg.cython_blas  # noqa: F401
-        from include.recsys.recommend import TILE_ITEMS, TILE_USERS
-        from include.recsys.topk import gemm_block, warm_up
+        from include.recsys.scoring.recommend import TILE_ITEMS, TILE_USERS
+        from include.recsys.scoring.topk import gemm_block, warm_up
 
         warm_up()
 
@@ -164,8 +164,8 @@ def run_method(method: str, args) -> dict:
                 list(pool.map(lambda lo: gemm_block(uf[lo : lo + TILE_USERS], vf, TILE_ITEMS),
                               range(0, n_users, TILE_USERS)))
     elif method == "ours":
-        from include.recsys.recommend import topn_dense
-        from include.recsys.topk import warm_up
+        from include.recsys.scoring.recommend import topn_dense
+        from include.recsys.scoring.topk import warm_up
 
         t0 = time.perf_counter()
         warm_up()
@@ -175,7 +175,7 @@ def run_method(method: str, args) -> dict:
         def fn():
             result["items"], result["scores"] = topn_dense(uf, vf, seen, args.n)
     elif method == "previous":
-        from include.recsys.topk import topk_block, warm_up
+        from include.recsys.scoring.topk import topk_block, warm_up
 
         warm_up()
         vt = np.ascontiguousarray(vf.T)
@@ -199,8 +199,8 @@ def run_method(method: str, args) -> dict:
         from concurrent.futures import ThreadPoolExecutor
 
         import scipy.linalg.cython_blas  # noqa: F401
-        from include.recsys.recommend import TILE_ITEMS, TILE_USERS, topn_dense
-        from include.recsys.topk import gemm_block, warm_up
+        from include.recsys.scoring.recommend import TILE_ITEMS, TILE_USERS, topn_dense
+        from include.recsys.scoring.topk import gemm_block, warm_up
 
         warm_up()
 
@@ -265,9 +265,9 @@ def _rules_rounds(uf, vf, seen, args) -> dict:
     alternated ``args.repeat`` rounds in this process (same load for both)."""
     import pandas as pd
 
-    from include.recsys.recommend import topn_dense
-    from include.recsys.rules import ItemRules
-    from include.recsys.topk import warm_up
+    from include.recsys.scoring.recommend import topn_dense
+    from include.recsys.scoring.rules import ItemRules
+    from include.recsys.scoring.topk import warm_up
 
     warm_up()
     n_items = vf.shape[0]
@@ -284,22 +284,24 @@ def _rules_rounds(uf, vf, seen, args) -> dict:
 
     # the pipeline's entry point, without and with rules + A/B variants (two arms scored by two
     # bundles, a 2% holdout on the popularity baseline, the salted hash of every user id)
-    from include.recsys import variants
-    from include.recsys.recommend import ModelBundle, recommend
+    from include.recsys.scoring.variants import score
+    from include.recsys.config.variants import parse
+    from include.recsys.scoring.bundle import ModelBundle
+    from include.recsys.scoring.recommend import recommend
 
     users = pd.Index([f"u{i}" for i in range(uf.shape[0])])
     pop = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)
     bundle = ModelBundle(user_ids=users, item_ids=ids, user_factors=uf, item_factors=vf, item_popularity=pop)
     other = ModelBundle(user_ids=users, item_ids=ids, user_factors=uf[::-1].copy(), item_factors=vf,
                         item_popularity=pop)
-    plan = variants.parse([{"name": "champion", "model": "alias:champion", "share": 0.49},
+    plan = parse([{"name": "champion", "model": "alias:champion", "share": 0.49},
                            {"name": "challenger", "model": "candidate", "share": 0.49}], 0.02, "bench")
 
     def recommend_plain():  # as score_shard does without variants: the lists, then the long frame
         recommend(bundle, users, seen, args.n).to_frame(bundle).assign(model_name="m", model_version="2")
 
     def recommend_ab():
-        variants.score({"champion": (other, "1"), "challenger": (bundle, "2")}, plan, users, seen, args.n,
+        score({"champion": (other, "1"), "challenger": (bundle, "2")}, plan, users, seen, args.n,
                        model_name="m", baseline_of=(bundle, "2"), allowed_of=lambda b: rules.allowed_mask(b.item_ids))
 
     pairs = {"kernel": (plain, ruled), "recommend": (recommend_plain, recommend_ab)}

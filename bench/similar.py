@@ -4,8 +4,8 @@
                                        --rules-share 0.1 --hnsw-m 32 --ef-search 128
                                        --repeat 2 --out bench/results]
 
-Builds the item factors the pipeline would: the synthetic preset (``include/recsys/synth.py``)
-trained with ``include.recsys.train.train`` (the pipeline's ALS, ``--iterations`` sweeps).
+Builds the item factors the pipeline would: the synthetic preset (``include/recsys/data/synth.py``)
+trained with ``include.recsys.backends.implicit.train`` (the pipeline's ALS, ``--iterations`` sweeps).
 Then, with ``--rules-share`` of the items excluded by rules (as the table is built), times
 ``similar.exact`` (normalised factors through ``topn_dense``) and ``similar.approximate``
 (HNSW build + search, both counted) ``--repeat`` times each (fastest counts), and measures
@@ -29,9 +29,9 @@ import numpy as np
 
 
 def item_factors(preset: str, factors: int, iterations: int) -> tuple[np.ndarray, dict]:
-    from include.recsys.config import load_config
-    from include.recsys.synth import PRESETS, generate
-    from include.recsys.train import train
+    from include.recsys.config.settings import load_config
+    from include.recsys.data.synth import PRESETS, generate
+    from include.recsys.backends.implicit import train
 
     t0 = time.perf_counter()
     df = generate(PRESETS[preset])
@@ -56,8 +56,8 @@ def _best(fn, repeat: int):
 
 
 def run(args) -> dict:
-    from include.recsys import similar as sim
-    from include.recsys.topk import warm_up
+    from include.recsys.scoring import similar as sim
+    from include.recsys.scoring.topk import warm_up
 
     warm_up()
     vf, data = item_factors(args.preset, args.factors, args.iterations)

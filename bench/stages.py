@@ -57,12 +57,14 @@ class Stage:
 def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
-    from include.recsys import synth
-    from include.recsys.config import load_config
-    from include.recsys.data import IdMap, Window, build_snapshot, interaction_matrix
-    from include.recsys.recommend import recommend
-    from include.recsys.split import time_split
-    from include.recsys.train import train
+    from include.recsys.data import synth
+    from include.recsys.config.settings import load_config
+    from include.recsys.core.ids import IdMap, interaction_matrix
+    from include.recsys.data.source import Window
+    from include.recsys.data.snapshot import build_snapshot
+    from include.recsys.scoring.recommend import recommend
+    from include.recsys.data.split import time_split
+    from include.recsys.backends.implicit import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="s")

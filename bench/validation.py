@@ -7,7 +7,7 @@ Generates the preset once (``m``: ~5M events), builds the snapshot frame the pip
 
 * input validation: the GX suite (``validate_interactions``) + the vectorised source/drift
   statistics (``snapshot_statistics``), optionally with Data Docs (``--docs``);
-* ALS training: ``include.recsys.train.train`` with the default config.
+* ALS training: ``include.recsys.backends.implicit.train`` with the default config.
 
 Prints one JSON line: rows, seconds for each, and ratio = validation / training.
 """
@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from include.recsys import synth
-    from include.recsys.config import PipelineConfig
-    from include.recsys.data import add_weights
-    from include.recsys.train import train
-    from include.recsys.validate import validate_interactions
-    from include.recsys.validate_history import snapshot_statistics
+    from include.recsys.data import synth
+    from include.recsys.config.settings import PipelineConfig
+    from include.recsys.data.source import add_weights
+    from include.recsys.backends.implicit import train
+    from include.recsys.validation.input import validate_interactions
+    from include.recsys.validation.history import snapshot_statistics
 
     cfg = PipelineConfig()
     spec = dataclasses.replace(synth.PRESETS[args.preset], end_date="2026-11-20")

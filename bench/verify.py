@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.verify [--users 140000 --n 20 --items 27000] [--s3]
 
 Writes one version shaped like preset l's table (140k users x top 20 = 2.8M rows, string ids)
-with :func:`include.recsys.publish.write_version`, then times
+with :func:`include.recsys.tables.versions.write_version`, then times
 ``verify_version(checksum=False)`` (a stat per file locally, one LIST on S3) and
 ``verify_version(checksum=True)`` (reads and hashes every byte; on S3 downloads the table).
 ``--s3`` repeats it against a local moto server (in-process HTTP: a floor, not real S3).
@@ -51,17 +51,18 @@ def _time(fn, repeat: int = 5) -> float:
 
 
 def measure(root: Path | str, table: pd.DataFrame, fb: pd.DataFrame) -> dict:
-    from include.recsys import publish
+    from include.recsys.tables.versions import write_version
+    from include.recsys.tables.manifest import read_manifest, verify_version
 
     t0 = time.perf_counter()
-    publish.write_version(root, "v1", table, fb, {"top_n": 20})
+    write_version(root, "v1", table, fb, {"top_n": 20})
     write_s = time.perf_counter() - t0
-    m = publish.read_manifest(root, "v1")
+    m = read_manifest(root, "v1")
     size = sum(f["size"] for f in m["files"]) + m["fallback"]["size"]
     return {
         "rows": m["rows"], "files": len(m["files"]) + 1, "bytes": size, "write_s": round(write_s, 2),
-        "verify_sizes_ms": round(_time(lambda: publish.verify_version(root, "v1")) * 1e3, 2),
-        "verify_sha256_ms": round(_time(lambda: publish.verify_version(root, "v1", checksum=True), 3) * 1e3, 1),
+        "verify_sizes_ms": round(_time(lambda: verify_version(root, "v1")) * 1e3, 2),
+        "verify_sha256_ms": round(_time(lambda: verify_version(root, "v1", checksum=True), 3) * 1e3, 1),
     }
 
 
@@ -75,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     table, fb = _table(args.users, args.n, args.items)
     out = {"local": measure(Path(tempfile.mkdtemp(prefix="recsys-bench-verify-")) / "recs", table, fb)}
     if args.s3:
-        from include.recsys import storage
+        from include.recsys.tables.storage import OPTIONS_ENV
         from tests.faults._helpers import moto_s3
 
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         with moto_s3("bench-verify") as opts:
-            os.environ[storage.OPTIONS_ENV] = json.dumps(opts)
+            os.environ[OPTIONS_ENV] = json.dumps(opts)
             out["s3_moto"] = measure("s3://bench-verify/recs", table, fb)
     print(json.dumps(out, indent=2))
     return 0

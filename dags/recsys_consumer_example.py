@@ -4,7 +4,7 @@
 Scheduled on the `recsys_recommendations` Asset: it runs each time `recsys_nightly_retrain`
 publishes a table version or `recsys_rollback` serves an earlier one. It reads the version named
 by the triggering event (not whatever CURRENT says when it runs) through the reader
-(`include.recsys.reader.RecommendationStore`) and writes rows and users per source (`model` /
+(`include.recsys.tables.reader.RecommendationStore`) and writes rows and users per source (`model` /
 `fallback`, and per A/B variant when the table has one) to
 `<RECSYS_DATA_DIR>/consumers/recommendation_counts/version=<v>.json`.
 
@@ -22,8 +22,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from include.recsys.alerts import ops_default_args
-from include.recsys.assets import table_asset
+from include.recsys.notify.callbacks import ops_default_args
+from include.recsys.tables.assets import table_asset
 
 RECOMMENDATIONS = table_asset()
 
@@ -44,9 +44,9 @@ def recsys_consumer_example():
     def count_recommendations(**ctx) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.recsys.assets import event_version, summarize_version
-        from include.recsys.config import load_config
-        from include.recsys.publish import PublishError
+        from include.recsys.tables.assets import event_version, summarize_version
+        from include.recsys.config.settings import load_config
+        from include.recsys.errors import PublishError
 
         cfg = load_config()
         triggering = [e for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]
@@ -57,7 +57,7 @@ def recsys_consumer_example():
             except (KeyError, LookupError):
                 version = None
         if version is None:
-            from include.recsys.reader import RecommendationStore
+            from include.recsys.tables.reader import RecommendationStore
 
             version = RecommendationStore(cfg.recommendations_root).current_version()
         out = os.environ.get("RECSYS_CONSUMER_OUT") or cfg.data_dir / "consumers" / "recommendation_counts"

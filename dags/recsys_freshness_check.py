@@ -5,7 +5,7 @@ Hourly. Alerts Slack (connection `slack_alerts`) when nothing is published, when
 is older than `RECSYS_FRESHNESS_MAX_AGE_HOURS` (30), or when the nightly publish has not
 happened by `RECSYS_FRESHNESS_DEADLINE_UTC` (06:00 UTC). One message per problem, repeated every
 `RECSYS_FRESHNESS_REALERT_HOURS` (6) while it lasts. `RECSYS_FRESHNESS_ENABLED=false` removes
-the schedule. The logic is in `include/recsys/freshness.py`.
+the schedule. The logic is in `include/recsys/tables/freshness.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from include.recsys.alerts import ops_default_args
+from include.recsys.notify.callbacks import ops_default_args
 
 DAG_ID = "recsys_freshness_check"
 ENABLED = (os.environ.get("RECSYS_FRESHNESS_ENABLED") or "true").strip().lower() not in {"0", "false", "no", "off"}
@@ -36,7 +36,7 @@ ENABLED = (os.environ.get("RECSYS_FRESHNESS_ENABLED") or "true").strip().lower()
 def recsys_freshness_check():
     @task
     def check_freshness() -> dict:
-        from include.recsys.freshness import run_check
+        from include.recsys.stages.freshness_check import run_check
 
         return run_check()
 

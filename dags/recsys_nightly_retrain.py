@@ -54,9 +54,9 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from include.recsys.alerts import dag_success_callback, task_failure_callback, task_retry_callback
-from include.recsys.assets import table_asset
-from include.recsys.config import PARAM_FIELDS, load_config, param_specs
+from include.recsys.notify.callbacks import dag_success_callback, task_failure_callback, task_retry_callback
+from include.recsys.tables.assets import table_asset
+from include.recsys.config.settings import PARAM_FIELDS, load_config, param_specs
 
 DAG_ID = "recsys_nightly_retrain"
 _CFG = load_config()  # parse-time settings only (the tasks load the run's own config)
@@ -76,8 +76,8 @@ default_args = {
 
 def _context(ctx: dict[str, Any]):
     """Config (env defaults + the run's params) and the RunContext of this task."""
-    from include.recsys.config import load_config
-    from include.recsys.pipeline import RunContext
+    from include.recsys.config.settings import load_config
+    from include.recsys.core.run import RunContext
 
     params = ctx.get("params") or {}
     cfg = load_config({k: params[k] for k in PARAM_FIELDS if k in params})
@@ -93,26 +93,24 @@ def _context(ctx: dict[str, Any]):
     return cfg, rc
 
 
-def _stage(name: str, ctx: dict[str, Any], *args: Any) -> Any:
-    """Run ``include.recsys.pipeline.<name>`` for this task (imported here: parsing stays fast).
+def _run(fn: Any, ctx: dict[str, Any], *args: Any) -> Any:
+    """Run stage ``fn(cfg, rc, *args)`` for this task (each task imports its stage inside its
+    body, so parsing this file stays fast).
 
-    Errors that a retry cannot fix (bad input, failed validation, failed gate, a broken gate
-    spec, data older than what is served) fail the task at once; anything else is retried
-    with backoff.
+    A :class:`~include.recsys.errors.PermanentError` (bad input, a failed check or gate, a broken
+    contract or config) fails the task at once; anything else, transient errors included, is
+    retried with backoff. The stage's memory is handed back to the OS before and after it runs.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.recsys import pipeline
-    from include.recsys.data import SourceError
-    from include.recsys.gate import GateFailed, GateSpecError
-    from include.recsys.publish import StaleData
-    from include.recsys.registry import StaleModel
-    from include.recsys.validate import DataValidationError
+    from include.recsys.core.memory import stage_memory
+    from include.recsys.errors import PermanentError
 
     cfg, rc = _context(ctx)
     try:
-        return getattr(pipeline, name)(cfg, rc, *args)
-    except (SourceError, DataValidationError, GateFailed, GateSpecError, StaleData, StaleModel) as exc:
+        with stage_memory():
+            return fn(cfg, rc, *args)
+    except PermanentError as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -122,10 +120,10 @@ def _end_mlflow_run(status: str):
         import logging
 
         try:
-            from include.recsys import pipeline
+            from include.recsys.tracking.runs import end_mlflow_run
 
             cfg, rc = _context(context)
-            pipeline.end_mlflow_run(cfg, rc, status)
+            end_mlflow_run(cfg, rc, status)
         except Exception:  # MLflow down must not turn a finished run into an error
             logging.getLogger(__name__).exception("could not close the MLflow run")
 
@@ -140,9 +138,9 @@ class ReleaseApprovalOperator(ApprovalOperator):
     the failure alert tells Slack who rejected it or that nobody answered."""
 
     def execute(self, context):
-        from include.recsys.alerts import mlflow_run_url
-        from include.recsys.approval import approval_request
-        from include.recsys.publish import read_current
+        from include.recsys.notify.callbacks import mlflow_run_url
+        from include.recsys.notify.approval import approval_request
+        from include.recsys.tables.current import read_current
 
         cfg, rc = _context(context)
         if not cfg.require_approval:
@@ -159,8 +157,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
         from airflow.providers.standard.operators.hitl import HITLOperator
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.recsys.approval import rejection_message
-        from include.recsys.publish import read_current
+        from include.recsys.notify.approval import rejection_message
+        from include.recsys.tables.current import read_current
 
         answer = HITLOperator.execute_complete(self, context, event)  # validates the answer
         cfg, rc = _context(context)
@@ -191,47 +189,65 @@ class ReleaseApprovalOperator(ApprovalOperator):
 def recsys_nightly_retrain():
     @task(execution_timeout=timedelta(minutes=30))
     def snapshot(**ctx) -> dict:
-        return _stage("snapshot", ctx)
+        from include.recsys.stages.snapshot import snapshot as stage
+
+        return _run(stage, ctx)
 
     @task(execution_timeout=timedelta(minutes=30))
     def validate_input(snap: dict, **ctx) -> dict:
-        return _stage("validate_input", ctx, snap)
+        from include.recsys.stages.validate_input import validate_input as stage
+
+        return _run(stage, ctx, snap)
 
     @task(execution_timeout=timedelta(minutes=30))
     def split(snap: dict, **ctx) -> dict:
-        return _stage("split", ctx, snap)
+        from include.recsys.stages.split import split as stage
+
+        return _run(stage, ctx, snap)
 
     @task(execution_timeout=timedelta(minutes=30))
     def plan_trials(parts: dict, snap: dict, **ctx) -> list:
-        return _stage("plan_trials", ctx, parts, snap)
+        from include.recsys.stages.tune import plan_trials as stage
+
+        return _run(stage, ctx, parts, snap)
 
     @task(execution_timeout=timedelta(hours=1), max_active_tis_per_dagrun=8)
     def run_trial(trial: dict, **ctx) -> dict:
-        return _stage("run_trial", ctx, trial)
+        from include.recsys.stages.tune import run_trial as stage
+
+        return _run(stage, ctx, trial)
 
     # none_failed: runs when run_trial expanded to nothing (no tuning tonight). A trial whose fit
     # fails or diverges still succeeds (reported not ok, it never wins); a failed plan_trials or
     # trial task leaves select_best and train upstream_failed: one alert, the run fails
     @task(execution_timeout=timedelta(minutes=10), trigger_rule="none_failed")
     def select_best(trials: list, **ctx) -> dict:
-        return _stage("select_best", ctx, list(trials or []))
+        from include.recsys.stages.tune import select_best as stage
+
+        return _run(stage, ctx, list(trials or []))
 
     @task(execution_timeout=timedelta(hours=2))
     def train(parts: dict, snap: dict, best: dict, **ctx) -> dict:
-        return _stage("train", ctx, parts, snap, best)
+        from include.recsys.stages.train import train as stage
+
+        return _run(stage, ctx, parts, snap, best)
 
     @task(execution_timeout=timedelta(hours=1))
     def evaluate(parts: dict, model: dict, **ctx) -> dict:
-        return _stage("evaluate", ctx, parts, model)
+        from include.recsys.stages.evaluate import evaluate as stage
+
+        return _run(stage, ctx, parts, model)
 
     @task(execution_timeout=timedelta(minutes=10))
     def gate(ev: dict, model: dict, snap: dict, parts: dict, **ctx) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        verdict = _stage("gate", ctx, ev, model, snap, parts)  # FAIL raises (no retries)
+        from include.recsys.stages.gate import gate as stage
+
+        verdict = _run(stage, ctx, ev, model, snap, parts)  # FAIL raises (no retries)
         if verdict["verdict"] != "PASS":
             # SKIPPED fails nothing, and a forced FAIL/SKIPPED publishes: Slack hears of both
-            from include.recsys.alerts import send_gate_verdict
+            from include.recsys.notify.callbacks import send_gate_verdict
 
             send_gate_verdict(verdict, dag_id=DAG_ID, run_id=ctx["run_id"], mlflow_run_id=model.get("mlflow_run_id"))
             if not verdict.get("forced"):
@@ -247,41 +263,54 @@ def recsys_nightly_retrain():
 
     @task(execution_timeout=timedelta(minutes=30))
     def register(model: dict, **ctx) -> dict:
-        return _stage("register", ctx, model)
+        from include.recsys.stages.register import register as stage
+
+        return _run(stage, ctx, model)
 
     @task(execution_timeout=timedelta(minutes=10))
     def plan_shards(snap: dict, **ctx) -> list:
-        return _stage("plan_shards", ctx, snap)
+        from include.recsys.stages.shards import plan_shards as stage
+
+        return _run(stage, ctx, snap)
 
     @task(execution_timeout=timedelta(hours=2), max_active_tis_per_dagrun=16)
     def score_shard(shard: dict, snap: dict, model: dict, reg: dict, **ctx) -> dict:
-        return _stage("score_shard", ctx, snap, model, reg, shard)
+        from include.recsys.stages.shards import score_shard as stage
+
+        return _run(stage, ctx, snap, model, reg, shard)
 
     @task(execution_timeout=timedelta(minutes=30))
     def assemble_version(
         snap: dict, model: dict, reg: dict, ev: dict, verdict: dict, parts: list, **ctx
     ) -> dict:
+        from include.recsys.stages.assemble import assemble_version as stage
+
         # parts[:] reads every shard's XCom in one request; list(parts) iterates item by item and
         # probes one offset past the end, which Airflow's client logs as "[error] XCom not found"
-        return _stage("assemble_version", ctx, snap, model, reg, ev, verdict, parts[:])
+        return _run(stage, ctx, snap, model, reg, ev, verdict, parts[:])
 
     @task(execution_timeout=timedelta(minutes=30))
     def validate_output(snap: dict, pre: dict, **ctx) -> dict:
-        return _stage("validate_output", ctx, snap, pre)
+        from include.recsys.stages.validate_output import validate_output as stage
+
+        return _run(stage, ctx, snap, pre)
 
     # issue 19: the similar-items table of the registered model (cosine of item factors, business
     # rules applied), validated here; publish serves it together with the recommendations
     @task(execution_timeout=timedelta(hours=1))
     def similar_items(snap: dict, model: dict, reg: dict, **ctx) -> dict:
-        return _stage("similar_items", ctx, snap, model, reg)
+        from include.recsys.stages.similar import similar_items as stage
+
+        return _run(stage, ctx, snap, model, reg)
 
     @task(execution_timeout=timedelta(minutes=10), outlets=[RECOMMENDATIONS])
     def publish(pre: dict, reg: dict, model: dict, **ctx) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from include.recsys.assets import move_event_extra
+        from include.recsys.stages.publish import publish as stage
+        from include.recsys.tables.assets import move_event_extra
 
-        result = _stage("publish", ctx, pre, reg, model)
+        result = _run(stage, ctx, pre, reg, model)
         cfg, rc = _context(ctx)
         extra = move_event_extra(
             cfg.recommendations_root, result["version"], reason="publish", run_id=rc.run_id,

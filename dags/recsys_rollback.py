@@ -6,7 +6,7 @@ served before the current one) and moves the MLflow `champion` alias to that tab
 version, so the table and the alias agree. Every move is one commit in the table's commit log
 (`_log/<sequence>.json` beside `CURRENT`); the target must verify (every file its manifest
 lists is present with its recorded size). The same is available from the shell:
-`python -m include.recsys.reader rollback [--to VERSION]` (CURRENT only).
+`python -m include.recsys.tables.reader rollback [--to VERSION]` (CURRENT only).
 
 The move emits an event of the `recsys_recommendations` Asset with `reason=rollback` (the
 form's reason as `note`), so consumers scheduled on it re-read the served version.
@@ -19,8 +19,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.recsys.alerts import ops_default_args
-from include.recsys.assets import table_asset
+from include.recsys.notify.callbacks import ops_default_args
+from include.recsys.tables.assets import table_asset
 
 RECOMMENDATIONS = table_asset()
 
@@ -45,11 +45,12 @@ def recsys_rollback():
     def rollback(**ctx) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from include.recsys import pipeline
-        from include.recsys.assets import move_event_extra
-        from include.recsys.config import load_config
+        from include.recsys.core.run import RunContext
+        from include.recsys.stages import rollback as rollback_mod
+        from include.recsys.tables.assets import move_event_extra
+        from include.recsys.config.settings import load_config
 
-        rc = pipeline.RunContext(
+        rc = RunContext(
             dag_id="recsys_rollback",
             run_id=ctx["run_id"],
             interval_start=ctx["dag_run"].run_after,
@@ -58,7 +59,7 @@ def recsys_rollback():
         p = ctx["params"]
         reason = p.get("reason") or f"rollback by {ctx['run_id']}"
         cfg = load_config()
-        result = pipeline.rollback(cfg, rc, p.get("to_version") or None, reason)
+        result = rollback_mod.rollback(cfg, rc, p.get("to_version") or None, reason)
         extra = move_event_extra(
             cfg.recommendations_root, result["to"], reason="rollback", run_id=rc.run_id, note=reason
         )

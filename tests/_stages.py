@@ -1,16 +1,39 @@
-"""Run the nightly DAG's stages in one process, in the DAG's order (tests and benchmarks only:
-the DAG maps shards and trials over workers instead)."""
+"""Run the nightly DAG's stages in one process, in the DAG's order (tests only: the DAG maps
+shards and trials over workers instead)."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
-from include.recsys import pipeline
-from include.recsys.config import PipelineConfig
-from include.recsys.pipeline import RunContext
+from include.recsys.cli._console import Out
+from include.recsys.cli._summary import render_summary
+from include.recsys.config.settings import PipelineConfig
+from include.recsys.core.run import RunContext
+from include.recsys.stages.assemble import assemble_version
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.gate import gate
+from include.recsys.stages.publish import publish
+from include.recsys.stages.register import register
+from include.recsys.stages.shards import plan_shards, score_shard
+from include.recsys.stages.similar import similar_items
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.tune import plan_trials, run_trial, select_best
+from include.recsys.stages.validate_input import validate_input
+from include.recsys.stages.validate_output import validate_output
 
 ORDER = ("snapshot", "validate_input", "split", "tune", "train", "evaluate", "gate", "register",
          "shards", "validate_output", "similar_items", "publish")
+
+
+def precompute(cfg: PipelineConfig, rc: RunContext, snap: dict, model: dict, reg: dict, ev: dict,
+               verdict: dict) -> dict[str, Any]:
+    """plan_shards -> score_shard for each shard -> assemble_version."""
+    parts = [score_shard(cfg, rc, snap, model, reg, s) for s in plan_shards(cfg, rc, snap)]
+    return assemble_version(cfg, rc, snap, model, reg, ev, verdict, parts)
 
 
 def run_stages(cfg: PipelineConfig, rc: RunContext, *, until: str = "publish") -> dict[str, Any]:
@@ -23,33 +46,38 @@ def run_stages(cfg: PipelineConfig, rc: RunContext, *, until: str = "publish") -
     def step(name: str) -> bool:
         return ORDER.index(name) <= stop
 
-    out["snap"] = pipeline.snapshot(cfg, rc)
+    out["snap"] = snapshot(cfg, rc)
     if step("validate_input"):
-        out["checked"] = pipeline.validate_input(cfg, rc, out["snap"])
+        out["checked"] = validate_input(cfg, rc, out["snap"])
     if step("split"):
-        out["parts"] = pipeline.split(cfg, rc, out["snap"])
+        out["parts"] = split(cfg, rc, out["snap"])
     if step("tune"):
-        trials = pipeline.plan_trials(cfg, rc, out["parts"], out["snap"])
-        results = [pipeline.run_trial(cfg, rc, t) for t in trials]
-        out["trials"] = results
-        out["best"] = pipeline.select_best(cfg, rc, trials)
+        trials = plan_trials(cfg, rc, out["parts"], out["snap"])
+        out["trials"] = [run_trial(cfg, rc, t) for t in trials]
+        out["best"] = select_best(cfg, rc, trials)
     if step("train"):
-        out["model"] = pipeline.train(cfg, rc, out["parts"], out["snap"], out["best"])
+        out["model"] = train(cfg, rc, out["parts"], out["snap"], out["best"])
     if step("evaluate"):
-        out["ev"] = pipeline.evaluate(cfg, rc, out["parts"], out["model"])
+        out["ev"] = evaluate(cfg, rc, out["parts"], out["model"])
     if step("gate"):
-        out["verdict"] = pipeline.gate(cfg, rc, out["ev"], out["model"], out["snap"], out["parts"])
+        out["verdict"] = gate(cfg, rc, out["ev"], out["model"], out["snap"], out["parts"])
     if step("register"):
-        out["reg"] = pipeline.register(cfg, rc, out["model"])
+        out["reg"] = register(cfg, rc, out["model"])
     if step("shards"):
-        shards = pipeline.plan_shards(cfg, rc, out["snap"])
-        parts = [pipeline.score_shard(cfg, rc, out["snap"], out["model"], out["reg"], s) for s in shards]
-        out["pre"] = pipeline.assemble_version(
-            cfg, rc, out["snap"], out["model"], out["reg"], out["ev"], out["verdict"], parts)
+        out["pre"] = precompute(cfg, rc, out["snap"], out["model"], out["reg"], out["ev"], out["verdict"])
     if step("validate_output"):
-        out["checked_out"] = pipeline.validate_output(cfg, rc, out["snap"], out["pre"])
+        out["checked_out"] = validate_output(cfg, rc, out["snap"], out["pre"])
     if step("similar_items"):
-        out["similar"] = pipeline.similar_items(cfg, rc, out["snap"], out["model"], out["reg"])
+        out["similar"] = similar_items(cfg, rc, out["snap"], out["model"], out["reg"])
     if step("publish"):
-        out["pub"] = pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])
+        out["pub"] = publish(cfg, rc, out["pre"], out["reg"], out["model"])
     return out
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The demo's end-of-run screen for ``summary``, as plain text."""
+    buf = io.StringIO()
+    render_summary(Out(buf, rich=False), summary, state="success", seconds=0.0, failures=[],
+                   work_dir=Path(summary.get("work_dir") or "."), log_path=None,
+                   served=(summary.get("published") or {}).get("version"))
+    return buf.getvalue()

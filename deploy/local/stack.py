@@ -537,7 +537,7 @@ class LocalStack:
     def _warm_numba(self) -> subprocess.Popen:
         """Compile the top-k kernels once into the shared NUMBA_CACHE_DIR (a fresh worker
         would otherwise compile them in its first scoring task)."""
-        code = "from include.recsys.topk import warm_up; warm_up()"
+        code = "from include.recsys.scoring.topk import warm_up; warm_up()"
         return subprocess.Popen([sys.executable, "-c", code], env=self.env(), cwd=ROOT,
                                 stdout=open(self.logs / "numba-warm.log", "ab"), stderr=subprocess.STDOUT)
 

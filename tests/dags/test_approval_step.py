@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.recsys.approval import approval_request, rejection_message
+from include.recsys.notify.approval import approval_request, rejection_message
 
 ROOT = Path(__file__).resolve().parents[2]
 END = datetime(2026, 11, 21, tzinfo=timezone.utc)

@@ -120,7 +120,7 @@ def test_scoring_is_mapped_over_shards(dagbag):
 
 
 def test_params_form(dagbag):
-    from include.recsys.config import PARAM_FIELDS
+    from include.recsys.config.settings import PARAM_FIELDS
 
     params = dagbag.dags[DAG_ID].params
     assert set(PARAM_FIELDS) <= set(params.keys())
@@ -160,8 +160,8 @@ def test_dag_file_parses_fast():
 
 
 def test_publish_and_rollback_declare_the_recommendations_asset(dagbag):
-    from include.recsys.assets import asset_name, table_uri
-    from include.recsys.config import load_config
+    from include.recsys.tables.assets import asset_name, table_uri
+    from include.recsys.config.settings import load_config
 
     uri = table_uri(load_config().recommendations_root)
     for dag_id, task_id in (("recsys_nightly_retrain", "publish"), ("recsys_rollback", "rollback")):
@@ -175,7 +175,7 @@ def test_publish_and_rollback_declare_the_recommendations_asset(dagbag):
 
 
 def test_consumer_example_is_scheduled_on_the_asset(dagbag):
-    from include.recsys.assets import asset_name
+    from include.recsys.tables.assets import asset_name
 
     dag = dagbag.dags["recsys_consumer_example"]
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"

@@ -28,7 +28,7 @@ from deploy.local.stack import (
     StackConfig,
     read_env_file,
 )
-from include.recsys.config import PipelineConfig
+from include.recsys.config.settings import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yaml"
@@ -326,7 +326,7 @@ def test_env_files_are_plain_key_values():
             assert not SECRET_KEY.search(key), f"{path.name}: {key} is a secret; it belongs in .env"
     shared = read_env_file(AIRFLOW_ENV_FILE)
     assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert shared["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "include.recsys.hostname.get_hostname"
+    assert shared["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "include.recsys.core.hostname.get_hostname"
     assert read_env_file(MLFLOW_ENV_FILE)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 

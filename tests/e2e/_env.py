@@ -41,7 +41,7 @@ def run_demo(env: dict, *args: str, extra_env: dict | None = None) -> dict:
     exit code."""
     out = env["base"] / f"result-{len(list(env['base'].glob('result-*')))}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "include.recsys.demo", "--preset", "tiny", "--data-end", DATA_END,
+        [sys.executable, "-m", "include.recsys.cli.demo", "--preset", "tiny", "--data-end", DATA_END,
          "--json", str(out), *args],
         env={**env["env"], **(extra_env or {})}, capture_output=True, text=True, cwd=ROOT, timeout=600,
     )

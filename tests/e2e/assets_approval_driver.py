@@ -104,8 +104,8 @@ def answer(choice: str, seen: dict, stop: threading.Event) -> None:
 
 
 def nightly_run(dag, day: str, conf: dict, choice: str | None = None) -> dict:
-    from include.recsys.config import load_config
-    from include.recsys.publish import read_current
+    from include.recsys.config.settings import load_config
+    from include.recsys.tables.current import read_current
 
     seen: dict = {}
     stop = threading.Event()
@@ -125,8 +125,8 @@ def nightly_run(dag, day: str, conf: dict, choice: str | None = None) -> dict:
 
 
 def main(out: str) -> None:
-    from include.recsys import synth
-    from include.recsys.config import load_config
+    from include.recsys.data import synth
+    from include.recsys.config.settings import load_config
 
     cfg = load_config()
     synth.ensure_default_data(cfg.source, dataclasses.replace(synth.PRESETS["tiny"], end_date=DATA_END))
@@ -135,7 +135,7 @@ def main(out: str) -> None:
     import airflow.models  # noqa: F401
     from airflow.models.hitl import HITLDetail  # noqa: F401
 
-    from include.recsys.assets import table_uri
+    from include.recsys.tables.assets import table_uri
 
     result: dict = {"uri": table_uri(cfg.recommendations_root)}
     nightly, consumer, rollback = load(NIGHTLY), load(CONSUMER), load(ROLLBACK)
@@ -218,8 +218,8 @@ def _consumer(dag) -> dict:
 
 
 def _rollback(dag) -> dict:
-    from include.recsys.config import load_config
-    from include.recsys.publish import read_current
+    from include.recsys.config.settings import load_config
+    from include.recsys.tables.current import read_current
 
     dr = dag.test(run_conf={"reason": "e2e: back to the unapproved table"})
     return {"state": state(dr.state), "current": read_current(load_config().recommendations_root),

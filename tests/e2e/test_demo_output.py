@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 def demo(env, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:  # noqa: F811
     return subprocess.run(
-        [sys.executable, "-m", "include.recsys.demo", "--preset", "tiny", "--data-end", DATA_END, *args],
+        [sys.executable, "-m", "include.recsys.cli.demo", "--preset", "tiny", "--data-end", DATA_END, *args],
         env={**env["env"], "RECSYS_RICH": "", **(extra_env or {})},
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )

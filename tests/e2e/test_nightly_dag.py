@@ -128,11 +128,12 @@ def test_dry_run_evaluates_but_never_publishes(env):
 
 
 def test_rollback_dag_moves_table_and_champion_back_together(env):
-    from include.recsys import publish as pub
+    from include.recsys.tables.manifest import read_manifest
+    from include.recsys.tables.current import history
 
     root = env["data"] / "recommendations"
     before = current(env)
-    previous = pub.history(root)[-1]["previous"]
+    previous = history(root)[-1]["previous"]
     code = (
         "import importlib.util, pathlib, sys, json\n"
         f"spec = importlib.util.spec_from_file_location('rb', {str(ROOT / 'dags' / 'recsys_rollback.py')!r})\n"
@@ -143,9 +144,9 @@ def test_rollback_dag_moves_table_and_champion_back_together(env):
     proc = subprocess.run([sys.executable, "-c", code], env=env["env"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert "STATE success" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert current(env) == previous != before
-    expected_model = pub.read_manifest(root, previous)["model_version"]
+    expected_model = read_manifest(root, previous)["model_version"]
     assert champion_version(env) == expected_model
-    last = pub.history(root)[-1]
+    last = history(root)[-1]
     assert last["reason"] == "rollback" and last["version"] == previous and last["previous"] == before
 
 

@@ -89,9 +89,9 @@ def test_retried_publish_of_the_older_run_after_the_newer_one_moves_nothing(env)
     run 1's context (its run id, data interval, conf) and its XComs read from the metadata DB."""
     old = env["runs"]["old"]
     served, champ = current(env), champion(env)
-    from include.recsys import publish as pub
+    from include.recsys.tables.current import history
 
-    commits = len(pub.history(env["data"] / "recommendations"))
+    commits = len(history(env["data"] / "recommendations"))
     code = (
         "import importlib.util, json\n"
         f"spec = importlib.util.spec_from_file_location('nightly', {str(ROOT / 'dags' / 'recsys_nightly_retrain.py')!r})\n"
@@ -118,7 +118,7 @@ def test_retried_publish_of_the_older_run_after_the_newer_one_moves_nothing(env)
     assert result["served"] is False and result["moved"] is False and result["reason"].startswith(STALE)
     assert STALE in out  # the task log says why
     assert current(env) == served and champion(env) == champ
-    assert len(pub.history(env["data"] / "recommendations")) == commits  # a refusal commits nothing
+    assert len(history(env["data"] / "recommendations")) == commits  # a refusal commits nothing
     run_key = old["run_id"].replace(":", "_").replace("+", "_")
     outcome = json.loads(next((env["data"] / "runs").glob(f"*/{run_key}/publish.json")).read_text())
     assert outcome["served"] is False and outcome["reason"] == result["reason"]

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from include.recsys import publish as pub
+from include.recsys.tables.versions import write_part, write_version
+from include.recsys.tables.current import point_current, read_current
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.layout import LOG_DIR, TABLE_COLUMNS
 
 USERS = [f"u{i}" for i in range(1, 7)]
 TOP_N = 5
@@ -25,7 +28,7 @@ def table(tag: str, users=USERS, n: int = TOP_N) -> pd.DataFrame:
         for u in users
         for r in range(1, n + 1)
     ]
-    df = pd.DataFrame(rows, columns=pub.TABLE_COLUMNS)
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     df["rank"] = df["rank"].astype(np.int16)
     df["score"] = df["score"].astype(np.float32)
     return df
@@ -42,12 +45,12 @@ def fallback(tag: str, n: int = 3) -> pd.DataFrame:
 
 
 def write(root, version: str, **kw) -> Path:
-    return pub.write_version(root, version, table(version), fallback(version), {"model_version": version}, **kw)
+    return write_version(root, version, table(version), fallback(version), {"model_version": version}, **kw)
 
 
 def publish(root, version: str) -> bool:
     write(root, version)
-    return pub.point_current(root, version)
+    return point_current(root, version)
 
 
 def backdate(folder: Path, seconds: float) -> None:
@@ -62,7 +65,7 @@ def backdate(folder: Path, seconds: float) -> None:
 def set_commit_time(root, at: str, index: int = -1) -> None:
     """Backdate commit ``index`` of the log to ``at`` (tests only: a commit is never edited
     in production), as if CURRENT had moved then."""
-    path = sorted((Path(root) / pub.LOG_DIR).glob("*.json"))[index]
+    path = sorted((Path(root) / LOG_DIR).glob("*.json"))[index]
     entry = json.loads(path.read_text())
     entry["at"] = at
     path.write_text(json.dumps(entry))
@@ -74,7 +77,7 @@ def set_commit_time(root, at: str, index: int = -1) -> None:
 def slow_write(root: str, version: str) -> None:
     """write_version with one part per user and a pause after each part, announcing
     ``PART <i>`` on stdout, so the parent can SIGKILL it mid-write."""
-    real = pub.write_part
+    real = write_part
 
     def slow_part(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -82,7 +85,7 @@ def slow_write(root: str, version: str) -> None:
         time.sleep(0.5)
         return out
 
-    pub.write_part = slow_part
+    write_part = slow_part
     write(root, version, rows_per_part=TOP_N)  # 6 users -> 6 parts, ~3 s
     print("DONE", flush=True)
 
@@ -90,10 +93,10 @@ def slow_write(root: str, version: str) -> None:
 def cycle(root: str, version: str, keep: str = "1") -> None:
     """One nightly publish as the pipeline does it: write the version unless it is served
     already, serve it, apply retention. The crash tests run it with ``$RECSYS_CRASH_AT``."""
-    if pub.read_current(root) != version:
+    if read_current(root) != version:
         write(root, version)
-    pub.point_current(root, version)
-    pub.cleanup(root, keep=int(keep))
+    point_current(root, version)
+    cleanup(root, keep=int(keep))
     print("DONE", flush=True)
 
 
@@ -124,7 +127,7 @@ def moto_s3(bucket: str):
 def poll_reader(root: str, stop_file: str, out_file: str) -> None:
     """Read CURRENT's recommendations in a loop until ``stop_file`` exists; record every version
     seen and every error or mixed read in ``out_file`` (JSON)."""
-    from include.recsys.reader import RecommendationStore
+    from include.recsys.tables.reader import RecommendationStore
 
     store = RecommendationStore(root)
     seen: list[str] = []

@@ -10,7 +10,6 @@ split at ``->`` into the fault and the expected outcome. The table is never writ
 from __future__ import annotations
 
 import ast
-import re
 import sys
 from pathlib import Path
 

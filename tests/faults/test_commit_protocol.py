@@ -1,6 +1,6 @@
 """The commit protocol of the published tables under SIGKILL, on local disk and on S3 (a moto
 server): a real subprocess runs one nightly publish (write, commit, retention) and is killed at
-each named crash point (``$RECSYS_CRASH_AT``, :mod:`include.recsys.crashpoints`).
+each named crash point (``$RECSYS_CRASH_AT``, :mod:`include.recsys.core.crashpoints`).
 
 After every kill: CURRENT names a version that verifies (every listed file, sha256 included),
 readers get it whole, no listed version fails verification, a rollback reaches the version
@@ -24,9 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from include.recsys import crashpoints, storage
-from include.recsys import publish as pub
-from include.recsys.reader import RecommendationStore
+from include.recsys.core import crashpoints
+from include.recsys.tables.storage import CONDITIONAL_ENV, OPTIONS_ENV, ObjectStore
+from include.recsys.core.uri import is_remote
+from include.recsys.tables.versions import list_versions
+from include.recsys.tables.manifest import verify_version
+from include.recsys.tables.current import history, point_current, read_current, rollback
+from include.recsys.tables.retention import cleanup
+from include.recsys.errors import PublishError
+from include.recsys.tables.layout import LOCK, LOG_DIR, MANIFEST, STAGING_GRACE_S, STAGING_PREFIX
+from include.recsys.tables.reader import RecommendationStore
 from tests.faults import _helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,11 +57,11 @@ def s3_options():
     pytest.importorskip("moto.server")
     mp = pytest.MonkeyPatch()
     for k in list(os.environ):
-        if k.startswith("AWS_") or k in (storage.OPTIONS_ENV, storage.CONDITIONAL_ENV):
+        if k.startswith("AWS_") or k in (OPTIONS_ENV, CONDITIONAL_ENV):
             mp.delenv(k)
     mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with h.moto_s3(BUCKET) as opts:
-        mp.setenv(storage.OPTIONS_ENV, json.dumps(opts))
+        mp.setenv(OPTIONS_ENV, json.dumps(opts))
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()
@@ -94,10 +101,10 @@ def _kill_at(root: str, point: str) -> None:
 
 def _clone(root: str, dest: str) -> str:
     """A copy of the whole table (to try a rollback without touching the original)."""
-    if not storage.is_remote(root):
-        shutil.copytree(root, dest, ignore=shutil.ignore_patterns(pub.LOCK))
+    if not is_remote(root):
+        shutil.copytree(root, dest, ignore=shutil.ignore_patterns(LOCK))
         return dest
-    src, dst = storage.ObjectStore.open(root), storage.ObjectStore.open(dest)
+    src, dst = ObjectStore.open(root), ObjectStore.open(dest)
     src.fs.invalidate_cache()
     for key in src.fs.find(src.path):
         dst.write_bytes(key[len(src.path) + 1 :], src.fs.cat_file(key))
@@ -106,26 +113,26 @@ def _clone(root: str, dest: str) -> str:
 
 def _names(root: str) -> list[str]:
     """Every file / object under the root, relative to it."""
-    if not storage.is_remote(root):
+    if not is_remote(root):
         return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
-    store = storage.ObjectStore.open(root)
+    store = ObjectStore.open(root)
     store.fs.invalidate_cache()
     return sorted(k[len(store.path) + 1 :] for k in store.fs.find(store.path))
 
 
 def _state(root: str) -> dict:
     return {
-        "current": pub.read_current(root),
-        "chain": [(e["seq"], e["parent"], e["version"], e["previous"]) for e in pub.history(root)],
-        "versions": [v["version"] for v in pub.list_versions(root)],
+        "current": read_current(root),
+        "chain": [(e["seq"], e["parent"], e["version"], e["previous"]) for e in history(root)],
+        "versions": [v["version"] for v in list_versions(root)],
     }
 
 
 def _assert_consistent(root: str, served: str) -> None:
     """CURRENT names ``served``, which verifies and reads whole; every listed version verifies."""
-    assert pub.read_current(root) == served
-    for v in pub.list_versions(root):
-        pub.verify_version(root, v["version"], checksum=True)
+    assert read_current(root) == served
+    for v in list_versions(root):
+        verify_version(root, v["version"], checksum=True)
     store = RecommendationStore(root, refresh_s=0)
     assert store.recommend("u3").items == [f"{served}:item{r}" for r in range(1, h.TOP_N + 1)]
     assert set(store.table()["model_version"]) == {served}
@@ -133,11 +140,11 @@ def _assert_consistent(root: str, served: str) -> None:
 
 def _assert_no_leftovers(root: str) -> None:
     names = _names(root)
-    strays = [n for n in names if n.endswith(".tmp") or n.startswith(pub.STAGING_PREFIX)]
+    strays = [n for n in names if n.endswith(".tmp") or n.startswith(STAGING_PREFIX)]
     assert not strays, strays
-    assert all(re.fullmatch(r"\d{20}\.json", n.split("/", 1)[1]) for n in names if n.startswith(pub.LOG_DIR))
+    assert all(re.fullmatch(r"\d{20}\.json", n.split("/", 1)[1]) for n in names if n.startswith(LOG_DIR))
     folders = {n.split("/", 1)[0] for n in names if n.startswith("version=")}
-    assert all(f"{f}/{pub.MANIFEST}" in names for f in folders), folders  # nothing half there
+    assert all(f"{f}/{MANIFEST}" in names for f in folders), folders  # nothing half there
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +176,12 @@ def test_fault_sigkill_at_each_step_of_a_publish(backend, point, tmp_path, reque
     served = POINTS[point]
     _assert_consistent(root, served)
     if point == "mid_retention":  # v0 lost its manifest first: invisible, never served again
-        assert "v0" not in [v["version"] for v in pub.list_versions(root)]
-        with pytest.raises(pub.PublishError, match="v0 has no manifest"):
-            pub.rollback(root, to="v0")
+        assert "v0" not in [v["version"] for v in list_versions(root)]
+        with pytest.raises(PublishError, match="v0 has no manifest"):
+            rollback(root, to="v0")
     copy = _clone(root, str(tmp_path / "copy") if backend == "local" else f"{root}-copy")
     before = {"v1": "v0", "v2": "v1"}[served]
-    assert pub.rollback(copy) == before
+    assert rollback(copy) == before
     _assert_consistent(copy, before)
 
     h.cycle(root, "v2", "1")  # the task's retry
@@ -196,16 +203,16 @@ def test_fault_retention_runs_while_another_run_stages_its_version(backend, tmp_
         line = child.stdout.readline()  # the first part is written; five more follow
         assert line.startswith("PART "), line + child.stderr.read()
         h.publish(root, "v2")
-        assert pub.cleanup(root, keep=1) == []  # v1 is the rollback target; v3 is live
+        assert cleanup(root, keep=1) == []  # v1 is the rollback target; v3 is live
         out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
             child.kill()
     assert child.returncode == 0 and out.strip().endswith("DONE"), err[-3000:]
-    pub.verify_version(root, "v3", checksum=True)
-    assert pub.point_current(root, "v3") is True
+    verify_version(root, "v3", checksum=True)
+    assert point_current(root, "v3") is True
     _assert_consistent(root, "v3")
-    assert [e["version"] for e in pub.history(root)] == ["v1", "v2", "v3"]
+    assert [e["version"] for e in history(root)] == ["v1", "v2", "v3"]
 
 
 def test_fault_killed_writer_staging_is_removed_only_after_the_grace_period(tmp_path) -> None:
@@ -217,10 +224,10 @@ def test_fault_killed_writer_staging_is_removed_only_after_the_grace_period(tmp_
     child = _child(root, "cycle", root, "v2", "1", crash_at="after_first_part")
     child.communicate(timeout=120)
     assert child.returncode == -9
-    staging = list(Path(root).glob(f"{pub.STAGING_PREFIX}*"))
-    assert [p.name for p in staging] == [f"{pub.STAGING_PREFIX}v2"]
+    staging = list(Path(root).glob(f"{STAGING_PREFIX}*"))
+    assert [p.name for p in staging] == [f"{STAGING_PREFIX}v2"]
     t0 = time.time()
-    assert pub.cleanup(root, keep=1) == []
-    h.backdate(staging[0], pub.STAGING_GRACE_S + 1 + time.time() - t0)
-    assert pub.cleanup(root, keep=1) == [f"{pub.STAGING_PREFIX}v2"]
+    assert cleanup(root, keep=1) == []
+    h.backdate(staging[0], STAGING_GRACE_S + 1 + time.time() - t0)
+    assert cleanup(root, keep=1) == [f"{STAGING_PREFIX}v2"]
     _assert_consistent(root, "v1")

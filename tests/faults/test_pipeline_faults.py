@@ -17,11 +17,30 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.recsys import pipeline, registry, synth
-from include.recsys import publish as pub
-from include.recsys.config import PipelineConfig, load_config
-from include.recsys.data import SourceError
-from include.recsys.pipeline import RunContext
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.gate import gate
+from include.recsys.stages.register import register
+from tests._stages import precompute, summary_text
+from include.recsys.stages.publish import publish
+from include.recsys.core.io import read_json
+from include.recsys.reporting.summary import collect_summary, publish_outcome
+from include.recsys.stages.rollback import rollback
+from include.recsys.reporting.run_card import RUN_CARD
+from include.recsys.tracking.registry import CHAMPION, alias_history, alias_version, champion_data_check, model_data, set_alias
+from include.recsys.errors import StaleModel
+from include.recsys.tracking.runs import run_tags
+from include.recsys.data import synth
+from include.recsys.tables.layout import version_dir
+from include.recsys.tables.current import history, read_current
+from include.recsys.tables.versions import list_versions, write_version
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.core.io import file_sha256
+from include.recsys.config.settings import PipelineConfig, load_config
+from include.recsys.errors import SourceError
+from include.recsys.core.run import RunContext
 
 ROOT = Path(__file__).resolve().parents[2]
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -35,20 +54,20 @@ def _rc(run_id: str) -> RunContext:
 def _run(cfg: PipelineConfig, rc: RunContext, *, until: str = "publish") -> dict:
     """The DAG's stages in order, as its tasks call them."""
     out: dict = {}
-    out["snap"] = pipeline.snapshot(cfg, rc)
-    out["parts"] = pipeline.split(cfg, rc, out["snap"])
-    out["model"] = pipeline.train(cfg, rc, out["parts"], out["snap"])
-    out["ev"] = pipeline.evaluate(cfg, rc, out["parts"], out["model"])
-    out["verdict"] = pipeline.gate(cfg, rc, out["ev"], out["model"])
-    out["reg"] = pipeline.register(cfg, rc, out["model"], out["snap"])
-    out["pre"] = pipeline.precompute(cfg, rc, out["snap"], out["model"], out["reg"], out["ev"], out["verdict"])
+    out["snap"] = snapshot(cfg, rc)
+    out["parts"] = split(cfg, rc, out["snap"])
+    out["model"] = train(cfg, rc, out["parts"], out["snap"])
+    out["ev"] = evaluate(cfg, rc, out["parts"], out["model"])
+    out["verdict"] = gate(cfg, rc, out["ev"], out["model"])
+    out["reg"] = register(cfg, rc, out["model"], out["snap"])
+    out["pre"] = precompute(cfg, rc, out["snap"], out["model"], out["reg"], out["ev"], out["verdict"])
     if until == "publish":
-        out["pub"] = pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])
+        out["pub"] = publish(cfg, rc, out["pre"], out["reg"], out["model"])
     return out
 
 
 def _table(root: Path, version: str) -> pd.DataFrame:
-    folder = pub.version_dir(root, version)
+    folder = version_dir(root, version)
     return pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("part-*.parquet"))], ignore_index=True)
 
 
@@ -80,23 +99,23 @@ def test_fault_clear_and_rerun_same_logical_date(lake) -> None:
     root = cfg.recommendations_root
     version = first["pub"]["version"]
     before = _table(root, version)
-    files_before = {f.name: pub.file_sha256(f) for f in pub.version_dir(root, version).glob("*.parquet")}
-    hist_before = pub.history(root)
+    files_before = {f.name: file_sha256(f) for f in version_dir(root, version).glob("*.parquet")}
+    hist_before = history(root)
 
     again = _run(cfg, _rc("scheduled__2026-11-19T00:00:00+00:00"))
 
     assert again["pub"]["version"] == version and again["pub"]["moved"] is False
-    assert pub.read_current(root) == version
-    assert pub.history(root) == hist_before
+    assert read_current(root) == version
+    assert history(root) == hist_before
     assert again["reg"]["model_version"] == first["reg"]["model_version"]
-    assert registry.alias_version(cfg, registry.CHAMPION) == first["reg"]["model_version"]
+    assert alias_version(cfg, CHAMPION) == first["reg"]["model_version"]
     after = _table(root, version)
     pd.testing.assert_frame_equal(after, before)
-    assert {f.name: pub.file_sha256(f) for f in pub.version_dir(root, version).glob("*.parquet")} == files_before
+    assert {f.name: file_sha256(f) for f in version_dir(root, version).glob("*.parquet")} == files_before
     assert not after.duplicated(["user_id", "rank"]).any()
     assert not after.duplicated(["user_id", "item_id"]).any()
     interval = _rc("x").interval_key
-    assert len([v for v in pub.list_versions(root) if v["version"].startswith(interval)]) == 1
+    assert len([v for v in list_versions(root) if v["version"].startswith(interval)]) == 1
 
 
 def test_fault_crash_between_table_publish_and_champion_alias(lake, monkeypatch) -> None:
@@ -107,30 +126,30 @@ def test_fault_crash_between_table_publish_and_champion_alias(lake, monkeypatch)
     root = cfg.recommendations_root
     rc = _rc("manual__2026-11-20T08:00:00+00:00")
     out = _run(cfg, rc, until="precompute")
-    champion_before = registry.alias_version(cfg, registry.CHAMPION)
+    champion_before = alias_version(cfg, CHAMPION)
     new_model = out["reg"]["model_version"]
     assert new_model != champion_before
-    real_set_alias = registry.set_alias
+    real_set_alias = set_alias
 
     def crash(cfg_, alias, *args, **kwargs):
-        if alias == registry.CHAMPION:
+        if alias == CHAMPION:
             raise ConnectionError("worker lost between CURRENT and the alias")
         return real_set_alias(cfg_, alias, *args, **kwargs)
 
-    monkeypatch.setattr(registry, "set_alias", crash)
+    monkeypatch.setattr("include.recsys.tracking.registry.set_alias", crash)
     with pytest.raises(ConnectionError):
-        pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])
-    assert pub.read_current(root) == rc.version  # the table is served ...
-    assert registry.alias_version(cfg, registry.CHAMPION) == champion_before  # ... the alias lags
-    n_hist = len(pub.history(root))
+        publish(cfg, rc, out["pre"], out["reg"], out["model"])
+    assert read_current(root) == rc.version  # the table is served ...
+    assert alias_version(cfg, CHAMPION) == champion_before  # ... the alias lags
+    n_hist = len(history(root))
 
-    monkeypatch.setattr(registry, "set_alias", real_set_alias)
-    result = pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])  # the retry
+    monkeypatch.setattr("include.recsys.tracking.registry.set_alias", real_set_alias)
+    result = publish(cfg, rc, out["pre"], out["reg"], out["model"])  # the retry
 
     assert result["moved"] is False
-    assert len(pub.history(root)) == n_hist
-    assert registry.alias_version(cfg, registry.CHAMPION) == new_model
-    assert pub.read_manifest(root, rc.version)["model_version"] == new_model
+    assert len(history(root)) == n_hist
+    assert alias_version(cfg, CHAMPION) == new_model
+    assert read_manifest(root, rc.version)["model_version"] == new_model
 
 
 def _closed_port() -> int:
@@ -145,12 +164,12 @@ def test_fault_mlflow_unreachable(lake, monkeypatch, tmp_path) -> None:
     """MLflow does not answer (connection refused) -> register and publish fail with a clear
     error naming MLflow (the DAG retries them: not a data error), nothing new is served and
     the champion does not move."""
-    import include.recsys.gate as gate_mod
-    import include.recsys.validate as validate_mod
+    import include.recsys.validation.gate as gate_mod
+    import include.recsys.validation.suite as validate_mod
 
     cfg = lake["cfg"]
     root = cfg.recommendations_root
-    before, hist = pub.read_current(root), pub.history(root)
+    before, hist = read_current(root), history(root)
     lake_uri = cfg.tracking_uri
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
@@ -159,12 +178,12 @@ def test_fault_mlflow_unreachable(lake, monkeypatch, tmp_path) -> None:
     first = lake["first"]
 
     with pytest.raises(Exception) as reg_err:
-        pipeline.register(down, rc, first["model"], first["snap"])
+        register(down, rc, first["model"], first["snap"])
     # a complete, unpublished version exists: publishing it must still refuse without MLflow
-    pub.write_version(root, rc.version, _table(root, before), pd.read_parquet(
-        pub.version_dir(root, before) / "_fallback.parquet"), {"model_version": "999"})
+    write_version(root, rc.version, _table(root, before), pd.read_parquet(
+        version_dir(root, before) / "_fallback.parquet"), {"model_version": "999"})
     with pytest.raises(Exception) as pub_err:
-        pipeline.publish(down, rc, {"version": rc.version, "path": str(pub.version_dir(root, rc.version))},
+        publish(down, rc, {"version": rc.version, "path": str(version_dir(root, rc.version))},
                          {"model_name": cfg.model_name, "model_version": "999"}, first["model"])
 
     for err in (reg_err.value, pub_err.value):
@@ -172,11 +191,11 @@ def test_fault_mlflow_unreachable(lake, monkeypatch, tmp_path) -> None:
         assert "mlflow" in msg.lower() or "127.0.0.1" in msg, msg
         # retried by the DAG: not one of the errors _stage fails at once
         assert not isinstance(err, (SourceError, gate_mod.GateFailed, validate_mod.DataValidationError))
-    assert pub.read_current(root) == before
-    assert pub.history(root) == hist
+    assert read_current(root) == before
+    assert history(root) == hist
     monkeypatch.setenv("MLFLOW_TRACKING_URI", lake_uri)  # see the fixture: set_tracking_uri exports it
-    assert registry.alias_version(cfg, registry.CHAMPION) == pub.read_manifest(root, before)["model_version"]
-    shutil.rmtree(pub.version_dir(root, rc.version))
+    assert alias_version(cfg, CHAMPION) == read_manifest(root, before)["model_version"]
+    shutil.rmtree(version_dir(root, rc.version))
 
 
 def _lake_copy(lake, tmp_path: Path) -> PipelineConfig:
@@ -193,7 +212,7 @@ def test_bad_input_doubled_upstream_gives_identical_snapshot(lake, tmp_path) -> 
     for part in cfg.source.glob("date=*/part-0.parquet"):
         shutil.copy(part, part.with_name("part-1-replayed.parquet"))
     rc = _rc("manual__doubled")
-    snap = pipeline.snapshot(cfg, rc)
+    snap = snapshot(cfg, rc)
     base = lake["first"]["snap"]
     assert snap["stats"]["rows"] == base["stats"]["rows"]
     assert snap["stats"]["duplicates_dropped"] >= base["stats"]["rows"]
@@ -206,29 +225,29 @@ def test_bad_input_corrupted_parquet_fails_clearly(lake, tmp_path) -> None:
     with SourceError naming the file (no retry), nothing is published."""
     cfg = _lake_copy(lake, tmp_path)
     root = lake["cfg"].recommendations_root
-    before = pub.read_current(root)
+    before = read_current(root)
     victim = sorted(cfg.source.glob("date=*/part-0.parquet"))[-3]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     with pytest.raises(SourceError, match=victim.parent.name):
-        pipeline.snapshot(cfg, _rc("manual__corrupt"))
-    assert pub.read_current(root) == before
+        snapshot(cfg, _rc("manual__corrupt"))
+    assert read_current(root) == before
 
 
 def test_bad_input_empty_upstream_fails_clearly(lake, tmp_path) -> None:
     """The upstream is empty (no partitions / no events in the window) -> snapshot fails at once
     with SourceError saying so, nothing is published."""
     root = lake["cfg"].recommendations_root
-    before = pub.read_current(root)
+    before = read_current(root)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SourceError, match="no date=YYYY-MM-DD partitions"):
-        pipeline.snapshot(lake["cfg"].with_overrides({"source_path": str(empty)}), _rc("manual__empty"))
+        snapshot(lake["cfg"].with_overrides({"source_path": str(empty)}), _rc("manual__empty"))
     (empty / "date=2020-01-01").mkdir()
     pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "event_ts": [pd.Timestamp("2020-01-01", tz="UTC")]}
                  ).to_parquet(empty / "date=2020-01-01" / "part-0.parquet")
     with pytest.raises(SourceError, match="window"):
-        pipeline.snapshot(lake["cfg"].with_overrides({"source_path": str(empty)}), _rc("manual__empty"))
-    assert pub.read_current(root) == before
+        snapshot(lake["cfg"].with_overrides({"source_path": str(empty)}), _rc("manual__empty"))
+    assert read_current(root) == before
 
 
 def test_fault_two_runs_at_once_are_queued() -> None:
@@ -257,8 +276,8 @@ def older(lake) -> dict:
     """An older interval's run (forced past its gate) whose publish comes after the newer one."""
     cfg = lake["cfg"]
     root = cfg.recommendations_root
-    before = {"current": pub.read_current(root), "champion": registry.alias_version(cfg, registry.CHAMPION),
-              "history": pub.history(root)}
+    before = {"current": read_current(root), "champion": alias_version(cfg, CHAMPION),
+              "history": history(root)}
     rc = _rc_old("manual__2026-11-16T00:00:00+00:00")
     out = _run(cfg.with_overrides({"force_publish": True}), rc)
     return {"rc": rc, "out": out, "before": before}
@@ -267,36 +286,36 @@ def older(lake) -> dict:
 def test_older_run_succeeds_serves_nothing_and_says_why(lake, older) -> None:
     cfg, rc, out, before = lake["cfg"], older["rc"], older["out"], older["before"]
     root = cfg.recommendations_root
-    served_end = pub.read_manifest(root, before["current"])["data_window"]["end"]
+    served_end = read_manifest(root, before["current"])["data_window"]["end"]
     reason = (f"stale: serving data up to {served_end}, this run's data ends at "
               f"2026-11-17T00:00:00+00:00; not served")
     assert out["pub"]["served"] is False and out["pub"]["reason"] == reason and out["pub"]["moved"] is False
-    assert pub.read_current(root) == before["current"]
-    assert registry.alias_version(cfg, registry.CHAMPION) == before["champion"] != out["reg"]["model_version"]
-    assert pub.history(root) == before["history"]  # a refusal commits nothing
+    assert read_current(root) == before["current"]
+    assert alias_version(cfg, CHAMPION) == before["champion"] != out["reg"]["model_version"]
+    assert history(root) == before["history"]  # a refusal commits nothing
     # the version and the registered model record their data
-    m = pub.read_manifest(root, rc.version)
+    m = read_manifest(root, rc.version)
     assert m["data_interval"] == {"start": "2026-11-16T00:00:00+00:00", "end": "2026-11-17T00:00:00+00:00"}
-    data = registry.model_data(cfg, out["reg"]["model_version"])
+    data = model_data(cfg, out["reg"]["model_version"])
     assert data["data_window_end"].isoformat() == m["data_window"]["end"] == data["data_interval_end"].isoformat()
     assert data["train_data_end"] < data["data_window_end"]
     # the newer champion trained on this holdout: its rules are SKIPPED, not a false regression
-    report = pipeline._read_json(rc.work_dir(cfg) / "eval" / "report.json")
+    report = read_json(rc.work_dir(cfg) / "eval" / "report.json")
     comp = report["champion_comparison"]
     assert comp["fair"] is False and comp["champion_version"] == before["champion"]
-    rules = {r["name"]: r for r in pipeline._read_json(rc.work_dir(cfg) / "gate.json")["rules"]}
+    rules = {r["name"]: r for r in read_json(rc.work_dir(cfg) / "gate.json")["rules"]}
     assert rules["no_regression"]["result"] == "SKIP" and rules["no_regression"]["note"] == comp["reason"]
     # log, summary, run card and MLflow say why
-    summary = pipeline.collect_summary(cfg, rc)
+    summary = collect_summary(cfg, rc)
     assert summary["not_served"] == reason and "published" not in summary
-    assert f"not served       : {reason}" in pipeline.format_summary(summary)
-    assert pipeline.publish_outcome(cfg, rc.run_id)["served"] is False
-    card = (rc.work_dir(cfg) / pipeline.RUN_CARD).read_text()
+    assert f"not served       : {reason}" in summary_text(summary)
+    assert publish_outcome(cfg, rc.run_id)["served"] is False
+    card = (rc.work_dir(cfg) / RUN_CARD).read_text()
     assert "NOT SERVED" in card and "stale: serving data up to" in card
-    assert registry.run_tags(cfg, out["model"]["mlflow_run_id"])["not_served"] == reason
+    assert run_tags(cfg, out["model"]["mlflow_run_id"])["not_served"] == reason
     # a rerun of the publish task gives the same answer
-    again = pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])
-    assert again["served"] is False and pub.read_current(root) == before["current"]
+    again = publish(cfg, rc, out["pre"], out["reg"], out["model"])
+    assert again["served"] is False and read_current(root) == before["current"]
 
 
 def test_champion_alias_refuses_older_data_on_its_own(lake, older) -> None:
@@ -305,10 +324,10 @@ def test_champion_alias_refuses_older_data_on_its_own(lake, older) -> None:
     is exempt."""
     cfg = lake["cfg"]
     champ, old_model = older["before"]["champion"], older["out"]["reg"]["model_version"]
-    with pytest.raises(registry.StaleModel, match=r"^stale: serving data up to .* this run's data ends at 2026-11-17"):
-        registry.set_alias(cfg, registry.CHAMPION, old_model, reason="direct move")
-    assert registry.alias_version(cfg, registry.CHAMPION) == champ
-    info = registry.champion_data_check(cfg, old_model, allow_older_data=True)
+    with pytest.raises(StaleModel, match=r"^stale: serving data up to .* this run's data ends at 2026-11-17"):
+        set_alias(cfg, CHAMPION, old_model, reason="direct move")
+    assert alias_version(cfg, CHAMPION) == champ
+    info = champion_data_check(cfg, old_model, allow_older_data=True)
     assert info["older"] is True and info["champion"] == champ
 
 
@@ -316,19 +335,19 @@ def test_allow_older_data_serves_it_loudly_and_rollback_returns(lake, older) -> 
     cfg, rc, out, before = lake["cfg"], older["rc"], older["out"], older["before"]
     root = cfg.recommendations_root
     allowed = cfg.with_overrides({"allow_older_data": True})
-    result = pipeline.publish(allowed, rc, out["pre"], out["reg"], out["model"])
-    assert result["served"] is True and pub.read_current(root) == rc.version
-    assert registry.alias_version(cfg, registry.CHAMPION) == out["reg"]["model_version"]
-    commit = pub.history(root)[-1]
+    result = publish(allowed, rc, out["pre"], out["reg"], out["model"])
+    assert result["served"] is True and read_current(root) == rc.version
+    assert alias_version(cfg, CHAMPION) == out["reg"]["model_version"]
+    commit = history(root)[-1]
     assert commit["override"] == "allow_older_data" and "OLDER DATA allowed by allow_older_data" in commit["reason"]
-    alias_move = registry.alias_history(cfg, registry.CHAMPION)[-1]
+    alias_move = alias_history(cfg, CHAMPION)[-1]
     assert alias_move["older_data"] is True and "OLDER DATA" in alias_move["reason"]
-    summary = pipeline.collect_summary(allowed, rc)
-    assert "OLDER DATA" in summary["older_data"] and "OLDER DATA" in pipeline.format_summary(summary)
+    summary = collect_summary(allowed, rc)
+    assert "OLDER DATA" in summary["older_data"] and "OLDER DATA" in summary_text(summary)
     # rollback is the normal way back, to the newer data, table and alias together
-    pipeline.rollback(cfg, rc, to_version=before["current"], reason="undo the backfill")
-    assert pub.read_current(root) == before["current"]
-    assert registry.alias_version(cfg, registry.CHAMPION) == before["champion"]
+    rollback(cfg, rc, to_version=before["current"], reason="undo the backfill")
+    assert read_current(root) == before["current"]
+    assert alias_version(cfg, CHAMPION) == before["champion"]
 
 
 def test_sigkill_between_current_and_alias_then_rerun_repairs_the_alias(lake, tmp_path) -> None:
@@ -344,7 +363,7 @@ def test_sigkill_between_current_and_alias_then_rerun_repairs_the_alias(lake, tm
     root = cfg.recommendations_root
     rc = _rc("manual__2026-11-20T11:00:00+00:00")
     out = _run(cfg, rc, until="precompute")
-    champion_before = registry.alias_version(cfg, registry.CHAMPION)
+    champion_before = alias_version(cfg, CHAMPION)
     assert out["reg"]["model_version"] != champion_before
     args = tmp_path / "publish_args.json"
     args.write_text(json.dumps({
@@ -353,7 +372,7 @@ def test_sigkill_between_current_and_alias_then_rerun_repairs_the_alias(lake, tm
     }))
     code = (
         "import json, sys\nfrom datetime import datetime\n"
-        "from include.recsys import pipeline\nfrom include.recsys.config import load_config\n"
+        "from include.recsys.stages import publish as pipeline\nfrom include.recsys.config.settings import load_config\n"
         "a = json.load(open(sys.argv[1]))\n"
         "d, r, s, e = a['rc']\n"
         "rc = pipeline.RunContext(d, r, datetime.fromisoformat(s), datetime.fromisoformat(e))\n"
@@ -364,17 +383,17 @@ def test_sigkill_between_current_and_alias_then_rerun_repairs_the_alias(lake, tm
     proc = subprocess.run([sys.executable, "-c", code, str(args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert pub.read_current(root) == rc.version  # CURRENT moved ...
-    assert registry.alias_version(cfg, registry.CHAMPION) == champion_before  # ... the alias did not
-    n_commits = len(pub.history(root))
+    assert read_current(root) == rc.version  # CURRENT moved ...
+    assert alias_version(cfg, CHAMPION) == champion_before  # ... the alias did not
+    n_commits = len(history(root))
 
     env.pop("RECSYS_CRASH_AT")
     proc = subprocess.run([sys.executable, "-c", code, str(args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "'moved': False" in proc.stdout and "'served': True" in proc.stdout
-    assert pub.read_current(root) == rc.version
-    assert len(pub.history(root)) == n_commits  # no second commit for the same version
-    assert registry.alias_version(cfg, registry.CHAMPION) == out["reg"]["model_version"]
-    move = registry.alias_history(cfg, registry.CHAMPION)[-1]
+    assert read_current(root) == rc.version
+    assert len(history(root)) == n_commits  # no second commit for the same version
+    assert alias_version(cfg, CHAMPION) == out["reg"]["model_version"]
+    move = alias_history(cfg, CHAMPION)[-1]
     assert move["version"] == out["reg"]["model_version"] and move["previous"] == champion_before

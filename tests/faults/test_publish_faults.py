@@ -19,8 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.recsys import publish as pub
-from include.recsys.reader import RecommendationStore
+from include.recsys.tables.retention import cleanup
+from include.recsys.errors import PublishConflict, PublishError
+from include.recsys.tables.current import history, point_current, publish_lock, read_current
+from include.recsys.tables.layout import STAGING_GRACE_S, STAGING_PREFIX, version_dir
+from include.recsys.tables.versions import list_versions
+from include.recsys.tables.reader import RecommendationStore
 from tests.faults import _helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +33,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 def _served_ok(root: Path, version: str) -> None:
     """CURRENT names ``version`` and a reader gets that whole version."""
-    assert pub.read_current(root) == version
+    assert read_current(root) == version
     store = RecommendationStore(root)
     rows = store.for_user("u2")
     assert {i.split(":")[0] for i in rows["item_id"]} == {version}
@@ -57,24 +61,24 @@ def test_fault_publish_sigkill_mid_write(tmp_path: Path) -> None:
             child.kill()
     assert child.returncode == -signal.SIGKILL
 
-    leftovers = list(root.glob(f"{pub.STAGING_PREFIX}*"))
+    leftovers = list(root.glob(f"{STAGING_PREFIX}*"))
     assert leftovers and list(leftovers[0].glob("part-*.parquet"))  # a half-written version
-    assert not pub.version_dir(root, "v2").exists()
+    assert not version_dir(root, "v2").exists()
     _served_ok(root, "v1")
-    assert [v["version"] for v in pub.list_versions(root)] == ["v1"]
+    assert [v["version"] for v in list_versions(root)] == ["v1"]
 
-    assert pub.cleanup(root, keep=5) == []  # as young as a live run's staging folder: kept
+    assert cleanup(root, keep=5) == []  # as young as a live run's staging folder: kept
     for p in leftovers:
-        h.backdate(p, pub.STAGING_GRACE_S + 60)
-    removed = pub.cleanup(root, keep=5)
+        h.backdate(p, STAGING_GRACE_S + 60)
+    removed = cleanup(root, keep=5)
     assert sorted(removed) == sorted(p.name for p in leftovers)
-    assert not list(root.glob(f"{pub.STAGING_PREFIX}*"))
+    assert not list(root.glob(f"{STAGING_PREFIX}*"))
 
     h.write(root, "v2")  # the task's retry
-    assert pub.point_current(root, "v2") is True
-    assert pub.point_current(root, "v2") is False  # a second retry changes nothing
+    assert point_current(root, "v2") is True
+    assert point_current(root, "v2") is False  # a second retry changes nothing
     _served_ok(root, "v2")
-    assert [e["version"] for e in pub.history(root)] == ["v1", "v2"]
+    assert [e["version"] for e in history(root)] == ["v1", "v2"]
 
 
 def test_fault_reader_polls_during_repeated_publishes(tmp_path: Path) -> None:
@@ -98,7 +102,7 @@ def test_fault_reader_polls_during_repeated_publishes(tmp_path: Path) -> None:
         t0 = time.monotonic()
         for j in range(1, 26):
             h.publish(root, f"v{j:03d}")
-            pub.cleanup(root, keep=3)  # old versions disappear while readers run
+            cleanup(root, keep=3)  # old versions disappear while readers run
             time.sleep(0.03)
         print(f"25 publishes in {time.monotonic() - t0:.1f}s")
     finally:
@@ -139,21 +143,21 @@ def test_fault_disk_full_while_writing(tmp_path: Path, monkeypatch: pytest.Monke
     assert calls["n"] == 2
     monkeypatch.setattr(pq, "write_table", real)
 
-    assert not list(root.glob(f"{pub.STAGING_PREFIX}*"))
+    assert not list(root.glob(f"{STAGING_PREFIX}*"))
     assert not list(root.rglob("*.tmp"))
-    assert not pub.version_dir(root, "v2").exists()
+    assert not version_dir(root, "v2").exists()
     _served_ok(root, "v1")
-    assert len(pub.history(root)) == 1
+    assert len(history(root)) == 1
 
 
 def _race(root: str, version: str, expected, barrier, results) -> None:
     barrier.wait()
     try:
         if expected == "ANY":
-            results.put((version, pub.point_current(root, version)))
+            results.put((version, point_current(root, version)))
         else:
-            results.put((version, pub.point_current(root, version, expected_previous=expected)))
-    except pub.PublishConflict:
+            results.put((version, point_current(root, version, expected_previous=expected)))
+    except PublishConflict:
         results.put((version, "conflict"))
     except BaseException as exc:  # noqa: BLE001
         results.put((version, f"error {type(exc).__name__}: {exc}"))
@@ -186,8 +190,8 @@ def test_fault_two_publishes_race_one_winner(tmp_path: Path) -> None:
     winners = [v for v, r in out.items() if r is True]
     assert len(winners) == 1, out
     assert all(r == "conflict" for v, r in out.items() if v not in winners), out
-    assert pub.read_current(root) == winners[0]
-    hist = pub.history(root)
+    assert read_current(root) == winners[0]
+    hist = history(root)
     assert [(e["version"], e["previous"]) for e in hist] == [("v0", None), (winners[0], "v0")]
 
     serial = [f"b{i}" for i in range(6)]
@@ -195,13 +199,13 @@ def test_fault_two_publishes_race_one_winner(tmp_path: Path) -> None:
         h.write(root, v)
     out = _run_race(root, serial, expected="ANY")
     assert all(r is True for r in out.values()), out
-    hist = pub.history(root)
+    hist = history(root)
     assert len(hist) == 2 + len(serial)
     for prev, entry in zip(hist, hist[1:]):
         assert entry["previous"] == prev["version"]  # no lost update: one chain
-    assert pub.read_current(root) == hist[-1]["version"]
+    assert read_current(root) == hist[-1]["version"]
     assert not list(root.glob(".CURRENT*"))
-    assert pd.read_parquet(pub.version_dir(root, hist[-1]["version"]) / "_fallback.parquet").shape[0] == 3
+    assert pd.read_parquet(version_dir(root, hist[-1]["version"]) / "_fallback.parquet").shape[0] == 3
 
 
 def test_fault_publish_lock_released_when_holder_is_killed(tmp_path: Path) -> None:
@@ -211,15 +215,15 @@ def test_fault_publish_lock_released_when_holder_is_killed(tmp_path: Path) -> No
     h.publish(root, "v1")
     h.write(root, "v2")
     code = (
-        "import sys, time; from include.recsys import publish as pub\n"
+        "import sys, time; from include.recsys.tables import versions as publish as pub\n"
         f"with pub.publish_lock({str(root)!r}):\n"
         "    print('LOCKED', flush=True); time.sleep(60)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "LOCKED"
-        with pytest.raises(pub.PublishError, match="could not lock"):
-            with pub.publish_lock(root, timeout=0.3):
+        with pytest.raises(PublishError, match="could not lock"):
+            with publish_lock(root, timeout=0.3):
                 pass
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
@@ -227,6 +231,6 @@ def test_fault_publish_lock_released_when_holder_is_killed(tmp_path: Path) -> No
         if child.poll() is None:
             child.kill()
     t0 = time.monotonic()
-    assert pub.point_current(root, "v2") is True
+    assert point_current(root, "v2") is True
     assert time.monotonic() - t0 < 5
     _served_ok(root, "v2")

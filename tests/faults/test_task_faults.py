@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from include.recsys import publish as pub
+from include.recsys.tables.current import history, read_current
+from include.recsys.tables.layout import STAGING_PREFIX, version_dir
 from tests.faults import _helpers as h
 from tests.fakes.slack_server import FakeSlack
 
@@ -60,7 +61,7 @@ _DAGS = textwrap.dedent(
         @task(execution_timeout=timedelta(seconds=3))
         def precompute():
             """Writes a version far too slowly: the timeout interrupts write_version."""
-            from include.recsys import publish as pub
+            from include.recsys.tables import versions as publish as pub
             from tests.faults import _helpers as h
 
             real = pub.write_part
@@ -76,7 +77,7 @@ _DAGS = textwrap.dedent(
 
         @task
         def publish(version):
-            from include.recsys import publish as pub
+            from include.recsys.tables import versions as publish as pub
 
             pub.point_current(os.environ["FAULT_RECS"], version)
 
@@ -167,10 +168,10 @@ def test_fault_task_exceeds_execution_timeout(airflow_env, tmp_path) -> None:
         assert result["tis"]["precompute"] == "failed"
         assert result["tis"]["publish"] == "upstream_failed"
         assert "AirflowTaskTimeout" in output
-        assert pub.read_current(recs) == "v1"
-        assert not pub.version_dir(recs, "v_timeout").exists()
-        assert not list(recs.glob(f"{pub.STAGING_PREFIX}*"))
-        assert [e["version"] for e in pub.history(recs)] == ["v1"]
+        assert read_current(recs) == "v1"
+        assert not version_dir(recs, "v_timeout").exists()
+        assert not list(recs.glob(f"{STAGING_PREFIX}*"))
+        assert [e["version"] for e in history(recs)] == ["v1"]
         assert slack.wait_for(1)
         assert len(slack.requests) == 1
         text = json.dumps(slack.requests[0].json)

@@ -14,10 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys import pipeline, synth
-from include.recsys import publish as pub
-from include.recsys.config import load_config
-from include.recsys.recommend import ModelBundle
+from include.recsys.core.run import RunContext
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.shards import plan_shards, score_shard
+from include.recsys.data import synth
+from include.recsys.tables.versions import _staging_path
+from include.recsys.config.settings import load_config
+from include.recsys.scoring.bundle import ModelBundle
 
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
 
@@ -31,9 +36,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = load_config({"window_days": 35, "iterations": 4, "factors": 8, "shards": 3})
     data = synth.generate(dataclasses.replace(synth.PRESETS["tiny"], end_date="2026-11-19"))
     synth.land_partitioned(data, cfg.source)
-    rc = pipeline.RunContext("recsys_nightly_retrain", "manual__coded", datetime(2026, 11, 19, tzinfo=timezone.utc), END)
-    snap = pipeline.snapshot(cfg, rc)
-    parts = pipeline.split(cfg, rc, snap)
+    rc = RunContext("recsys_nightly_retrain", "manual__coded", datetime(2026, 11, 19, tzinfo=timezone.utc), END)
+    snap = snapshot(cfg, rc)
+    parts = split(cfg, rc, snap)
     yield {"cfg": cfg, "rc": rc, "snap": snap, "parts": parts}
     mp.undo()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -60,8 +65,8 @@ def test_snapshot_and_split_files_carry_codes_into_the_id_maps(staged) -> None:
 
 def test_training_on_codes_equals_training_on_string_ids(staged) -> None:
     cfg, rc, snap, parts = staged["cfg"], staged["rc"], staged["snap"], staged["parts"]
-    coded = ModelBundle.load(pipeline.train(cfg, rc, parts, snap)["bundle"])
-    plain = ModelBundle.load(pipeline.train(cfg, rc, _legacy(parts), snap)["bundle"])
+    coded = ModelBundle.load(train(cfg, rc, parts, snap)["bundle"])
+    plain = ModelBundle.load(train(cfg, rc, _legacy(parts), snap)["bundle"])
     assert coded.id_maps_hash == plain.id_maps_hash
     assert coded.user_ids.equals(plain.user_ids) and coded.item_ids.equals(plain.item_ids)
     np.testing.assert_array_equal(coded.user_factors, plain.user_factors)
@@ -71,14 +76,14 @@ def test_training_on_codes_equals_training_on_string_ids(staged) -> None:
 
 def test_shards_from_codes_score_the_same_table_as_shards_from_strings(staged) -> None:
     cfg, rc, snap, parts = staged["cfg"], staged["rc"], staged["snap"], staged["parts"]
-    model = pipeline.train(cfg, rc, parts, snap)
+    model = train(cfg, rc, parts, snap)
     reg = {"model_name": "m", "model_version": "1"}
 
     def table(s: dict) -> pd.DataFrame:
-        shards = pipeline.plan_shards(cfg, rc, s)
+        shards = plan_shards(cfg, rc, s)
         assert len(shards) == 3
-        outs = [pipeline.score_shard(cfg, rc, s, model, reg, sh) for sh in shards]
-        staging = pub._staging_path(cfg.recommendations_root, rc.version)
+        outs = [score_shard(cfg, rc, s, model, reg, sh) for sh in shards]
+        staging = _staging_path(cfg.recommendations_root, rc.version)
         return pd.concat([pd.read_parquet(staging / o["path"]) for o in outs], ignore_index=True)
 
     coded, plain = table(snap), table(_legacy(snap))

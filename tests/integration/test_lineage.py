@@ -12,10 +12,17 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from include.recsys import lineage, pipeline, registry, synth
-from include.recsys.config import load_config
-from include.recsys.pipeline import RunContext
-from include.recsys.publish import file_sha256
+from include.recsys.tracking import lineage
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.stages import train as train_mod
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.register import register
+from include.recsys.tracking.registry import CHAMPION, set_alias
+from include.recsys.data import synth
+from include.recsys.config.settings import load_config
+from include.recsys.core.run import RunContext
+from include.recsys.core.io import file_sha256
 
 END = datetime(2026, 11, 21, tzinfo=timezone.utc)
 
@@ -26,20 +33,20 @@ def run(tmp_path_factory):
     cfg = load_config({"data_dir": base, "factors": 8, "iterations": 3, "top_n": 5})
     synth.ensure_default_data(cfg.source, dataclasses.replace(synth.PRESETS["tiny"], end_date="2026-11-20"))
     rc = RunContext("recsys_nightly_retrain", "manual__lineage", END - timedelta(days=1), END)
-    snap = pipeline.snapshot(cfg, rc)
-    parts = pipeline.split(cfg, rc, snap)
-    model = pipeline.train(cfg, rc, parts, snap)
-    pipeline.evaluate(cfg, rc, parts, model)
-    reg = pipeline.register(cfg, rc, model)
+    snap = snapshot(cfg, rc)
+    parts = split(cfg, rc, snap)
+    model = train_mod.train(cfg, rc, parts, snap)
+    evaluate(cfg, rc, parts, model)
+    reg = register(cfg, rc, model)
     # what publish does to the registry (the table itself is not needed here)
-    registry.set_alias(cfg, registry.CHAMPION, reg["model_version"], reason="lineage test", actor=rc.run_id)
+    set_alias(cfg, CHAMPION, reg["model_version"], reason="lineage test", actor=rc.run_id)
     return {"cfg": cfg, "rc": rc, "snap": snap, "parts": parts, "model": model}
 
 
 def test_champion_training_dataset_is_the_snapshot(run):
     cfg, snap = run["cfg"], run["snap"]
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-    mv = client.get_model_version_by_alias(cfg.model_name, registry.CHAMPION)
+    mv = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
     inputs = {d["context"]: d for d in lineage.datasets_of(cfg, mv.run_id)}
     assert set(inputs) == {"training", "evaluation"}
     train = inputs["training"]

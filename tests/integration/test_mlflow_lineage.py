@@ -21,10 +21,25 @@ import mlflow
 import pandas as pd
 import pytest
 
-from include.recsys import pipeline, registry, synth
-from include.recsys.config import load_config
-from include.recsys.pipeline import RunContext
-from include.recsys.publish import read_current, read_manifest, version_dir
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.gate import gate
+from include.recsys.stages.register import register
+from tests._stages import precompute
+from include.recsys.stages.publish import publish
+from include.recsys.reporting.run_card import RUN_CARD
+from include.recsys.tracking.registry import CHALLENGER, CHAMPION, alias_history, alias_version, history_path, rollback_alias, set_alias
+from include.recsys.tracking.runs import code_version, end_run, log_to_run, start_child_run
+from include.recsys.errors import MlflowUnavailable, RegistryError
+from include.recsys.tracking.mlflow import experiment_id
+from include.recsys.data import synth
+from include.recsys.config.settings import load_config
+from include.recsys.core.run import RunContext
+from include.recsys.tables.current import read_current
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.tables.layout import version_dir
 
 DATA_END = "2026-11-20"
 END = datetime(2026, 11, 21, tzinfo=timezone.utc)
@@ -35,16 +50,16 @@ def _rc(run_id: str) -> RunContext:
 
 
 def _stages(cfg, rc):
-    snap = pipeline.snapshot(cfg, rc)
-    parts = pipeline.split(cfg, rc, snap)
+    snap = snapshot(cfg, rc)
+    parts = split(cfg, rc, snap)
     # stands in for validate_input's report (GX is tested elsewhere): train logs the folder
     (rc.work_dir(cfg) / "validation").mkdir(exist_ok=True)
     (rc.work_dir(cfg) / "validation" / "input_report.json").write_text('{"success": true}')
-    model = pipeline.train(cfg, rc, parts, snap)
-    ev = pipeline.evaluate(cfg, rc, parts, model)
-    verdict = pipeline.gate(cfg, rc, ev, model)
-    reg = pipeline.register(cfg, rc, model)
-    pre = pipeline.precompute(cfg, rc, snap, model, reg, ev, verdict)
+    model = train(cfg, rc, parts, snap)
+    ev = evaluate(cfg, rc, parts, model)
+    verdict = gate(cfg, rc, ev, model)
+    reg = register(cfg, rc, model)
+    pre = precompute(cfg, rc, snap, model, reg, ev, verdict)
     return {"snap": snap, "parts": parts, "model": model, "ev": ev, "verdict": verdict, "reg": reg, "pre": pre}
 
 
@@ -55,7 +70,7 @@ def world(tmp_path_factory):
     synth.ensure_default_data(cfg.source, dataclasses.replace(synth.PRESETS["tiny"], end_date=DATA_END))
     rc1 = _rc("manual__2026-11-21T00:00:00+00:00")
     first = _stages(cfg, rc1)
-    first["pub"] = pipeline.publish(cfg, rc1, first["pre"], first["reg"], first["model"])
+    first["pub"] = publish(cfg, rc1, first["pre"], first["reg"], first["model"])
     return {"cfg": cfg, "base": base, "rc1": rc1, "first": first}
 
 
@@ -74,7 +89,7 @@ def test_run_has_lineage_tags_params_metrics_and_artifacts(world):
     assert tags["data_snapshot_sha256"] == first["snap"]["sha256"]
     assert tags["data_window"] == f"[{first['snap']['window_start']}, {first['snap']['window_end']})"
     assert tags["airflow_try_number"] == "1"
-    assert tags["code_version"] == registry.code_version() != ""
+    assert tags["code_version"] == code_version() != ""
     assert tags["gate_verdict"] == "PASS" and tags["champion_version_evaluated"] == "none"
     assert tags["published_version"] == rc.version and tags["champion_version"] == "1"
     # every setting actually used, after overrides
@@ -101,29 +116,29 @@ def test_retried_train_resumes_the_same_run(world):
     cfg, first = world["cfg"], world["first"]
     rc = _rc("manual__retry-test")
     snap, parts = first["snap"], first["parts"]
-    a = pipeline.train(cfg, rc, parts, snap)
-    registry.end_run(cfg, a["mlflow_run_id"], "FAILED")  # the DAG run failed and was cleared
-    b = pipeline.train(cfg, dataclasses.replace(rc, try_number=2), parts, snap)
+    a = train(cfg, rc, parts, snap)
+    end_run(cfg, a["mlflow_run_id"], "FAILED")  # the DAG run failed and was cleared
+    b = train(cfg, dataclasses.replace(rc, try_number=2), parts, snap)
     assert a["mlflow_run_id"] == b["mlflow_run_id"]
     exp = _client(cfg).get_experiment_by_name(cfg.mlflow_experiment)
     runs = _client(cfg).search_runs([exp.experiment_id], f"tags.airflow_run_id = '{rc.run_id}'")
     assert len(runs) == 1
     assert runs[0].info.status == "RUNNING"  # resumed; the DAG-level callback closes it
     assert runs[0].data.tags["airflow_try_number"] == "2"
-    registry.end_run(cfg, a["mlflow_run_id"], "FINISHED")
+    end_run(cfg, a["mlflow_run_id"], "FINISHED")
 
 
 def test_child_runs_for_trials(world):
     cfg, parent = world["cfg"], world["first"]["model"]["mlflow_run_id"]
-    child = registry.start_child_run(cfg, parent, "trial-000", {"factors": 16, "alpha": 4.0})
-    again = registry.start_child_run(cfg, parent, "trial-000", {"factors": 16, "alpha": 4.0})
-    other = registry.start_child_run(cfg, parent, "trial-001", {"factors": 32})
+    child = start_child_run(cfg, parent, "trial-000", {"factors": 16, "alpha": 4.0})
+    again = start_child_run(cfg, parent, "trial-000", {"factors": 16, "alpha": 4.0})
+    other = start_child_run(cfg, parent, "trial-001", {"factors": 32})
     assert child == again != other
     run = _client(cfg).get_run(child)
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["airflow_run_id"] == world["rc1"].run_id
     assert run.data.params == {"factors": "16", "alpha": "4.0"}
-    registry.log_to_run(cfg, child, metrics={"ndcg@10": 0.5})
+    log_to_run(cfg, child, metrics={"ndcg@10": 0.5})
     assert _client(cfg).get_run(child).data.metrics == {"ndcg_at_10": 0.5}
 
 
@@ -140,8 +155,8 @@ def test_model_version_carries_gate_metrics_window_and_run_card(world):
     assert t["data_window"].startswith(f"[{first['snap']['window_start']}")
     assert t["data_snapshot_sha256"] == first["snap"]["sha256"]
     assert t["airflow_run_id"] == rc.run_id and t["mlflow_run_id"] == first["model"]["mlflow_run_id"]
-    assert t["run_card"] == str(rc.work_dir(cfg) / pipeline.RUN_CARD) and t["run_card_status"] == "present"
-    assert (rc.work_dir(cfg) / pipeline.RUN_CARD).exists() and t["gate_forced"] == "false"
+    assert t["run_card"] == str(rc.work_dir(cfg) / RUN_CARD) and t["run_card_status"] == "present"
+    assert (rc.work_dir(cfg) / RUN_CARD).exists() and t["gate_forced"] == "false"
     assert "Gate PASS on ndcg@10" in mv.description and f"{cand:.4f}" in mv.description
     assert mv.run_id == first["model"]["mlflow_run_id"]
 
@@ -165,7 +180,7 @@ mlflow.set_tracking_uri({cfg.tracking_uri!r}); mlflow.set_registry_uri({cfg.trac
 model = mlflow.pyfunc.load_model("models:/{cfg.model_name}@champion")
 out = model.predict(pd.read_parquet("users.parquet"), params={{"n": {n}}})
 out.to_parquet("out.parquet")
-import include.recsys.recommend as r
+import include.recsys.scoring.recommend as r
 json.dump({{"module": r.__file__, "sig_params": [p.name for p in model.metadata.get_params_schema().params]}},
           open("meta.json", "w"))
 """
@@ -206,73 +221,73 @@ def test_failure_between_current_and_alias_is_completed_by_the_rerun(world, monk
     second = _stages(cfg, rc2)
     world["rc2"], world["second"] = rc2, second
     v2 = second["reg"]["model_version"]
-    assert v2 == "2" and registry.alias_version(cfg, registry.CHALLENGER) == "2"
+    assert v2 == "2" and alias_version(cfg, CHALLENGER) == "2"
     assert second["ev"]["champion_version"] == "1"
-    real = registry.set_alias
+    real = set_alias
 
     def broken(cfg_, alias, version, **kw):
-        if alias == registry.CHAMPION:
+        if alias == CHAMPION:
             raise RuntimeError("registry went away after CURRENT moved")
         return real(cfg_, alias, version, **kw)
 
-    monkeypatch.setattr(registry, "set_alias", broken)
+    monkeypatch.setattr("include.recsys.tracking.registry.set_alias", broken)
     with pytest.raises(RuntimeError, match="went away"):
-        pipeline.publish(cfg, rc2, second["pre"], second["reg"], second["model"])
+        publish(cfg, rc2, second["pre"], second["reg"], second["model"])
     root = cfg.recommendations_root
     assert read_current(root) == rc2.version  # the table moved ...
-    assert registry.alias_version(cfg, registry.CHAMPION) == "1"  # ... the alias did not (yet)
-    monkeypatch.setattr(registry, "set_alias", real)
-    out = pipeline.publish(cfg, rc2, second["pre"], second["reg"], second["model"])  # the retry
+    assert alias_version(cfg, CHAMPION) == "1"  # ... the alias did not (yet)
+    monkeypatch.setattr("include.recsys.tracking.registry.set_alias", real)
+    out = publish(cfg, rc2, second["pre"], second["reg"], second["model"])  # the retry
     assert out["moved"] is False
     assert read_current(root) == rc2.version
-    assert registry.alias_version(cfg, registry.CHAMPION) == read_manifest(root, rc2.version)["model_version"] == "2"
-    last = registry.alias_history(cfg, registry.CHAMPION)[-1]
+    assert alias_version(cfg, CHAMPION) == read_manifest(root, rc2.version)["model_version"] == "2"
+    last = alias_history(cfg, CHAMPION)[-1]
     assert (last["version"], last["previous"], last["actor"]) == ("2", "1", rc2.run_id)
     assert rc2.version in last["reason"]
 
 
 def test_alias_history_records_every_move(world):
     cfg = world["cfg"]
-    hist = registry.alias_history(cfg)
+    hist = alias_history(cfg)
     assert [(e["alias"], e["version"], e["previous"]) for e in hist] == [
         ("challenger", "1", None), ("champion", "1", None), ("challenger", "2", "1"), ("champion", "2", "1"),
     ]
     assert [e["seq"] for e in hist] == [1, 2, 3, 4]
     assert all(e["at"] and e["reason"] and e["actor"].startswith("manual__") for e in hist)
-    mirror = [json.loads(x) for x in registry.history_path(cfg).read_text().splitlines()]
+    mirror = [json.loads(x) for x in history_path(cfg).read_text().splitlines()]
     assert mirror == hist
 
 
 def test_rollback_moves_the_alias_back_and_records_it(world):
     cfg = world["cfg"]
-    assert registry.rollback_alias(cfg, reason="bad recs reported", actor="cli:alice") == "1"
-    assert registry.alias_version(cfg, registry.CHAMPION) == "1"
-    e = registry.alias_history(cfg, registry.CHAMPION)[-1]
+    assert rollback_alias(cfg, reason="bad recs reported", actor="cli:alice") == "1"
+    assert alias_version(cfg, CHAMPION) == "1"
+    e = alias_history(cfg, CHAMPION)[-1]
     assert (e["action"], e["version"], e["previous"], e["actor"]) == ("rollback", "1", "2", "cli:alice")
     assert "bad recs reported" in e["reason"]
     # explicit target (e.g. the model_version of the table CURRENT was rolled back to)
-    assert registry.rollback_alias(cfg, to_version="2", reason="fixed", actor="cli:alice") == "2"
-    assert registry.alias_version(cfg, registry.CHAMPION) == "2"
-    with pytest.raises(registry.RegistryError, match="no version 99|version 99"):
-        registry.rollback_alias(cfg, to_version="99", reason="typo", actor="cli:alice")
-    assert registry.alias_version(cfg, registry.CHAMPION) == "2"
+    assert rollback_alias(cfg, to_version="2", reason="fixed", actor="cli:alice") == "2"
+    assert alias_version(cfg, CHAMPION) == "2"
+    with pytest.raises(RegistryError, match="no version 99|version 99"):
+        rollback_alias(cfg, to_version="99", reason="typo", actor="cli:alice")
+    assert alias_version(cfg, CHAMPION) == "2"
 
 
 def test_an_unrecorded_move_is_recorded_on_the_next_set(world):
     cfg = world["cfg"]
     _client(cfg).set_registered_model_alias(cfg.model_name, "shadow", "1")  # behind our back
-    assert registry.set_alias(cfg, "shadow", "1", reason="check", actor="t") is False
-    e = registry.alias_history(cfg, "shadow")
+    assert set_alias(cfg, "shadow", "1", reason="check", actor="t") is False
+    e = alias_history(cfg, "shadow")
     assert len(e) == 1 and e[0]["action"] == "repair" and e[0]["version"] == "1"
-    assert registry.set_alias(cfg, "shadow", "1", reason="check", actor="t") is False
-    assert len(registry.alias_history(cfg, "shadow")) == 1
+    assert set_alias(cfg, "shadow", "1", reason="check", actor="t") is False
+    assert len(alias_history(cfg, "shadow")) == 1
 
 
 def test_nothing_is_published_for_an_unregistered_model(world):
     cfg, second, rc2 = world["cfg"], world["second"], world["rc2"]
     before = read_current(cfg.recommendations_root)
-    with pytest.raises(registry.RegistryError, match="not registered"):
-        pipeline.publish(cfg, rc2, second["pre"], {**second["reg"], "model_version": "77"}, second["model"])
+    with pytest.raises(RegistryError, match="not registered"):
+        publish(cfg, rc2, second["pre"], {**second["reg"], "model_version": "77"}, second["model"])
     assert read_current(cfg.recommendations_root) == before
 
 
@@ -290,20 +305,20 @@ def test_mlflow_unreachable_fails_fast_with_a_clear_error(world, monkeypatch):
     down = cfg.with_overrides({"mlflow_tracking_uri": uri})
     rc = _rc("manual__mlflow-down")
     t0 = time.perf_counter()
-    with pytest.raises(registry.MlflowUnavailable, match=f"MLflow at {uri} is unreachable"):
-        pipeline.train(down, rc, first["parts"], first["snap"])
+    with pytest.raises(MlflowUnavailable, match=f"MLflow at {uri} is unreachable"):
+        train(down, rc, first["parts"], first["snap"])
     assert time.perf_counter() - t0 < 20
     # "no champion" is never concluded from an outage: evaluate would otherwise skip the check
-    with pytest.raises(registry.MlflowUnavailable):
-        registry.alias_version(down, registry.CHAMPION)
+    with pytest.raises(MlflowUnavailable):
+        alias_version(down, CHAMPION)
     # the table is not moved when the registry cannot confirm the model
     before = read_current(cfg.recommendations_root)
     second = world["second"]
-    with pytest.raises(registry.MlflowUnavailable):
-        pipeline.publish(down, world["rc2"], second["pre"], second["reg"], second["model"])
+    with pytest.raises(MlflowUnavailable):
+        publish(down, world["rc2"], second["pre"], second["reg"], second["model"])
     assert read_current(cfg.recommendations_root) == before
     # credentials never reach the message
     secret = cfg.with_overrides({"mlflow_tracking_uri": f"http://bob:s3cret@127.0.0.1:{_closed_port()}"})
-    with pytest.raises(registry.MlflowUnavailable) as info:
-        registry.experiment_id(secret)
+    with pytest.raises(MlflowUnavailable) as info:
+        experiment_id(secret)
     assert "s3cret" not in str(info.value) and "***@127.0.0.1" in str(info.value)

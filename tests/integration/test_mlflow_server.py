@@ -22,9 +22,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from include.recsys import pipeline, registry
-from include.recsys.config import load_config
-from include.recsys.recommend import ModelBundle
+from include.recsys.core.run import RunContext
+from include.recsys.tracking.runs import get_or_create_run, log_to_run
+from include.recsys.tracking.registry import CHAMPION, alias_history, download_bundle, register_model, rollback_alias, set_alias, tag_model_version
+from include.recsys.config.settings import load_config
+from include.recsys.scoring.bundle import ModelBundle
 
 
 def _free_port() -> int:
@@ -92,34 +94,34 @@ def test_registry_steps_over_http(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server["url"])
     cfg = load_config({"data_dir": tmp_path / "data", "top_n": 5})
     assert cfg.tracking_uri == server["url"]
-    rc = pipeline.RunContext("recsys_nightly_retrain", "manual__server-test",
+    rc = RunContext("recsys_nightly_retrain", "manual__server-test",
                              pd.Timestamp("2026-11-20", tz="UTC"), pd.Timestamp("2026-11-21", tz="UTC"))
 
-    run_id = registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
-    assert registry.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags()) == run_id
+    run_id = get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
+    assert get_or_create_run(cfg, rc.run_id, rc.mlflow_tags()) == run_id
     report = tmp_path / "eval" / "report.json"
     report.parent.mkdir()
     report.write_text('{"ok": true}')
-    registry.log_to_run(cfg, run_id, params=cfg.params_for_mlflow(), metrics={"candidate.ndcg@10": 0.25},
+    log_to_run(cfg, run_id, params=cfg.params_for_mlflow(), metrics={"candidate.ndcg@10": 0.25},
                         tags={"data_snapshot_sha256": "abc"}, artifacts={"evaluation": report.parent})
-    v1 = registry.register_model(cfg, run_id, _bundle(tmp_path / "b1" / "bundle", 1))
-    assert registry.register_model(cfg, run_id, tmp_path / "b1" / "bundle") == v1  # idempotent
-    registry.tag_model_version(cfg, v1, {"gate_verdict": "PASS"}, "first")
-    assert registry.set_alias(cfg, registry.CHAMPION, v1, reason="published", actor=rc.run_id)
+    v1 = register_model(cfg, run_id, _bundle(tmp_path / "b1" / "bundle", 1))
+    assert register_model(cfg, run_id, tmp_path / "b1" / "bundle") == v1  # idempotent
+    tag_model_version(cfg, v1, {"gate_verdict": "PASS"}, "first")
+    assert set_alias(cfg, CHAMPION, v1, reason="published", actor=rc.run_id)
 
-    run2 = registry.get_or_create_run(cfg, "manual__server-test-2", {})
-    v2 = registry.register_model(cfg, run2, _bundle(tmp_path / "b2" / "bundle", 2))
+    run2 = get_or_create_run(cfg, "manual__server-test-2", {})
+    v2 = register_model(cfg, run2, _bundle(tmp_path / "b2" / "bundle", 2))
     assert v2 != v1
-    assert registry.set_alias(cfg, registry.CHAMPION, v2, reason="published", actor="manual__server-test-2")
+    assert set_alias(cfg, CHAMPION, v2, reason="published", actor="manual__server-test-2")
 
-    got = registry.download_bundle(cfg, registry.CHAMPION, tmp_path / "dl")
+    got = download_bundle(cfg, CHAMPION, tmp_path / "dl")
     assert got is not None and got[0] == v2
     want = ModelBundle.load(tmp_path / "b2" / "bundle")
     assert np.array_equal(got[1].user_factors, want.user_factors)
     assert (got[1].seen != want.seen).nnz == 0
 
-    assert registry.rollback_alias(cfg, reason="test", actor="cli:test") == v1
-    assert [(e["version"], e["action"]) for e in registry.alias_history(cfg, registry.CHAMPION)] == [
+    assert rollback_alias(cfg, reason="test", actor="cli:test") == v1
+    assert [(e["version"], e["action"]) for e in alias_history(cfg, CHAMPION)] == [
         (v1, "set"), (v2, "set"), (v1, "rollback")]
 
     import mlflow

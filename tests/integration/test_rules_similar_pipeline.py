@@ -16,12 +16,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys import pipeline, synth
-from include.recsys import publish as pub
-from include.recsys.config import load_config
-from include.recsys.pipeline import RunContext
-from include.recsys.reader import SimilarItemsStore
-from include.recsys.rules import RulesError
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.gate import gate
+from include.recsys.stages.register import register
+from include.recsys.stages.similar import similar_items
+from tests._stages import precompute
+from include.recsys.stages.validate_output import validate_output
+from include.recsys.stages.publish import publish
+from include.recsys.stages.rollback import rollback
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.data import synth
+from include.recsys.tables.versions import read_version_table
+from include.recsys.tables.current import history, read_current
+from include.recsys.tables.layout import FALLBACK, version_dir
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.core.io import file_sha256
+from include.recsys.config.settings import load_config
+from include.recsys.core.run import RunContext
+from include.recsys.tables.reader import SimilarItemsStore
+from include.recsys.errors import RulesError
 
 pytestmark = pytest.mark.e2e  # three tiny nightly runs with MLflow: ~30 s
 
@@ -33,16 +48,16 @@ def _rc(run_id: str) -> RunContext:
 
 
 def _run(cfg, rc) -> dict:
-    out: dict = {"snap": pipeline.snapshot(cfg, rc)}
-    out["parts"] = pipeline.split(cfg, rc, out["snap"])
-    out["model"] = pipeline.train(cfg, rc, out["parts"], out["snap"])
-    out["ev"] = pipeline.evaluate(cfg, rc, out["parts"], out["model"])
-    out["verdict"] = pipeline.gate(cfg, rc, out["ev"], out["model"])
-    out["reg"] = pipeline.register(cfg, rc, out["model"], out["snap"])
-    out["sim"] = pipeline.similar_items(cfg, rc, out["snap"], out["model"], out["reg"])
-    out["pre"] = pipeline.precompute(cfg, rc, out["snap"], out["model"], out["reg"], out["ev"], out["verdict"])
-    out["checked"] = pipeline.validate_output(cfg, rc, out["snap"], out["pre"])
-    out["pub"] = pipeline.publish(cfg, rc, out["pre"], out["reg"], out["model"])
+    out: dict = {"snap": snapshot(cfg, rc)}
+    out["parts"] = split(cfg, rc, out["snap"])
+    out["model"] = train(cfg, rc, out["parts"], out["snap"])
+    out["ev"] = evaluate(cfg, rc, out["parts"], out["model"])
+    out["verdict"] = gate(cfg, rc, out["ev"], out["model"])
+    out["reg"] = register(cfg, rc, out["model"], out["snap"])
+    out["sim"] = similar_items(cfg, rc, out["snap"], out["model"], out["reg"])
+    out["pre"] = precompute(cfg, rc, out["snap"], out["model"], out["reg"], out["ev"], out["verdict"])
+    out["checked"] = validate_output(cfg, rc, out["snap"], out["pre"])
+    out["pub"] = publish(cfg, rc, out["pre"], out["reg"], out["model"])
     return out
 
 
@@ -75,17 +90,17 @@ def test_rules_and_similar_items_through_the_pipeline(lake) -> None:
     first = _run(cfg, _rc("scheduled__2026-11-19T00:00:00+00:00"))
     version = first["pub"]["version"]
     root, sroot = cfg.recommendations_root, cfg.similar_items_root
-    assert pub.read_current(root) == version == pub.read_current(sroot)
-    table = pub.read_version_table(pub.version_dir(root, version))
-    fallback = pd.read_parquet(pub.version_dir(root, version) / pub.FALLBACK)
+    assert read_current(root) == version == read_current(sroot)
+    table = read_version_table(version_dir(root, version))
+    fallback = pd.read_parquet(version_dir(root, version) / FALLBACK)
     assert not table["item_id"].isin(excluded).any() and not fallback["item_id"].isin(excluded).any()
     assert (table.groupby("user_id").size() == cfg.top_n).all()
-    rules = pub.read_manifest(root, version)["rules"]
-    assert rules["sha256"] == pub.file_sha256(lake["rules_path"]) and rules["source"] == "file"
+    rules = read_manifest(root, version)["rules"]
+    assert rules["sha256"] == file_sha256(lake["rules_path"]) and rules["source"] == "file"
     assert rules["excluded_items"] == len(excluded) and rules["as_of"].startswith("2026-11-20")
     report = json.loads(Path(first["checked"]["report"]).read_text())
     assert [r["success"] for r in report["results"] if r["check"] == "no_excluded_items"] == [True]
-    sim = pub.read_version_table(pub.version_dir(sroot, version))
+    sim = read_version_table(version_dir(sroot, version))
     assert not sim["similar_item_id"].isin(excluded).any() and (sim.groupby("item_id").size() == 5).all()
     some = sim["item_id"].iloc[0]
     assert SimilarItemsStore(sroot).similar(some, n=3).items == sim.loc[sim["item_id"] == some, "similar_item_id"].tolist()[:3]
@@ -95,33 +110,33 @@ def test_rules_and_similar_items_through_the_pipeline(lake) -> None:
     rc = _rc("manual__2026-11-20T06:00:00+00:00")
     with pytest.raises(RulesError, match="cannot be read as Parquet"):
         _run(cfg, rc)
-    assert pub.read_current(root) == version and pub.read_current(sroot) == version
-    assert len(pub.history(root)) == 1 and len(pub.history(sroot)) == 1
+    assert read_current(root) == version and read_current(sroot) == version
+    assert len(history(root)) == 1 and len(history(sroot)) == 1
 
     # keep_previous: yesterday's good copy stands in, and the manifest says so
     keep = cfg.with_overrides({"item_rules_on_error": "keep_previous"})
     second = _run(keep, _rc("manual__2026-11-20T07:00:00+00:00"))
     v2 = second["pub"]["version"]
-    assert pub.read_current(root) == v2 == pub.read_current(sroot)
-    m = pub.read_manifest(root, v2)["rules"]
+    assert read_current(root) == v2 == read_current(sroot)
+    m = read_manifest(root, v2)["rules"]
     assert m["source"] == "previous copy" and "cannot be read" in m["error"] and m["sha256"] == rules["sha256"]
-    assert not pub.read_version_table(pub.version_dir(root, v2))["item_id"].isin(excluded).any()
+    assert not read_version_table(version_dir(root, v2))["item_id"].isin(excluded).any()
 
     # A/B: the champion (alias) vs this run's candidate, 10% holdout on the popularity baseline
-    from include.recsys import variants as ab
+    from include.recsys.config.variants import assign
 
     arms = [{"name": "champion", "model": "alias:champion", "share": 0.45},
             {"name": "challenger", "model": "candidate", "share": 0.45}]
     exp = keep.with_overrides({"ab_variants": arms, "ab_holdout_share": 0.1, "ab_salt": "exp-19"})
     third = _run(exp, _rc("manual__2026-11-20T08:00:00+00:00"))
     v3 = third["pub"]["version"]
-    assert pub.read_current(root) == v3
-    t3 = pub.read_version_table(pub.version_dir(root, v3))
+    assert read_current(root) == v3
+    t3 = read_version_table(version_dir(root, v3))
     assert "variant" not in table.columns and list(t3.columns)[-1] == "variant"
     plan = exp.variant_plan
     per_user = t3.groupby("user_id")["variant"].first()
-    assert (per_user.to_numpy() == ab.assign(per_user.index, plan)).all()
-    m3 = pub.read_manifest(root, v3)["variants"]
+    assert (per_user.to_numpy() == assign(per_user.index, plan)).all()
+    m3 = read_manifest(root, v3)["variants"]
     assert m3["salt"] == "exp-19" and m3["users"] == per_user.value_counts().to_dict()
     assert m3["model_versions"] == {"champion": second["reg"]["model_version"], "challenger": third["reg"]["model_version"]}
     assert set(t3.loc[t3["variant"] == "champion", "model_version"]) == {second["reg"]["model_version"]}
@@ -131,6 +146,6 @@ def test_rules_and_similar_items_through_the_pipeline(lake) -> None:
     assert {r["check"]: r["success"] for r in report["results"]}["variant_shares"] is True
 
     # a rollback of the recommendations takes the similar-items table back to its twin version
-    back = pipeline.rollback(exp, _rc("manual__rollback"), to_version=v2, reason="undo the experiment")
-    assert back["to"] == v2 == pub.read_current(root) and back["similar_items"] == v2 == pub.read_current(sroot)
-    assert pub.history(sroot)[-1]["reason"].startswith("rollback")
+    back = rollback(exp, _rc("manual__rollback"), to_version=v2, reason="undo the experiment")
+    assert back["to"] == v2 == read_current(root) and back["similar_items"] == v2 == read_current(sroot)
+    assert history(sroot)[-1]["reason"].startswith("rollback")

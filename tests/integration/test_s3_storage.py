@@ -20,11 +20,17 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from include.recsys import publish as pub  # noqa: E402
-from include.recsys import reader, storage  # noqa: E402
-from include.recsys.publish import PublishConflict, PublishError  # noqa: E402
-from include.recsys.reader import RecommendationStore  # noqa: E402
-from tests.unit.test_publish import _fallback, _table  # noqa: E402
+from include.recsys.tables.versions import list_versions, write_version
+from include.recsys.tables.current import history, point_current, read_current, rollback
+from include.recsys.tables.layout import LOG_DIR
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.cli.read import main
+from include.recsys.tables.storage import CONDITIONAL_ENV, OPTIONS_ENV, ObjectStore
+from include.recsys.errors import StorageError, WriteConflict
+from include.recsys.errors import PublishConflict, PublishError
+from include.recsys.tables.reader import RecommendationStore
+from tests.unit.tables.test_publish import _fallback, _table  # noqa: E402
 
 BUCKET = "recsys-tables"
 
@@ -45,7 +51,7 @@ def s3():
     endpoint = f"http://{host}:{port}"
     mp = pytest.MonkeyPatch()
     for k in list(os.environ):
-        if k.startswith("AWS_") or k in (storage.OPTIONS_ENV, storage.CONDITIONAL_ENV):
+        if k.startswith("AWS_") or k in (OPTIONS_ENV, CONDITIONAL_ENV):
             mp.delenv(k)
     mp.setenv("AWS_ACCESS_KEY_ID", "testing")
     mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -67,33 +73,33 @@ def root(s3) -> str:
 
 
 def _keys(root: str) -> list[str]:
-    store = storage.ObjectStore.open(root)
+    store = ObjectStore.open(root)
     store.fs.invalidate_cache()
     return sorted(p[len(store.path) + 1 :] for p in store.fs.find(store.path))
 
 
 def _write(root: str, version: str):
-    return pub.write_version(root, version, _table(version), _fallback(version), {"model_version": version})
+    return write_version(root, version, _table(version), _fallback(version), {"model_version": version})
 
 
 def _publish(root: str, version: str) -> bool:
     _write(root, version)
-    return pub.point_current(root, version)
+    return point_current(root, version)
 
 
 def test_cycle_on_s3(root) -> None:
-    assert pub.read_current(root) is None
+    assert read_current(root) is None
     for v in ("v1", "v2", "v3"):
         assert _publish(root, v)
     assert _keys(root)[:4] == ["CURRENT", *(f"_log/{i:020d}.json" for i in (1, 2, 3))]
-    assert [(e["version"], e["previous"]) for e in pub.history(root)] == [("v1", None), ("v2", "v1"), ("v3", "v2")]
+    assert [(e["version"], e["previous"]) for e in history(root)] == [("v1", None), ("v2", "v1"), ("v3", "v2")]
     store = RecommendationStore(root, refresh_s=0)
     assert store.recommend("u1", 2).items == ["v3:item1", "v3:item2"]
     assert store.recommend("nobody", 1).source == "fallback"
-    assert pub.rollback(root) == "v2"
+    assert rollback(root) == "v2"
     assert store.recommend("u1", 1).items == ["v2:item1"]  # reopened when CURRENT moved
-    assert pub.cleanup(root, keep=1) == ["version=v1"]  # v2 served, v3 the one before it
-    assert [v["version"] for v in pub.list_versions(root)] == ["v2", "v3"]
+    assert cleanup(root, keep=1) == ["version=v1"]  # v2 served, v3 the one before it
+    assert [v["version"] for v in list_versions(root)] == ["v2", "v3"]
     assert not [k for k in _keys(root) if k.startswith("version=v1")]
     # the table is plain Parquet under the prefix: pandas reads it with the same options
     import pandas as pd
@@ -106,30 +112,30 @@ def test_conditional_put_loses_to_a_concurrent_publish(root, monkeypatch) -> Non
     """Two publishers read the same log head; the second's create of the same entry number
     carries If-None-Match: * and S3 refuses it (412): PublishConflict, CURRENT and the log name
     the winner only. A stale If-Match on CURRENT (412) makes a writer follow the log instead."""
-    from include.recsys import commitlog
+    from include.recsys.tables import commitlog
 
     for v in ("v1", "v2", "v3"):
         _write(root, v)
-    pub.point_current(root, "v1")
+    point_current(root, "v1")
     real = commitlog.tip
 
     def stale_read(r):
         got = real(r)
         monkeypatch.setattr(commitlog, "tip", real)
-        pub.point_current(root, "v3")  # the other publisher wins meanwhile
+        point_current(root, "v3")  # the other publisher wins meanwhile
         return got
 
     monkeypatch.setattr(commitlog, "tip", stale_read)
     with pytest.raises(PublishConflict, match="another publish committed first"):
-        pub.point_current(root, "v2", expected_previous="v1")
-    assert pub.read_current(root) == "v3"
-    assert [e["version"] for e in pub.history(root)] == ["v1", "v3"]
-    store = storage.ObjectStore.open(root)
+        point_current(root, "v2", expected_previous="v1")
+    assert read_current(root) == "v3"
+    assert [e["version"] for e in history(root)] == ["v1", "v3"]
+    store = ObjectStore.open(root)
     _, tag = store.read_tagged("CURRENT")
     store.write_bytes("CURRENT", b"v1\n")  # CURRENT changes: the ETag read above is stale
-    with pytest.raises(storage.WriteConflict):
+    with pytest.raises(WriteConflict):
         store.write_bytes("CURRENT", b"v2\n", if_match=tag)
-    assert pub.read_current(root) == "v3" and store.read_bytes("CURRENT") == b"v3\n"  # follows the log
+    assert read_current(root) == "v3" and store.read_bytes("CURRENT") == b"v3\n"  # follows the log
 
 
 def _race(root: str, versions: list[str], expected_previous) -> list[str]:
@@ -141,7 +147,7 @@ def _race(root: str, versions: list[str], expected_previous) -> list[str]:
     def go(v: str) -> None:
         barrier.wait()
         try:
-            results[v] = pub.point_current(root, v, expected_previous=expected_previous)
+            results[v] = point_current(root, v, expected_previous=expected_previous)
         except PublishConflict as exc:
             results[v] = exc
         except Exception as exc:  # anything else is a bug: the caller asserts on it
@@ -164,23 +170,23 @@ def test_racing_publishers_have_one_winner(root) -> None:
     for v in versions:
         _write(root, v)
     first = _race(root, versions[:4], expected_previous=None)
-    assert len(first) == 1 and pub.read_current(root) == first[0]
+    assert len(first) == 1 and read_current(root) == first[0]
     second = _race(root, versions[4:], expected_previous=first[0])
-    assert len(second) == 1 and pub.read_current(root) == second[0]
-    assert [(e["version"], e["previous"]) for e in pub.history(root)] == [(first[0], None), (second[0], first[0])]
+    assert len(second) == 1 and read_current(root) == second[0]
+    assert [(e["version"], e["previous"]) for e in history(root)] == [(first[0], None), (second[0], first[0])]
 
 
 def test_bad_input_on_s3(root, capsys) -> None:
     with pytest.raises(LookupError, match="nothing is published under s3://"):
         RecommendationStore(root).recommend("u1")
     _publish(root, "v1")
-    store = storage.ObjectStore.open(root)
+    store = ObjectStore.open(root)
     store.write_bytes("CURRENT", b"v-does-not-exist\n")
     # the log is the truth: the reader serves its newest commit and repairs CURRENT
     assert RecommendationStore(root).recommend("u1").version == "v1"
     assert store.read_bytes("CURRENT") == b"v1\n"
     # without a log (a CURRENT written by hand) a corrupt CURRENT is a clear error
-    store.delete(pub.LOG_DIR, recursive=True)
+    store.delete(LOG_DIR, recursive=True)
     store.write_bytes("CURRENT", b"v-does-not-exist\n")
     with pytest.raises(LookupError, match="is corrupt: it names 'v-does-not-exist'"):
         RecommendationStore(root).recommend("u1")
@@ -188,20 +194,20 @@ def test_bad_input_on_s3(root, capsys) -> None:
     store.delete("version=v1/_manifest.json")
     with pytest.raises(PublishError, match="version v1 has no manifest"):
         RecommendationStore(root).recommend("u1")
-    assert reader.main(["--root", root, "user", "u1"]) == 1
+    assert main(["--root", root, "user", "u1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: version v1 has no manifest") and "Traceback" not in err
-    assert pub.list_versions(root) == []
+    assert list_versions(root) == []
 
 
 def test_missing_bucket(s3, capsys) -> None:
     root = "s3://no-such-bucket-here/recs"
-    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket-here' of s3://no-such-bucket-here/recs does not exist"):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' of s3://no-such-bucket-here/recs does not exist"):
         RecommendationStore(root).recommend("u1")
-    assert reader.main(["--root", root, "versions"]) == 0  # nothing there: an empty list
-    assert reader.main(["--root", root, "user", "u1"]) == 1
+    assert main(["--root", root, "versions"]) == 0  # nothing there: an empty list
+    assert main(["--root", root, "user", "u1"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(storage.StorageError, match="writing s3://no-such-bucket-here/recs/version=v1/part-00000.parquet failed"):
+    with pytest.raises(StorageError, match="writing s3://no-such-bucket-here/recs/version=v1/part-00000.parquet failed"):
         _write(root, "v1")
 
 
@@ -209,13 +215,13 @@ def test_unreachable_endpoint(s3, monkeypatch, capsys) -> None:
     # storage options (not AWS_ENDPOINT_URL) name the endpoint: a port nothing listens on,
     # botocore retries off so the error comes at once
     monkeypatch.setenv(
-        storage.OPTIONS_ENV,
+        OPTIONS_ENV,
         json.dumps({"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}),
     )
     root = f"s3://{BUCKET}/recs"
-    with pytest.raises(storage.StorageError, match=r"reading s3://recsys-tables/recs/CURRENT failed: EndpointConnectionError"):
-        pub.read_current(root)
-    assert reader.main(["--root", root, "user", "u1"]) == 1
+    with pytest.raises(StorageError, match=r"reading s3://recsys-tables/recs/CURRENT failed: EndpointConnectionError"):
+        read_current(root)
+    assert main(["--root", root, "user", "u1"]) == 1
     err = capsys.readouterr().err
     assert "Could not connect" in err and "Traceback" not in err
 
@@ -223,7 +229,7 @@ def test_unreachable_endpoint(s3, monkeypatch, capsys) -> None:
 def test_storage_options_env(s3, monkeypatch) -> None:
     """Endpoint and credentials through $RECSYS_STORAGE_OPTIONS alone (no AWS_ENDPOINT_URL)."""
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    monkeypatch.setenv(storage.OPTIONS_ENV, json.dumps({"endpoint_url": s3, "key": "testing", "secret": "testing"}))
+    monkeypatch.setenv(OPTIONS_ENV, json.dumps({"endpoint_url": s3, "key": "testing", "secret": "testing"}))
     root = f"s3://{BUCKET}/opts-{uuid.uuid4().hex[:6]}"
     assert _publish(root, "v1")
     assert RecommendationStore(root).recommend("u1", 1).items == ["v1:item1"]
@@ -239,9 +245,19 @@ def test_pipeline_stages_publish_to_s3(s3, tmp_path, monkeypatch) -> None:
     """snapshot -> ... -> plan_shards -> score_shard (x2) -> assemble_version -> validate_output
     -> publish with RECSYS_RECOMMENDATIONS_DIR=s3://...: parts, manifest, CURRENT and the log
     land in the bucket, the reader serves them, and a rerun publishes nothing new."""
-    from include.recsys import pipeline, synth
-    from include.recsys.config import load_config
-    from include.recsys.pipeline import RunContext
+    from include.recsys.stages.snapshot import snapshot
+    from include.recsys.stages.split import split
+    from include.recsys.stages.train import train
+    from include.recsys.stages.evaluate import evaluate
+    from include.recsys.stages.gate import gate
+    from include.recsys.stages.register import register
+    from include.recsys.stages.shards import plan_shards, score_shard
+    from include.recsys.stages.assemble import assemble_version
+    from include.recsys.stages.validate_output import validate_output
+    from include.recsys.stages.publish import publish
+    from include.recsys.data import synth
+    from include.recsys.config.settings import load_config
+    from include.recsys.core.run import RunContext
 
     root = f"s3://{BUCKET}/pipeline-{uuid.uuid4().hex[:6]}/recommendations"
     monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path / "data"))
@@ -253,31 +269,31 @@ def test_pipeline_stages_publish_to_s3(s3, tmp_path, monkeypatch) -> None:
     synth.land_partitioned(data, cfg.source)
     try:
         rc = RunContext("recsys_nightly_retrain", "manual__s3", datetime(2026, 11, 19, tzinfo=timezone.utc), END)
-        snap = pipeline.snapshot(cfg, rc)
-        parts = pipeline.split(cfg, rc, snap)
-        model = pipeline.train(cfg, rc, parts, snap)
-        ev = pipeline.evaluate(cfg, rc, parts, model)
-        verdict = pipeline.gate(cfg, rc, ev, model)
-        reg = pipeline.register(cfg, rc, model, snap)
-        shards = pipeline.plan_shards(cfg, rc, snap)
+        snap = snapshot(cfg, rc)
+        parts = split(cfg, rc, snap)
+        model = train(cfg, rc, parts, snap)
+        ev = evaluate(cfg, rc, parts, model)
+        verdict = gate(cfg, rc, ev, model)
+        reg = register(cfg, rc, model, snap)
+        shards = plan_shards(cfg, rc, snap)
         assert len(shards) == 2
-        written = [pipeline.score_shard(cfg, rc, snap, model, reg, sh) for sh in shards]
-        pre = pipeline.assemble_version(cfg, rc, snap, model, reg, ev, verdict, written)
+        written = [score_shard(cfg, rc, snap, model, reg, sh) for sh in shards]
+        pre = assemble_version(cfg, rc, snap, model, reg, ev, verdict, written)
         assert pre["path"] == f"{root}/version={rc.version}"
-        checked = pipeline.validate_output(cfg, rc, snap, pre)
-        out = pipeline.publish(cfg, rc, checked, reg, model)
+        checked = validate_output(cfg, rc, snap, pre)
+        out = publish(cfg, rc, checked, reg, model)
         assert out["moved"] is True
-        assert pub.read_current(root) == rc.version
+        assert read_current(root) == rc.version
         keys = _keys(root)
         assert {f"version={rc.version}/part-00000.parquet", f"version={rc.version}/part-00001.parquet",
                 f"version={rc.version}/_manifest.json", "CURRENT", f"_log/{1:020d}.json"} <= set(keys)
-        m = pub.read_manifest(root, rc.version)
+        m = read_manifest(root, rc.version)
         assert m["shards"] == 2 and m["rows"] == pre["rows"] and m["model_version"] == str(reg["model_version"])
         store = RecommendationStore(root)
         some_user = store.table()["user_id"].iloc[0]
         assert store.recommend(some_user, 5).source == "model"
         # a rerun of the same interval publishes nothing new
-        assert pipeline.publish(cfg, rc, checked, reg, model)["moved"] is False
-        assert len(pub.history(root)) == 1
+        assert publish(cfg, rc, checked, reg, model)["moved"] is False
+        assert len(history(root)) == 1
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)

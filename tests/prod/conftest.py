@@ -79,7 +79,7 @@ def prod(tmp_path_factory):
         pytest.skip(f"production mode needs PostgreSQL: {no_pg}, and nothing listens on 127.0.0.1:5432")
     if no_redis and not _listening(MACHINE_REDIS):
         pytest.skip(f"production mode needs Redis: {no_redis}, and nothing listens on 127.0.0.1:6379")
-    from include.recsys import synth
+    from include.recsys.data import synth
 
     t0 = time.monotonic()
     pg = None if no_pg else PrivatePostgres()

@@ -19,7 +19,9 @@ from urllib.parse import quote
 
 import pytest
 
-from include.recsys.publish import history, read_current, read_manifest, version_dir
+from include.recsys.tables.current import history, read_current
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.tables.layout import version_dir
 from tests.prod.conftest import logs_tail
 
 pytestmark = pytest.mark.prod
@@ -47,7 +49,7 @@ def _champion(prod) -> str | None:
     import mlflow
 
     # the registry too: earlier tests in this process may have set a global registry URI
-    # (include.recsys.registry calls mlflow.set_registry_uri), which a client without one uses
+    # (include.recsys.tracking.registry calls mlflow.set_registry_uri), which a client without one uses
     client = mlflow.MlflowClient(tracking_uri=prod.mlflow_url, registry_uri=prod.mlflow_url)
     try:
         return str(client.get_model_version_by_alias(MODEL, "champion").version)
@@ -93,7 +95,7 @@ def _check_published(prod, run_id: str, before: list[dict]) -> str:
     served by CURRENT, complete (every file, size and checksum of its manifest) and valid."""
     import pandas as pd
 
-    from include.recsys import publish
+    from include.recsys.tables.manifest import verify_version
 
     entries = history(prod.root)
     assert entries[: len(before)] == before, "the publish log lost or rewrote earlier entries"
@@ -104,10 +106,7 @@ def _check_published(prod, run_id: str, before: list[dict]) -> str:
     assert read_current(prod.root) == version
     assert _xcom(prod, run_id, "publish")["version"] == version
     assert _xcom(prod, run_id, "assemble_version")["version"] == version
-    if hasattr(publish, "verify_version"):
-        manifest = publish.verify_version(prod.root, version, checksum=True)
-    else:
-        manifest = read_manifest(prod.root, version)
+    manifest = verify_version(prod.root, version, checksum=True)
     table = pd.read_parquet(version_dir(prod.root, version))
     n = manifest["top_n"]
     per_user = table.groupby("user_id")["item_id"].agg(["count", "nunique"])

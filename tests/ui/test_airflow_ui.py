@@ -155,8 +155,8 @@ class Api:
 
 @pytest.fixture(scope="module")
 def airflow_server():
-    from include.recsys.config import PipelineConfig
-    from include.recsys.synth import PRESETS, ensure_default_data
+    from include.recsys.config.settings import PipelineConfig
+    from include.recsys.data.synth import PRESETS, ensure_default_data
 
     base = Path(tempfile.mkdtemp(prefix="recsys-ui-"))
     data = base / "data"
@@ -417,7 +417,7 @@ def test_pending_approval_shows_in_ui_and_approve_publishes(airflow_server, brow
         assert hitl["response_received"] is False, hitl
         assert hitl["options"] == ["Approve", "Reject"], hitl
         m = re.fullmatch(r"Publish recommendations (\S+)\? Gate (\w+).*", hitl["subject"])
-        assert m, hitl["subject"]  # the run's own subject (include/recsys/approval.py), not the placeholder
+        assert m, hitl["subject"]  # the run's own subject (include/recsys/notify/approval.py), not the placeholder
         version = m.group(1)
         assert version != before
 

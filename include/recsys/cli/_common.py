@@ -68,7 +68,7 @@ STATE = State()
 
 def config():
     """The pipeline config: environment (``RECSYS_*``), then ``--data-dir`` / ``--root``."""
-    from include.recsys.config import load_config
+    from include.recsys.config.settings import load_config
 
     overrides: dict[str, Any] = {}
     if STATE.data_dir is not None:
@@ -88,19 +88,20 @@ def emit_json(obj: Any) -> None:
 
 def _classify(exc: Exception) -> tuple[str, int] | None:
     """(message, exit code) for the library errors a user can act on; None: a bug (raise)."""
-    from include.recsys import publish, storage
+    from include.recsys.errors import PublishError
+    from include.recsys.errors import StorageError
 
     try:
-        from include.recsys.registry import MlflowUnavailable
+        from include.recsys.errors import MlflowUnavailable
     except ImportError:  # pragma: no cover - registry always defines it
         MlflowUnavailable = ()  # type: ignore[assignment]
     if isinstance(exc, CliError):
         return str(exc), exc.code
-    if isinstance(exc, (storage.StorageError, MlflowUnavailable)):
+    if isinstance(exc, (StorageError, MlflowUnavailable)):
         return f"{exc} (retry later)", EXIT_UNAVAILABLE
     if isinstance(exc, LookupError):
         return str(exc).strip("'\""), EXIT_NOT_FOUND
-    if isinstance(exc, publish.PublishError):
+    if isinstance(exc, PublishError):
         text = str(exc)
         absent = "no manifest" in text or "incomplete or absent" in text
         return text, EXIT_NOT_FOUND if absent else EXIT_REFUSED

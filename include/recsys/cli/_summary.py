@@ -1,6 +1,6 @@
 """The end-of-run screen of the demo: summary, gate verdict, and where to look next.
 
-Rendered from :func:`include.recsys.pipeline.collect_summary`'s dict; short on purpose (the
+Rendered from :func:`include.recsys.reporting.summary.collect_summary`'s dict; short on purpose (the
 full figures are in the run card, the rule table of a passing gate there too).
 """
 

@@ -66,7 +66,7 @@ def recent_runs(cfg, limit: int = 5) -> list[dict[str, Any]]:
 def _find(cfg, run: str | None) -> dict[str, Any]:
     """The run named by ``run`` (Airflow run id, its folder name or a published version id;
     None: the newest run with a card)."""
-    from include.recsys import publish
+    from include.recsys.tables.manifest import read_manifest
 
     runs = [describe(d) for d in _run_dirs(cfg.runs_root)]
     if run is None:
@@ -77,7 +77,7 @@ def _find(cfg, run: str | None) -> dict[str, Any]:
         return found
     wanted = {run}
     try:  # a table version names its run in its manifest
-        wanted.add(publish.read_manifest(cfg.recommendations_root, run).get("airflow_run_id") or run)
+        wanted.add(read_manifest(cfg.recommendations_root, run).get("airflow_run_id") or run)
     except Exception:
         pass
     found = next((r for r in runs if r["run_id"] in wanted or Path(r["work_dir"]).name in wanted

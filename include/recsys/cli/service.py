@@ -1,4 +1,4 @@
-"""``recsys serve``: the read-only HTTP service over the served table (include.recsys.serve)."""
+"""``recsys serve``: the read-only HTTP service over the served table (include.recsys.tables.serve)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def serve(
 
 @handle_errors
 def _serve(host: str, port: int, no_auth: bool) -> None:
-    from include.recsys import serve as service
+    from include.recsys.errors import ServeConfigError
+    from include.recsys.tables.serve import run
 
     try:
-        service.run(config().recommendations_root, host, port, no_auth=no_auth)
-    except service.ServeConfigError as exc:
+        run(config().recommendations_root, host, port, no_auth=no_auth)
+    except ServeConfigError as exc:
         raise CliError(str(exc), EXIT_REFUSED) from None

@@ -24,9 +24,9 @@ from include.recsys.cli.runs import recent_runs
 
 def _served(root: Path | str) -> str:
     """The served version; CliError(2) when nothing is published under ``root``."""
-    from include.recsys import publish
+    from include.recsys.tables.current import read_current
 
-    current = publish.read_current(root)
+    current = read_current(root)
     if current is None:
         raise CliError(f"nothing is published under {root} yet (no CURRENT): run `make demo` first")
     return current
@@ -40,17 +40,17 @@ def _registry(cfg) -> dict[str, Any]:
         info["note"] = "no MLflow store yet"
         return info
     try:
-        from include.recsys import registry
+        from include.recsys.tracking.registry import CHALLENGER, CHAMPION, alias_version
 
-        info["champion"] = registry.alias_version(cfg, registry.CHAMPION)
-        info["challenger"] = registry.alias_version(cfg, registry.CHALLENGER)
+        info["champion"] = alias_version(cfg, CHAMPION)
+        info["challenger"] = alias_version(cfg, CHALLENGER)
     except Exception as exc:  # status must still show the table when MLflow is down
         info["note"] = f"MLflow unavailable: {' '.join(str(exc).split())[:160]}"
     return info
 
 
 def _freshness(root: Path | str) -> dict[str, Any]:
-    from include.recsys import freshness
+    from include.recsys.tables import freshness
 
     try:
         res = freshness.check(root, freshness.FreshnessSettings.from_env())
@@ -76,12 +76,12 @@ def status(as_json: bool = JSON_OPTION) -> None:
 
 @handle_errors
 def _status(as_json: bool) -> None:
-    from include.recsys import publish
+    from include.recsys.tables.manifest import read_manifest
 
     cfg = config()
     root = cfg.recommendations_root
     current = _served(root)
-    m = publish.read_manifest(root, current)
+    m = read_manifest(root, current)
     info = {
         "root": str(root), "current": current, "created_at": m.get("created_at"),
         "data_interval": m.get("data_interval"), "data_window": m.get("data_window"),
@@ -124,10 +124,10 @@ def versions(as_json: bool = JSON_OPTION) -> None:
 
 @handle_errors
 def _versions(as_json: bool) -> None:
-    from include.recsys import publish
+    from include.recsys.tables.versions import list_versions
 
     root = config().recommendations_root
-    rows = publish.list_versions(root)
+    rows = list_versions(root)
     if not rows:
         raise CliError(f"no versions under {root}: nothing is published yet (run `make demo` first)")
     if as_json:
@@ -159,7 +159,7 @@ def recommend(
 
 @handle_errors
 def _recommend(user_id: str, n: int | None, version: str | None, fallback: bool, as_json: bool) -> None:
-    from include.recsys.reader import RecommendationStore
+    from include.recsys.tables.reader import RecommendationStore
 
     store = RecommendationStore(config().recommendations_root)
     version = version or _served(store.root)
@@ -210,18 +210,18 @@ def similar(
 
 
 def _similar_root(cfg) -> Path | str:
-    from include.recsys.similar import similar_root
+    from include.recsys.core.uri import similar_root
 
     return similar_root(cfg.recommendations_root, getattr(cfg, "similar_items_dir", "") or "")
 
 
 @handle_errors
 def _similar(item_id: str, n: int | None, version: str | None, fallback: bool, as_json: bool) -> None:
-    from include.recsys import publish
-    from include.recsys.reader import SimilarItemsStore
+    from include.recsys.tables.current import read_current
+    from include.recsys.tables.reader import SimilarItemsStore
 
     root = _similar_root(config())
-    if publish.read_current(root) is None:
+    if read_current(root) is None:
         raise CliError(f"no similar-items table published under {root}: the nightly run builds it "
                        f"(similar_items task), so item {item_id!r} cannot be looked up yet", EXIT_NOT_FOUND)
     store = SimilarItemsStore(root)
@@ -264,14 +264,16 @@ def rollback(
 
 @handle_errors
 def _rollback(version: str | None, reason: str, as_json: bool) -> None:
-    from include.recsys import publish
-    from include.recsys.pipeline import RunContext, rollback as rollback_both
-    from include.recsys.registry import default_actor
+    from include.recsys.tables.current import read_current
+    from include.recsys.tables.versions import list_versions
+    from include.recsys.core.run import RunContext
+    from include.recsys.stages.rollback import rollback as rollback_both
+    from include.recsys.tracking.mlflow import default_actor
 
     cfg = config()
     root = cfg.recommendations_root
     before = _served(root)
-    if version is not None and version not in {v["version"] for v in publish.list_versions(root)}:
+    if version is not None and version not in {v["version"] for v in list_versions(root)}:
         raise CliError(f"version {version} is not a complete version under {root} (see `recsys versions`)")
     if version == before:
         raise CliError(f"version {version} is already served", EXIT_REFUSED)
@@ -280,7 +282,7 @@ def _rollback(version: str | None, reason: str, as_json: bool) -> None:
     try:
         result = rollback_both(cfg, rc, version, reason)
     except Exception as exc:
-        moved = publish.read_current(root)
+        moved = read_current(root)
         if moved != before:  # the table moved, the alias did not: say how to finish
             raise CliError(f"CURRENT moved {before} -> {moved}, but the champion alias did not follow "
                            f"({' '.join(str(exc).split())[:200]}); run the same command again when "

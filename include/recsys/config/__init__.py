@@ -1,0 +1,1 @@
+"""Settings: ``PipelineConfig`` (env defaults + a run's Params) and the declarative gate spec."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking and beyond-accuracy metrics, paired bootstrap, slices."""

@@ -1,0 +1,1 @@
+"""Slack: message blocks, sending, Airflow callbacks, and the approval request text."""

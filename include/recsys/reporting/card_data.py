@@ -1,0 +1,186 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import math
+import logging
+from pathlib import Path
+from typing import Any
+from include.recsys.core.io import read_json_or_none
+
+
+_MODEL_ORDER = ("candidate", "champion", "popularity", "recent_popularity")
+
+
+def _num(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+log = logging.getLogger(__name__)
+
+
+DATA_NAME = "run_card.json"
+
+SCHEMA = 1
+
+HISTORY_RUNS = 30  # previous runs shown in the history plot
+
+
+def _parquet_rows(path: Path) -> int | None:
+    try:
+        import pyarrow.parquet as pq
+
+        return int(pq.read_metadata(path).num_rows)
+    except Exception:
+        return None
+
+
+def _validation_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not report:
+        return None
+    results = report.get("results") or []
+    failed = [
+        {
+            "check": r.get("check") or r.get("expectation_type"),
+            "column": r.get("column"),
+            "severity": r.get("severity"),
+            "observed": r.get("observed_value", r.get("unexpected_count")),
+            "message": r.get("message"),
+        }
+        for r in results
+        if not r.get("success") and not r.get("skipped")
+    ]
+    return {
+        "success": report.get("success"),
+        "counts": report.get("counts"),
+        "failed": failed[:50],
+        "notes": (report.get("notes") or [])[:20],
+        "data_docs": report.get("data_docs"),
+        "rows": report.get("n_rows"),
+    }
+
+
+def collect(
+    work: Path,
+    *,
+    dag_id: str,
+    run_id: str,
+    interval_start: Any = None,
+    interval_end: Any = None,
+    snap: dict[str, Any] | None = None,
+    parts: dict[str, Any] | None = None,
+    mlflow_run_id: str | None = None,
+    mlflow_experiment: str | None = None,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    published: dict[str, Any] | None = None,
+    code_version: str | None = None,
+) -> dict[str, Any]:
+    """The card's data from the work folder, the given stage outputs and the previous
+    ``run_card.json`` of this run (so a refresh after publish keeps what the gate stage knew)."""
+    work = Path(work)
+    old = read_json_or_none(work / DATA_NAME) or {}
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "interval_start": str(interval_start) if interval_start is not None else old.get("interval_start"),
+        "interval_end": str(interval_end) if interval_end is not None else old.get("interval_end"),
+    }
+    # snapshot: the stage's dict, else the previous card, else the files themselves
+    if snap:
+        data["snapshot"] = {
+            "window_start": snap.get("window_start"),
+            "window_end": snap.get("window_end"),
+            "sha256": snap.get("sha256"),
+            "stats": snap.get("stats") or {},
+        }
+    elif old.get("snapshot"):
+        data["snapshot"] = old["snapshot"]
+    else:
+        path = work / "snapshot" / "interactions.parquet"
+        if path.exists():
+            from include.recsys.core.io import file_sha256
+
+            inp = read_json_or_none(work / "validation" / "input_report.json") or {}
+            data["snapshot"] = {
+                "window_start": inp.get("window_start"),
+                "window_end": inp.get("window_end"),
+                "sha256": file_sha256(path),
+                "stats": {
+                    "rows": _parquet_rows(path),
+                    "users": _parquet_rows(work / "snapshot" / "users.parquet"),
+                    "items": _parquet_rows(work / "snapshot" / "items.parquet"),
+                },
+            }
+    if parts:
+        data["split"] = {"stats": parts.get("stats") or {}}
+    elif old.get("split"):
+        data["split"] = old["split"]
+    elif (work / "split" / "train.parquet").exists():
+        data["split"] = {
+            "stats": {
+                "train_rows": _parquet_rows(work / "split" / "train.parquet"),
+                "holdout_rows": _parquet_rows(work / "split" / "holdout.parquet"),
+            }
+        }
+    data["validation"] = {
+        kind: _validation_summary(read_json_or_none(work / "validation" / f"{kind}_report.json"))
+        for kind in ("input", "output")
+    }
+    ev = read_json_or_none(work / "eval" / "report.json")
+    if ev is not None:
+        ev = {k: v for k, v in ev.items() if k != "per_user"}
+    data["evaluation"] = ev
+    data["gate"] = read_json_or_none(work / "gate.json")
+    data["mlflow"] = {
+        "run_id": mlflow_run_id or (old.get("mlflow") or {}).get("run_id"),
+        "experiment": mlflow_experiment or (old.get("mlflow") or {}).get("experiment"),
+    }
+    old_model = old.get("model") or {}
+    data["model"] = {
+        "name": model_name or old_model.get("name"),
+        "version": str(model_version) if model_version is not None else old_model.get("version"),
+        "champion_version_evaluated": (ev or {}).get("champion_version"),
+    }
+    data["published"] = published or old.get("published")
+    data["code_version"] = code_version or old.get("code_version")
+    data["history_point"] = _history_point(data)
+    return data
+
+
+def _history_point(data: dict[str, Any]) -> dict[str, Any]:
+    gate = data.get("gate") or {}
+    metrics = (data.get("evaluation") or {}).get("metrics") or {}
+    metric = gate.get("metric")
+    return {
+        "run_id": data["run_id"],
+        "interval_end": data.get("interval_end"),
+        "verdict": gate.get("verdict"),
+        "forced": bool(gate.get("forced")),
+        "metric": metric,
+        **{name: _num((metrics.get(name) or {}).get(metric)) for name in _MODEL_ORDER if metric},
+        "published_version": (data.get("published") or {}).get("version"),
+    }
+
+
+def load_history(runs_root: Path, dag_id: str, run_id: str, metric: str | None, limit: int = HISTORY_RUNS) -> list[dict[str, Any]]:
+    """History points of the previous runs of ``dag_id`` judged on ``metric``: read from their
+    ``run_card.json`` under ``runs_root`` (oldest first, at most ``limit``)."""
+    points = []
+    for path in Path(runs_root).glob(f"*/*/{DATA_NAME}"):
+        d = read_json_or_none(path)
+        if not isinstance(d, dict) or d.get("dag_id") != dag_id or d.get("run_id") == run_id:
+            continue
+        p = d.get("history_point") or {}
+        if metric and p.get("metric") != metric:
+            continue
+        points.append(p)
+    points.sort(key=lambda p: (str(p.get("interval_end")), str(p.get("run_id"))))
+    return points[-limit:]

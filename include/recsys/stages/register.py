@@ -1,0 +1,147 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+import numpy as np
+import pandas as pd
+from include.recsys.config.settings import PipelineConfig
+from include.recsys.core.io import read_json
+from include.recsys.core.run import RunContext
+from include.recsys.reporting.run_card import RUN_CARD, write_run_card
+
+log = logging.getLogger(__name__)
+
+
+
+def _serving_seen(bundle: Any, snapshot_path: Path, snap: dict[str, Any] | None) -> Any:
+    """What :func:`include.recsys.scoring.recommend.seen_matrix` needs for the serving bundle: every
+    snapshot (user, item) pair of the bundle's users and items.
+
+    A snapshot with the int32 ``user_idx`` / ``item_idx`` columns (and its id maps beside it)
+    gives the CSR directly: the bundle's ids are looked up once per distinct id (the maps), the
+    rows are two integer gathers. An older snapshot without them gives the string pairs.
+    """
+    import pyarrow.parquet as pq
+
+    from include.recsys.core.ids import CODE_COLUMNS, IdMap, csr_from_codes
+
+    maps = [
+        Path((snap or {}).get(name) or snapshot_path.with_name(f"{name}.parquet")) for name in ("users", "items")
+    ]
+    names = set(pq.read_schema(snapshot_path).names)
+    if set(CODE_COLUMNS) <= names and all(m.exists() for m in maps):
+        users, items = IdMap.read(maps[0], "user"), IdMap.read(maps[1], "item")
+        # snapshot code -> bundle index (-1: not in the model); the extra last slot takes code -1
+        rows = np.append(bundle.user_ids.get_indexer(users.ids), -1).astype(np.int32)
+        cols = np.append(bundle.item_ids.get_indexer(items.ids), -1).astype(np.int32)
+        table = pq.read_table(snapshot_path, columns=list(CODE_COLUMNS))
+        u, i = (
+            (col.fill_null(-1) if col.null_count else col).to_numpy()
+            for col in (table.column(c) for c in CODE_COLUMNS)
+        )
+        del table
+        for name, codes, n in (("user_idx", u, len(users)), ("item_idx", i, len(items))):
+            if len(codes) and (codes.min() < -1 or codes.max() >= n):
+                raise ValueError(f"{snapshot_path}: {name} outside [-1, {n}) of the id map beside it")
+        return csr_from_codes(rows[u], cols[i], None, (len(bundle.user_ids), len(bundle.item_ids)))
+    # string ids as categoricals: seen_matrix's id lookups run once per distinct id
+    columns = ["user_id", "item_id"]
+    return pd.read_parquet(snapshot_path, columns=columns, read_dictionary=columns)
+
+
+def register(
+    cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], snap: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Register the candidate in the MLflow registry, tag the version, point ``challenger`` at it.
+
+    What is registered is the *serving* bundle: the trained factors with a seen-items matrix of
+    every snapshot interaction of the model's users (the trained bundle's holds the training
+    split only). So ``models:/<name>@champion`` filters exactly what the published table
+    filters and returns the same top-N for the users the model knows.
+    """
+    from dataclasses import replace
+
+    from include.recsys.tracking.registry import CHALLENGER, register_model, set_alias, tag_model_version
+    from include.recsys.tracking.runs import code_version
+    from include.recsys.tracking import runs
+    from include.recsys.scoring.bundle import ModelBundle
+    from include.recsys.scoring.recommend import seen_matrix
+
+    from include.recsys.core.memory import release_memory
+
+    release_memory()  # what earlier stages of this process left behind
+    work = rc.work_dir(cfg)
+    snapshot_path = Path(snap["snapshot"]) if snap else work / "snapshot" / "interactions.parquet"
+    bundle = ModelBundle.load(model["bundle"])
+    pairs = _serving_seen(bundle, snapshot_path, snap)  # a CSR, or string pairs (old snapshot)
+    serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, pairs)).save(
+        work / "model" / "serving_bundle"
+    )
+    del pairs, bundle
+    release_memory()
+    run_id = model["mlflow_run_id"]
+    version = register_model(cfg, run_id, serving_dir)
+
+    verdict = read_json(work / "gate.json") if (work / "gate.json").exists() else {}
+    report = read_json(work / "eval" / "report.json") if (work / "eval" / "report.json").exists() else {}
+    metric = verdict.get("metric") or cfg.gate_metric
+    values = {name: m.get(metric) for name, m in (report.get("metrics") or {}).items()}
+    run_tags = runs.run_tags(cfg, run_id)
+    card = write_run_card(cfg, rc, run_id, snap=snap, model_version=version) or work / RUN_CARD
+    forced = bool(verdict.get("forced"))
+    tags = {
+        "gate_verdict": verdict.get("verdict", "unknown"),
+        "gate_forced": str(forced).lower(),
+        "gate_metric": metric,
+        **{f"{metric.replace('@', '_at_')}.{name}": v for name, v in values.items() if v is not None},
+        "champion_version_evaluated": report.get("champion_version") or "none",
+        **_model_data_tags(cfg, rc, snap, report),
+        "data_window": run_tags.get("data_window", ""),
+        "data_snapshot_sha256": run_tags.get("data_snapshot_sha256", ""),
+        "airflow_dag_id": rc.dag_id,
+        "airflow_run_id": rc.run_id,
+        "mlflow_run_id": run_id,
+        "code_version": run_tags.get("code_version", code_version()),
+        "run_card": str(card),
+        "run_card_status": "present" if card.exists() else "pending",
+        "run_card_artifact": f"runs:/{run_id}/run_card/{RUN_CARD}",
+    }
+    shown = ", ".join(f"{name} {v:.4f}" for name, v in values.items() if v is not None)
+    description = (
+        ("FORCED PUBLISH (force_publish=true) despite " if forced else "")
+        + f"Gate {tags['gate_verdict']} on {metric} ({shown}). Data window {tags['data_window']}, "
+        f"snapshot sha256 {tags['data_snapshot_sha256'][:12]}. Airflow {rc.dag_id} / {rc.run_id}, "
+        f"code {tags['code_version']}. Run card: {card}."
+    )
+    tag_model_version(cfg, version, tags, description)
+    set_alias(
+        cfg, CHALLENGER, version,
+        reason=(f"FORCED past gate {tags['gate_verdict']}" if forced else "passed the gate")
+        + f" on {metric} ({shown})",
+        actor=rc.run_id,
+    )
+    return {"model_name": cfg.model_name, "model_version": version, "serving_bundle": str(serving_dir)}
+
+
+def _model_data_tags(
+    cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any] | None, report: dict[str, Any]
+) -> dict[str, str]:
+    """The data of the registered version (``registry.DATA_TAGS``): the Airflow data interval,
+    the snapshot window and the training end (the split cutoff: the holdout starts there).
+    The champion guard and the fair champion comparison read them back."""
+    window_end = (snap or {}).get("window_end") or rc.end.isoformat()
+    window_start = (snap or {}).get("window_start") or (rc.end - pd.Timedelta(days=cfg.window_days)).isoformat()
+    cutoff = (report.get("settings") or {}).get("cutoff")
+    if not cutoff:  # same rule as the split stage
+        cutoff = (pd.Timestamp(window_end) - pd.Timedelta(days=cfg.holdout_days)).isoformat()
+    interval = rc.data_interval()
+    return {
+        "data_interval_start": interval["start"],
+        "data_interval_end": interval["end"],
+        "data_window_start": str(window_start),
+        "data_window_end": str(window_end),
+        "train_data_end": str(cutoff),
+    }

@@ -1,0 +1,57 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from include.recsys.config.settings import PipelineConfig
+from include.recsys.core.run import RunContext
+from include.recsys.stages._shared import _log_validation_to_mlflow
+
+log = logging.getLogger(__name__)
+
+
+
+def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
+    """Input contract (GX suite + source stats + drift vs history); DataValidationError on errors.
+
+    Reports and Data Docs go to ``<work>/validation/`` (logged to MLflow by ``train``); the
+    statistics are appended to ``<data_dir>/validation_history/<dag_id>.jsonl`` only on success.
+    """
+    from include.recsys.validation.history import history_path, read_snapshot, validate_snapshot
+
+    df, codes = read_snapshot(snap["snapshot"])  # codes: user_idx/item_idx when the snapshot has them
+    folder = rc.work_dir(cfg) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path = folder / "input_report.json"
+    from include.recsys.errors import DataValidationError
+
+    try:
+        report, stats = validate_snapshot(
+            df,
+            snap,
+            run_id=rc.run_id,
+            history_file=history_path(cfg.data_dir, rc.dag_id),
+            source=str(cfg.source),
+            window_days=cfg.window_days,
+            event_types=list(cfg.event_weights),
+            report_path=report_path,
+            docs_dir=folder / "data_docs" / "input",
+            codes=codes,
+        )
+    except DataValidationError:
+        # a refused snapshot never reaches train: its reports and Data Docs go to MLflow now
+        _log_validation_to_mlflow(cfg, rc)
+        raise
+    del df, codes
+    from include.recsys.core.memory import release_memory
+
+    release_memory()
+    log.info("input validation: %s", report.summary())
+    return {
+        "report": str(report_path),
+        "success": report.success,
+        "warnings": len(report.warnings),
+        "counts": report.counts(),
+        "data_docs": report.data_docs,
+    }

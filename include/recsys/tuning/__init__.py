@@ -1,0 +1,1 @@
+"""Hyperparameter search on a validation split carved from the training period."""

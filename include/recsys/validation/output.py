@@ -1,0 +1,522 @@
+"""Output contract of the top-N table, checked before ``publish`` points CURRENT at it.
+
+Two parts, one report (:class:`~include.recsys.validation.report.ValidationReport`, same format as
+the input validation):
+
+* the GX suite ``include/config/gx/recommendations_table.json`` (columns, dtypes, non-null
+  ids and scores, ``1 <= rank <= top_n``, finite scores, ``source`` in {model, fallback}),
+  run through a Checkpoint with Data Docs;
+* set-based checks, vectorised with numpy/pandas (no Python row loops), bounds in
+  ``include/config/validation.json`` (``output``):
+
+  - ``items_per_user``: every user has exactly ``N`` rows, where
+    ``N = min(top_n, |catalog| - |items the user has seen|)``: fewer than ``top_n`` only
+    when the catalog (the snapshot's items) minus the user's seen items is smaller;
+  - ``distinct_items``: no item twice in a user's list;
+  - ``ranks_contiguous``: ranks are exactly 1..N per user (no gaps, no repeats);
+  - ``scores_non_increasing``: score never rises with rank (tolerance 1e-6);
+  - ``no_seen_items``: no (user, item) pair of the snapshot interactions;
+  - ``no_excluded_items`` (with business rules): no item the rules exclude, in any list or
+    in the fallback lists; ``items_per_user`` then counts allowed items only;
+  - ``items_in_catalog``: every item is in the snapshot's items;
+  - ``user_coverage``: share of the snapshot's users with a list, above a bound;
+  - ``jaccard_vs_current``: mean Jaccard of the top-N item sets vs the CURRENT table over
+    common users, inside bounds; skipped with a note when nothing is published yet.
+
+Any error-severity failure raises :class:`OutputValidationError` (a
+:class:`~include.recsys.errors.DataValidationError`): publish does not run, CURRENT stays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+import numpy as np
+import pandas as pd
+from include.recsys.validation.report import ERROR, ValidationReport, check_result, finish
+from include.recsys.validation.suite import load_suite_definition, run_suite
+from include.recsys.errors import OutputValidationError
+
+
+
+SUITE_PATH: Path = Path(__file__).resolve().parents[2] / "config" / "gx" / "recommendations_table.json"
+
+_SCORE_TOL = 1e-6
+
+_SAMPLE = 5
+
+
+def _codes(values: pd.Series, index: pd.Index) -> np.ndarray:
+    """Position of each value in ``index`` (-1 if absent or missing).
+
+    A categorical column (the snapshot pairs read as Parquet dictionaries) is looked up once
+    per category, not once per row: no 20M-row string index is built."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat = values.array
+        # code -1 (missing) -> where the index holds a missing value (as get_indexer does), or -1
+        missing = np.flatnonzero(index.isna())
+        lookup = np.append(index.get_indexer(cat.categories), missing[0] if len(missing) else -1)
+        return lookup[cat.codes]
+    return index.get_indexer(pd.Index(values))
+
+
+def _unique(values: pd.Series) -> pd.Index:
+    """``pd.Index(pd.unique(values))`` (order of appearance); plain values for a categorical."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat = values.array
+        codes = pd.unique(cat.codes)
+        if not (codes < 0).any():
+            return cat.categories.take(codes)
+        values = values.astype(cat.categories.dtype)  # a missing id: exactly as for plain values
+    return pd.Index(pd.unique(values))
+
+
+def _sample(values: Any) -> list[Any]:
+    return [v.item() if hasattr(v, "item") else v for v in list(values)[:_SAMPLE]]
+
+
+@dataclass
+class SeenPairs:
+    """The snapshot's (user, item) pairs as integer codes into its distinct ids.
+
+    What :func:`set_checks` needs from the snapshot without one string per row: ``users`` /
+    ``items`` hold each distinct id once (user ids tokenised when pseudonymised; ``items`` is
+    the catalog), ``user_codes`` / ``item_codes`` each row's position in them. Build it with
+    :meth:`from_codes`, which drops ids no row uses (a map may be wider than the rows).
+    """
+
+    users: pd.Index
+    items: pd.Index
+    user_codes: np.ndarray
+    item_codes: np.ndarray
+
+    @classmethod
+    def from_codes(
+        cls, users: pd.Index, items: pd.Index, user_codes: np.ndarray, item_codes: np.ndarray
+    ) -> SeenPairs:
+        """Pairs from per-row codes into ``users`` / ``items`` (e.g. the snapshot's
+        ``user_idx`` / ``item_idx`` and its id maps); every code must be a valid position."""
+        out = []
+        for name, ids, codes in (("user", users, user_codes), ("item", items, item_codes)):
+            codes = np.asarray(codes)
+            if codes.dtype.kind not in "iu":
+                raise TypeError(f"SeenPairs: {name} codes must be integers, got {codes.dtype}")
+            if len(codes) and (codes.min() < 0 or codes.max() >= len(ids)):
+                raise ValueError(f"SeenPairs: {name} codes outside [0, {len(ids)}) of the {name} ids")
+            used = np.bincount(codes, minlength=len(ids)) > 0
+            if not used.all():  # ids without a row are not seen ids (nor catalog items)
+                remap = np.cumsum(used) - 1
+                ids, codes = ids[used], remap[codes]
+            out += [pd.Index(ids), codes]
+        return cls(users=out[0], items=out[2], user_codes=out[1], item_codes=out[3])
+
+
+def set_checks(
+    table: pd.DataFrame,
+    *,
+    top_n: int,
+    seen: pd.DataFrame | SeenPairs,
+    current: pd.DataFrame | None,
+    bounds: dict[str, Any],
+    excluded: pd.Index | None = None,
+    fallback: pd.DataFrame | None = None,
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """The set-based checks; returns (results, notes, figures).
+
+    ``excluded``: item ids the business rules exclude (:mod:`include.recsys.scoring.rules`): none may
+    appear in the table nor in ``fallback`` (the version's fallback lists), and a user's
+    expected list length counts allowed items only.
+
+    ``seen``: the snapshot pairs as a frame (``user_id``, ``item_id``; strings or categoricals)
+    or as :class:`SeenPairs` (integer codes: no per-row string is hashed); same results.
+    """
+    out = bounds["output"]
+    notes: list[str] = []
+    results: list[dict[str, Any]] = []
+    t = table[["user_id", "rank", "item_id", "score"]].dropna(subset=["user_id", "item_id"])
+    t = t.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    # users in order of appearance and each row's position among them: one hashing pass
+    u, users_arr = pd.factorize(t["user_id"])
+    users = pd.Index(users_arr)
+    u = np.asarray(u, dtype=np.int64)
+    catalog = seen.items if isinstance(seen, SeenPairs) else _unique(seen["item_id"])
+    # each row's item in the catalog (-1 outside); the table's items in order of appearance
+    t_item_codes, t_items = pd.factorize(t["item_id"])
+    i = np.append(catalog.get_indexer(pd.Index(t_items)), -1)[t_item_codes]
+    n_cat = len(catalog)
+
+    # items in the catalog
+    outside = i < 0
+    results.append(check_result(
+        "items_in_catalog", severity=ERROR, success=not outside.any(), observed=int(outside.sum()),
+        bounds={"max": 0},
+        message=f"{int(outside.sum()):,} row(s) recommend items outside the catalog "
+        f"(snapshot items), e.g. {_sample(pd.unique(t.loc[outside, 'item_id']))}",
+    ))
+
+    # business rules: no excluded item in any list, nor in the fallback lists
+    ex_cat = np.zeros(n_cat, dtype=bool)
+    if excluded is not None:
+        excluded = pd.Index(excluded)
+        ex_rows = _in_excluded(t["item_id"], excluded)
+        fb_rows = _in_excluded(fallback["item_id"], excluded) if fallback is not None else np.zeros(0, bool)
+        ex_cat = _in_excluded(pd.Series(catalog), excluded)
+        bad = list(pd.unique(t.loc[ex_rows, "item_id"]))
+        if fallback is not None:
+            bad += list(pd.unique(fallback.loc[fb_rows, "item_id"]))
+        results.append(check_result(
+            "no_excluded_items", severity=ERROR, success=not (ex_rows.any() or fb_rows.any()),
+            observed=int(ex_rows.sum() + fb_rows.sum()), bounds={"max": 0},
+            message=f"{int(ex_rows.sum()):,} row(s) and {int(fb_rows.sum()):,} fallback row(s) recommend "
+            f"items the business rules exclude, e.g. {_sample(bad)}",
+        ))
+
+    # seen pairs (distinct) of the table's users
+    if isinstance(seen, SeenPairs):
+        user_lookup = users.get_indexer(seen.users)  # snapshot user -> table user (-1: no list)
+        su = user_lookup[seen.user_codes]
+        si = seen.item_codes
+    else:
+        su = _codes(seen["user_id"], users)
+        si = _codes(seen["item_id"], catalog)
+    ok = su >= 0
+    keys = np.where(outside, -1, u.astype(np.int64) * n_cat + i)
+    # distinct seen pairs by sorting (numpy's vectorised sort of 17M int64 keys: ~0.3 s; a hash
+    # pd.unique + isin over them took ~3.5 s), then a binary search per table row
+    seen_keys = su[ok].astype(np.int64) * n_cat + si[ok]
+    seen_keys.sort()
+    if len(seen_keys):
+        seen_keys = seen_keys[np.r_[True, seen_keys[1:] != seen_keys[:-1]]]
+        pos = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+        is_seen = (seen_keys[pos] == keys) & ~outside
+    else:
+        is_seen = np.zeros(len(keys), dtype=bool)
+    results.append(check_result(
+        "no_seen_items", severity=ERROR, success=not is_seen.any(), observed=int(is_seen.sum()),
+        bounds={"max": 0},
+        message=f"{int(is_seen.sum()):,} row(s) recommend an item the user already interacted with, "
+        f"e.g. {list(zip(_sample(t.loc[is_seen, 'user_id']), _sample(t.loc[is_seen, 'item_id'])))}",
+    ))
+
+    # distinct items per user
+    dup = pd.Series(keys).duplicated().to_numpy() & ~outside
+    if outside.any():  # rows outside the catalog share key -1: compare their ids
+        dup |= t.duplicated(["user_id", "item_id"]).to_numpy() & outside
+    results.append(check_result(
+        "distinct_items", severity=ERROR, success=not dup.any(), observed=int(dup.sum()),
+        bounds={"max": 0},
+        message=f"{int(dup.sum()):,} repeated (user, item) row(s), e.g. users {_sample(pd.unique(t.loc[dup, 'user_id']))}",
+    ))
+
+    # exactly N rows per user, N = min(top_n, catalog - seen)
+    count = np.bincount(u, minlength=len(users))
+    # (with rules: allowed catalog items minus the user's allowed seen items)
+    allowed_seen = seen_keys[~ex_cat[seen_keys % max(n_cat, 1)]] if n_cat else seen_keys
+    seen_per_user = np.bincount(allowed_seen // max(n_cat, 1), minlength=len(users)) if n_cat else np.zeros(len(users), int)
+    expected = np.minimum(top_n, np.maximum(n_cat - int(ex_cat.sum()) - seen_per_user, 0))
+    wrong = count != expected
+    results.append(check_result(
+        "items_per_user", severity=ERROR, success=not wrong.any(), observed=int(wrong.sum()),
+        bounds={"top_n": top_n, "rule": "min(top_n, |allowed catalog| - |allowed seen|)"},
+        message=f"{int(wrong.sum()):,} user(s) do not have exactly min({top_n}, catalog - seen) items, e.g. "
+        + ", ".join(f"{users[k]} has {count[k]} (expected {expected[k]})" for k in np.flatnonzero(wrong)[:_SAMPLE]),
+    ))
+
+    # ranks 1..N without gaps: after sorting by (user, rank), rank == position within the user
+    starts = np.r_[0, np.cumsum(count)[:-1]] if len(count) else np.zeros(0, int)
+    position = np.arange(len(t)) - np.repeat(starts, count) + 1
+    bad_rank = t["rank"].to_numpy() != position
+    bad_users = pd.unique(t.loc[bad_rank, "user_id"])
+    results.append(check_result(
+        "ranks_contiguous", severity=ERROR, success=len(bad_users) == 0, observed=len(bad_users),
+        bounds={"rule": "ranks are 1..N per user"},
+        message=f"{len(bad_users):,} user(s) with ranks that are not exactly 1..N (gap or repeat), "
+        f"e.g. {_sample(bad_users)}",
+    ))
+
+    # scores non-increasing with rank
+    score = t["score"].to_numpy(np.float64)
+    same_user = np.r_[False, u[1:] == u[:-1]]
+    rises = same_user & (np.r_[np.inf, np.diff(score)] > _SCORE_TOL * np.maximum(1.0, np.abs(score)))
+    rise_users = pd.unique(t.loc[rises, "user_id"])
+    results.append(check_result(
+        "scores_non_increasing", severity=ERROR, success=len(rise_users) == 0, observed=len(rise_users),
+        bounds={"tolerance": _SCORE_TOL},
+        message=f"{len(rise_users):,} user(s) whose score rises with rank, e.g. {_sample(rise_users)}",
+    ))
+
+    # coverage of the snapshot's users
+    if isinstance(seen, SeenPairs):
+        covered = user_lookup >= 0  # one entry per distinct snapshot user
+    else:
+        active = _unique(seen["user_id"])
+        covered = np.asarray(active.isin(users), dtype=bool)
+    coverage = float(covered.mean()) if len(covered) else 1.0
+    spec = out["min_user_coverage"]
+    results.append(check_result(
+        "user_coverage", severity=spec.get("severity", ERROR), success=coverage >= spec["min"],
+        observed=coverage, bounds={"min": spec["min"]},
+        message=f"user coverage {coverage:.4f} ({int(covered.sum()):,} of {len(covered):,} "
+        f"snapshot users have a list) < bound {spec['min']}",
+    ))
+
+    figures: dict[str, Any] = {"users": len(users), "rows": len(t), "user_coverage": coverage}
+    # day-over-day: mean Jaccard vs CURRENT over common users
+    lo, hi = out["min_mean_jaccard"], out["max_mean_jaccard"]
+    if current is None:
+        notes.append("jaccard_vs_current: no CURRENT table (first publish); day-over-day check skipped")
+        results.append(check_result(
+            "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
+            bounds={"min": lo["min"], "max": hi["max"]}, note="no CURRENT table",
+        ))
+    else:
+        # codes as pd.factorize of the concatenated (table, CURRENT) ids would give -- the
+        # table's ids in order of appearance, then CURRENT-only ids in theirs -- but each
+        # string hashed once per table, CURRENT's distinct ids looked up in the table's
+        def _extend(codes: np.ndarray, extra: np.ndarray, known: pd.Index) -> tuple[np.ndarray, int]:
+            look = known.get_indexer(pd.Index(extra))
+            new = look < 0
+            look[new] = len(known) + np.arange(int(new.sum()))
+            return np.append(look, -1)[codes], len(known) + int(new.sum())
+
+        cu, cu_uniq = pd.factorize(current["user_id"])
+        ci, ci_uniq = pd.factorize(current["item_id"])
+        cur_u, _ = _extend(cu, cu_uniq, users)
+        cur_i, n_items_all = _extend(ci, ci_uniq, pd.Index(t_items))
+        ucode = np.concatenate([u, cur_u])
+        icode = np.concatenate([np.asarray(t_item_codes, dtype=np.int64), cur_i])
+        iuniq = range(n_items_all)  # only its length is used
+        n_new = len(t)
+        k_all = ucode.astype(np.int64) * max(len(iuniq), 1) + icode
+        k_new = pd.unique(k_all[:n_new])
+        k_cur = pd.unique(k_all[n_new:])
+        n_users_all = int(ucode.max()) + 1 if len(ucode) else 0
+        size_new = np.bincount(k_new // max(len(iuniq), 1), minlength=n_users_all)
+        size_cur = np.bincount(k_cur // max(len(iuniq), 1), minlength=n_users_all)
+        inter = np.bincount(
+            k_new[pd.Series(k_new).isin(k_cur).to_numpy()] // max(len(iuniq), 1), minlength=n_users_all
+        )
+        common = (size_new > 0) & (size_cur > 0)
+        union = size_new + size_cur - inter
+        jacc = inter[common] / union[common]
+        mean = float(jacc.mean()) if common.any() else None
+        figures["mean_jaccard_vs_current"] = mean
+        figures["common_users_vs_current"] = int(common.sum())
+        if mean is None:
+            notes.append("jaccard_vs_current: no user in common with CURRENT; check skipped")
+            results.append(check_result(
+                "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
+                bounds={"min": lo["min"], "max": hi["max"]}, note="no common users",
+            ))
+        else:
+            label = f"mean Jaccard of top-{top_n} lists vs CURRENT {mean:.4f} over {int(common.sum()):,} common users"
+            results.append(check_result(
+                "jaccard_vs_current_min", severity=lo.get("severity", ERROR), success=mean >= lo["min"],
+                observed=mean, bounds={"min": lo["min"]}, message=f"{label} < bound {lo['min']}",
+            ))
+            results.append(check_result(
+                "jaccard_vs_current_max", severity=hi.get("severity", ERROR), success=mean <= hi["max"],
+                observed=mean, bounds={"max": hi["max"]}, message=f"{label} > bound {hi['max']}",
+            ))
+    return results, notes, figures
+
+
+def variant_checks(table: pd.DataFrame, variants: dict[str, Any]) -> list[dict[str, Any]]:
+    """A/B arms: every user in exactly one configured arm, realised shares within the binomial
+    tolerance of the configured ones (:func:`include.recsys.scoring.variants.share_check`), and the
+    holdout served the popularity baseline only (``source == "fallback"``)."""
+    from include.recsys.scoring.variants import COLUMN, share_check
+    from include.recsys.config.variants import HOLDOUT, VariantPlan
+
+    plan = VariantPlan.from_dict(variants)
+    if COLUMN not in table.columns:
+        return [check_result("variant_column", severity=ERROR, success=False, observed=None, bounds={},
+                             message="variants are configured but the table has no variant column")]
+    per_user = table.groupby("user_id", sort=False)[COLUMN].agg(["first", "nunique"])
+    mixed = per_user["nunique"].to_numpy() != 1
+    counts = {str(k): int(v) for k, v in per_user["first"].value_counts().items()}
+    rows = share_check(counts, plan)
+    bad = [r for r in rows if not r[4]]
+    out = [
+        check_result("variant_one_per_user", severity=ERROR, success=not mixed.any(), observed=int(mixed.sum()),
+                     bounds={"max": 0}, message=f"{int(mixed.sum()):,} user(s) in more than one variant, e.g. "
+                     f"{_sample(per_user.index[mixed])}"),
+        check_result("variant_shares", severity=ERROR, success=not bad, observed=counts,
+                     bounds={arm: [round(p - tol, 6), round(p + tol, 6)] for arm, p, _, tol, _ in rows},
+                     message="; ".join(f"{arm}: realised share {got:.4f} vs configured {p:.4f} (tolerance "
+                                       f"{tol:.4f} over {len(per_user):,} users)" for arm, p, got, tol, _ in bad)),
+    ]
+    hold = (table[COLUMN] == HOLDOUT).to_numpy() & (table["source"] != "fallback").to_numpy()
+    out.append(check_result("holdout_gets_baseline", severity=ERROR, success=not hold.any(), observed=int(hold.sum()),
+                            bounds={"max": 0}, message=f"{int(hold.sum()):,} holdout row(s) served by a model, "
+                            f"e.g. users {_sample(pd.unique(table.loc[hold, 'user_id']))}"))
+    return out
+
+
+def _in_excluded(values: pd.Series, excluded: pd.Index) -> np.ndarray:
+    """Bool per value: in ``excluded`` (ids compared as text too: CSV rules vs integer ids)."""
+    vals = pd.Index(values.astype(object) if isinstance(values.dtype, pd.CategoricalDtype) else values)
+    hit = np.asarray(vals.isin(excluded), dtype=bool)
+    if len(excluded) and vals.dtype.kind != excluded.dtype.kind:
+        hit |= np.asarray(vals.astype(str).isin(excluded.astype(str)), dtype=bool)
+    return hit
+
+
+def validate_table(
+    table: pd.DataFrame,
+    *,
+    top_n: int,
+    seen: pd.DataFrame | SeenPairs,
+    current: pd.DataFrame | None = None,
+    excluded: pd.Index | None = None,
+    fallback: pd.DataFrame | None = None,
+    variants: dict[str, Any] | None = None,
+    window: tuple[str | None, str | None] = (None, None),
+    run_name: str = "recommendations",
+    run_time: Any = None,
+    report_path: str | Path | None = None,
+    docs_dir: str | Path | None = None,
+    bounds: dict[str, Any] | None = None,
+) -> ValidationReport:
+    """Validate a top-N table (GX suite + set-based checks); raise OutputValidationError on errors.
+
+    Args:
+        table: ``user_id, rank, item_id, score, source`` (+ model columns).
+        top_n: The configured N.
+        seen: The snapshot interactions (``user_id``, ``item_id``): seen pairs, the catalog
+            (its items) and the active users (its users); string or categorical columns
+            (categorical ones are looked up per category: far less memory on 20M pairs), or
+            the same pairs as integer codes (:class:`SeenPairs`).
+        current: The CURRENT table (``user_id``, ``item_id``) or None before the first publish.
+        excluded: Item ids excluded by the business rules (None: no rules configured).
+        fallback: The version's fallback lists (``item_id``), checked against ``excluded``.
+        variants: The manifest's ``variants`` block (salt, shares): the ``variant`` column's
+            realised shares are checked against it (:func:`variant_checks`).
+    """
+    from datetime import datetime, timezone
+
+    from include.recsys.validation.history import load_bounds
+
+    started = time.perf_counter()
+    bounds = bounds or load_bounds()
+    definition = load_suite_definition(SUITE_PATH)
+    when = pd.Timestamp(run_time) if run_time is not None else (
+        pd.Timestamp(window[1]) if window[1] else pd.Timestamp(datetime(2000, 1, 1, tzinfo=timezone.utc))
+    )
+    results, gx_success, docs = run_suite(
+        table,
+        definition,
+        parameters={"top_n": int(top_n)},
+        run_name=run_name,
+        run_time=when.to_pydatetime(),
+        asset_name="recommendations",
+        docs_dir=docs_dir,
+    )
+    gx_ok = not any(r["success"] is False and r["severity"] == ERROR for r in results)
+    notes: list[str] = []
+    if gx_ok:  # the set-based checks assume the columns and dtypes are right
+        extra, notes, figures = set_checks(table, top_n=top_n, seen=seen, current=current, bounds=bounds,
+                                           excluded=excluded, fallback=fallback)
+        results += extra
+        if variants is not None:
+            results += variant_checks(table, variants)
+        notes.append(f"figures: {figures}")
+    else:
+        notes.append("set-based checks skipped: the table failed its schema checks")
+    report = ValidationReport(
+        success=not any(r["success"] is False and r["severity"] == ERROR for r in results),
+        n_rows=len(table),
+        results=results,
+        suite_name=definition["name"],
+        window_start=window[0],
+        window_end=window[1],
+        gx_success=gx_success,
+        duration_s=time.perf_counter() - started,
+        notes=notes,
+        data_docs=docs,
+    )
+    return finish(report, report_path=report_path, error_cls=OutputValidationError)
+
+
+def validate_similar_table(
+    table: pd.DataFrame,
+    *,
+    top_k: int,
+    catalog: pd.Index,
+    allowed: np.ndarray | None = None,
+    fallback: pd.DataFrame | None = None,
+    run_name: str = "similar_items",
+    report_path: str | Path | None = None,
+) -> ValidationReport:
+    """The similar-items table's contract (``item_id, rank, similar_item_id, score``), checked
+    before it is published; raises :class:`OutputValidationError` on any failure.
+
+    Every catalog item has ``min(top_k, allowed items other than itself)`` rows, ranks 1..K,
+    no item lists itself or an item twice, scores are cosines (finite, in [-1, 1]) that never
+    rise with rank, similar items are catalog items and none is excluded by the rules
+    (``allowed``: bool per ``catalog`` item), nor in ``fallback``.
+    """
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    missing = [c for c in ("item_id", "rank", "similar_item_id", "score") if c not in table.columns]
+    results.append(check_result("similar_columns", severity=ERROR, success=not missing, observed=missing,
+                                bounds={"missing": []}, message=f"similar-items table lacks column(s) {missing}"))
+    if not missing:
+        results += _similar_checks(table, top_k, pd.Index(catalog), allowed, fallback)
+    report = ValidationReport(
+        success=all(r["success"] for r in results), n_rows=len(table), results=results,
+        suite_name="similar_items_table", duration_s=time.perf_counter() - started,
+        notes=[f"{run_name}: {len(table):,} rows, top {top_k}"],
+    )
+    return finish(report, report_path=report_path, error_cls=OutputValidationError)
+
+
+def _similar_checks(
+    table: pd.DataFrame, top_k: int, catalog: pd.Index, allowed: np.ndarray | None, fallback: pd.DataFrame | None
+) -> list[dict[str, Any]]:
+    t = table.sort_values(["item_id", "rank"], kind="stable", ignore_index=True)
+    allowed = np.ones(len(catalog), bool) if allowed is None else np.asarray(allowed, dtype=bool)
+    src = catalog.get_indexer(pd.Index(t["item_id"]))
+    dst = catalog.get_indexer(pd.Index(t["similar_item_id"]))
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, bad: np.ndarray, what: str, sample: Any) -> None:
+        out.append(check_result(name, severity=ERROR, success=not bad.any(), observed=int(bad.sum()),
+                                bounds={"max": 0}, message=f"{int(bad.sum()):,} {what}, e.g. {_sample(sample)}"))
+
+    outside = (src < 0) | (dst < 0)
+    add("similar_in_catalog", outside, "row(s) name items outside the model's catalog",
+        t.loc[outside, "similar_item_id"].unique())
+    add("similar_not_self", t["item_id"].to_numpy() == t["similar_item_id"].to_numpy(),
+        "row(s) list an item as similar to itself", t.loc[t["item_id"] == t["similar_item_id"], "item_id"].unique())
+    dup = t.duplicated(["item_id", "similar_item_id"]).to_numpy()
+    add("similar_distinct", dup, "repeated (item, similar item) row(s)", t.loc[dup, "item_id"].unique())
+    excl = (dst >= 0) & ~allowed[np.maximum(dst, 0)]
+    fb_bad = np.zeros(0, bool)
+    if fallback is not None:
+        fdst = catalog.get_indexer(pd.Index(fallback["similar_item_id"]))
+        fb_bad = (fdst < 0) | ~allowed[np.maximum(fdst, 0)]
+    add("similar_no_excluded_items", np.r_[excl, fb_bad],
+        "row(s) (table and fallback) list items the business rules exclude or the catalog lacks",
+        list(t.loc[excl, "similar_item_id"].unique()))
+    # list lengths: min(K, allowed items other than the item itself) for every catalog item
+    count = pd.Series(src[src >= 0]).value_counts().reindex(range(len(catalog)), fill_value=0).to_numpy()
+    expected = np.minimum(top_k, int(allowed.sum()) - allowed.astype(int))
+    wrong = count != expected
+    add("similar_items_per_item", wrong, f"item(s) without exactly min({top_k}, allowed others) similar items",
+        [f"{catalog[i]} has {count[i]} (expected {expected[i]})" for i in np.flatnonzero(wrong)[:_SAMPLE]])
+    starts = np.r_[0, np.cumsum(np.bincount(pd.factorize(t["item_id"])[0]))[:-1]] if len(t) else np.zeros(0, int)
+    per = np.bincount(pd.factorize(t["item_id"])[0]) if len(t) else np.zeros(0, int)
+    position = np.arange(len(t)) - np.repeat(starts, per) + 1
+    bad_rank = t["rank"].to_numpy() != position
+    add("similar_ranks_contiguous", bad_rank, "row(s) whose rank is not its position 1..K",
+        t.loc[bad_rank, "item_id"].unique())
+    score = t["score"].to_numpy(np.float64)
+    same = np.r_[False, t["item_id"].to_numpy()[1:] == t["item_id"].to_numpy()[:-1]]
+    bad_score = ~np.isfinite(score) | (np.abs(score) > 1 + 1e-4) | (
+        same & (np.r_[np.inf, np.diff(score)] > _SCORE_TOL))
+    add("similar_scores", bad_score, "row(s) with a score outside [-1, 1] or rising with rank",
+        t.loc[bad_score, "item_id"].unique())
+    return out
