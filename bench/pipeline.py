@@ -362,8 +362,8 @@ def _fixed_costs(cfg: Any) -> dict[str, Any]:
 
 def child_land(args: argparse.Namespace) -> int:
     """Generate and land a synthetic preset under the data dir (skipped when already there)."""
-    from include.recsys.data import synth
     from include.recsys.config.settings import load_config
+    from include.recsys.data import synth
 
     spec = dataclasses.replace(synth.PRESETS[args.preset], end_date=DATA_END)
     cfg = load_config()

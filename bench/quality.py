@@ -115,11 +115,11 @@ def compare(
     valid_cutoff: pd.Timestamp | None,
 ) -> dict:
     """Tune on (fit_df, valid), refit on train, compare the three models on holdout."""
-    from include.recsys.tuning.search import prepare, search
+    from include.recsys.backends.implicit import train as fit
     from include.recsys.core.ids import IdMap, interaction_matrix
     from include.recsys.scoring.baselines import popularity_topn
     from include.recsys.scoring.recommend import topn_dense
-    from include.recsys.backends.implicit import train as fit
+    from include.recsys.tuning.search import prepare, search
 
     print(f"[{name}] train {len(train)} events, holdout {len(holdout)}, tuning fit {len(fit_df)}, valid {len(valid)}", flush=True)
     t0 = time.perf_counter()
@@ -191,10 +191,10 @@ def movielens(path: Path, cfg) -> dict:
 
 def synthetic(preset: str, cfg) -> dict:
     from include.recsys.data import synth
-    from include.recsys.tuning.search import validation_split
-    from include.recsys.data.source import Window
     from include.recsys.data.snapshot import build_snapshot
+    from include.recsys.data.source import Window
     from include.recsys.data.split import time_split
+    from include.recsys.tuning.search import validation_split
 
     spec = dataclasses.replace(synth.PRESETS[preset], end_date="2026-11-20")
     tmp = Path(tempfile.mkdtemp(prefix="recsys-quality-"))

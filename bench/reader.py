@@ -20,9 +20,9 @@ import pandas as pd
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.recsys.tables.versions import write_version
     from include.recsys.tables.current import point_current
     from include.recsys.tables.reader import RecommendationStore
+    from include.recsys.tables.versions import write_version
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=100_000)

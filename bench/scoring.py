@@ -154,6 +154,7 @@ def run_method(method: str, args) -> dict:
         from concurrent.futures import ThreadPoolExecutor
 
         import scipy.linalg.cython_blas  # noqa: F401
+
         from include.recsys.scoring.recommend import TILE_ITEMS, TILE_USERS
         from include.recsys.scoring.topk import gemm_block, warm_up
 
@@ -199,6 +200,7 @@ def run_method(method: str, args) -> dict:
         from concurrent.futures import ThreadPoolExecutor
 
         import scipy.linalg.cython_blas  # noqa: F401
+
         from include.recsys.scoring.recommend import TILE_ITEMS, TILE_USERS, topn_dense
         from include.recsys.scoring.topk import gemm_block, warm_up
 
@@ -284,10 +286,10 @@ def _rules_rounds(uf, vf, seen, args) -> dict:
 
     # the pipeline's entry point, without and with rules + A/B variants (two arms scored by two
     # bundles, a 2% holdout on the popularity baseline, the salted hash of every user id)
-    from include.recsys.scoring.variants import score
     from include.recsys.config.variants import parse
     from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.scoring.recommend import recommend
+    from include.recsys.scoring.variants import score
 
     users = pd.Index([f"u{i}" for i in range(uf.shape[0])])
     pop = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)

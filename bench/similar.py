@@ -29,9 +29,9 @@ import numpy as np
 
 
 def item_factors(preset: str, factors: int, iterations: int) -> tuple[np.ndarray, dict]:
+    from include.recsys.backends.implicit import train
     from include.recsys.config.settings import load_config
     from include.recsys.data.synth import PRESETS, generate
-    from include.recsys.backends.implicit import train
 
     t0 = time.perf_counter()
     df = generate(PRESETS[preset])

@@ -57,14 +57,14 @@ class Stage:
 def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
-    from include.recsys.data import synth
+    from include.recsys.backends.implicit import train
     from include.recsys.config.settings import load_config
     from include.recsys.core.ids import IdMap, interaction_matrix
-    from include.recsys.data.source import Window
+    from include.recsys.data import synth
     from include.recsys.data.snapshot import build_snapshot
-    from include.recsys.scoring.recommend import recommend
+    from include.recsys.data.source import Window
     from include.recsys.data.split import time_split
-    from include.recsys.backends.implicit import train
+    from include.recsys.scoring.recommend import recommend
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="s")

@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from include.recsys.data import synth
-    from include.recsys.config.settings import PipelineConfig
-    from include.recsys.data.source import add_weights
     from include.recsys.backends.implicit import train
-    from include.recsys.validation.input import validate_interactions
+    from include.recsys.config.settings import PipelineConfig
+    from include.recsys.data import synth
+    from include.recsys.data.source import add_weights
     from include.recsys.validation.history import snapshot_statistics
+    from include.recsys.validation.input import validate_interactions
 
     cfg = PipelineConfig()
     spec = dataclasses.replace(synth.PRESETS[args.preset], end_date="2026-11-20")

@@ -51,8 +51,8 @@ def _time(fn, repeat: int = 5) -> float:
 
 
 def measure(root: Path | str, table: pd.DataFrame, fb: pd.DataFrame) -> dict:
-    from include.recsys.tables.versions import write_version
     from include.recsys.tables.manifest import read_manifest, verify_version
+    from include.recsys.tables.versions import write_version
 
     t0 = time.perf_counter()
     write_version(root, "v1", table, fb, {"top_n": 20})

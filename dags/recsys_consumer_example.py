@@ -44,9 +44,9 @@ def recsys_consumer_example():
     def count_recommendations(**ctx) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.recsys.tables.assets import event_version, summarize_version
         from include.recsys.config.settings import load_config
         from include.recsys.errors import PublishError
+        from include.recsys.tables.assets import event_version, summarize_version
 
         cfg = load_config()
         triggering = [e for events in (ctx.get("triggering_asset_events") or {}).values() for e in events]

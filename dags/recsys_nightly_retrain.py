@@ -54,9 +54,13 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from include.recsys.notify.callbacks import dag_success_callback, task_failure_callback, task_retry_callback
-from include.recsys.tables.assets import table_asset
 from include.recsys.config.settings import PARAM_FIELDS, load_config, param_specs
+from include.recsys.notify.callbacks import (
+    dag_success_callback,
+    task_failure_callback,
+    task_retry_callback,
+)
+from include.recsys.tables.assets import table_asset
 
 DAG_ID = "recsys_nightly_retrain"
 _CFG = load_config()  # parse-time settings only (the tasks load the run's own config)
@@ -138,8 +142,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
     the failure alert tells Slack who rejected it or that nobody answered."""
 
     def execute(self, context):
-        from include.recsys.notify.callbacks import mlflow_run_url
         from include.recsys.notify.approval import approval_request
+        from include.recsys.notify.callbacks import mlflow_run_url
         from include.recsys.tables.current import read_current
 
         cfg, rc = _context(context)

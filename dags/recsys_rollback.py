@@ -45,10 +45,10 @@ def recsys_rollback():
     def rollback(**ctx) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from include.recsys.config.settings import load_config
         from include.recsys.core.run import RunContext
         from include.recsys.stages import rollback as rollback_mod
         from include.recsys.tables.assets import move_event_extra
-        from include.recsys.config.settings import load_config
 
         rc = RunContext(
             dag_id="recsys_rollback",

@@ -160,8 +160,8 @@ def test_dag_file_parses_fast():
 
 
 def test_publish_and_rollback_declare_the_recommendations_asset(dagbag):
-    from include.recsys.tables.assets import asset_name, table_uri
     from include.recsys.config.settings import load_config
+    from include.recsys.tables.assets import asset_name, table_uri
 
     uri = table_uri(load_config().recommendations_root)
     for dag_id, task_id in (("recsys_nightly_retrain", "publish"), ("recsys_rollback", "rollback")):

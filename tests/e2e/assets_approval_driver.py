@@ -125,8 +125,8 @@ def nightly_run(dag, day: str, conf: dict, choice: str | None = None) -> dict:
 
 
 def main(out: str) -> None:
-    from include.recsys.data import synth
     from include.recsys.config.settings import load_config
+    from include.recsys.data import synth
 
     cfg = load_config()
     synth.ensure_default_data(cfg.source, dataclasses.replace(synth.PRESETS["tiny"], end_date=DATA_END))

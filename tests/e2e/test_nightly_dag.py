@@ -128,8 +128,8 @@ def test_dry_run_evaluates_but_never_publishes(env):
 
 
 def test_rollback_dag_moves_table_and_champion_back_together(env):
-    from include.recsys.tables.manifest import read_manifest
     from include.recsys.tables.current import history
+    from include.recsys.tables.manifest import read_manifest
 
     root = env["data"] / "recommendations"
     before = current(env)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from include.recsys.tables.versions import write_part, write_version
 from include.recsys.tables.current import point_current, read_current
-from include.recsys.tables.retention import cleanup
 from include.recsys.tables.layout import LOG_DIR, TABLE_COLUMNS
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.versions import write_part, write_version
 
 USERS = [f"u{i}" for i in range(1, 7)]
 TOP_N = 5

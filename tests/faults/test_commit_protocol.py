@@ -25,15 +25,21 @@ from pathlib import Path
 import pytest
 
 from include.recsys.core import crashpoints
-from include.recsys.tables.storage import CONDITIONAL_ENV, OPTIONS_ENV, ObjectStore
 from include.recsys.core.uri import is_remote
-from include.recsys.tables.versions import list_versions
-from include.recsys.tables.manifest import verify_version
-from include.recsys.tables.current import history, point_current, read_current, rollback
-from include.recsys.tables.retention import cleanup
 from include.recsys.errors import PublishError
-from include.recsys.tables.layout import LOCK, LOG_DIR, MANIFEST, STAGING_GRACE_S, STAGING_PREFIX
+from include.recsys.tables.current import history, point_current, read_current, rollback
+from include.recsys.tables.layout import (
+    LOCK,
+    LOG_DIR,
+    MANIFEST,
+    STAGING_GRACE_S,
+    STAGING_PREFIX,
+)
+from include.recsys.tables.manifest import verify_version
 from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.storage import CONDITIONAL_ENV, OPTIONS_ENV, ObjectStore
+from include.recsys.tables.versions import list_versions
 from tests.faults import _helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,30 +17,35 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from include.recsys.config.settings import PipelineConfig, load_config
+from include.recsys.core.io import file_sha256, read_json
+from include.recsys.core.run import RunContext
+from include.recsys.data import synth
+from include.recsys.errors import SourceError, StaleModel
+from include.recsys.reporting.run_card import RUN_CARD
+from include.recsys.reporting.summary import collect_summary, publish_outcome
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.gate import gate
+from include.recsys.stages.publish import publish
+from include.recsys.stages.register import register
+from include.recsys.stages.rollback import rollback
 from include.recsys.stages.snapshot import snapshot
 from include.recsys.stages.split import split
 from include.recsys.stages.train import train
-from include.recsys.stages.evaluate import evaluate
-from include.recsys.stages.gate import gate
-from include.recsys.stages.register import register
-from tests._stages import precompute, summary_text
-from include.recsys.stages.publish import publish
-from include.recsys.core.io import read_json
-from include.recsys.reporting.summary import collect_summary, publish_outcome
-from include.recsys.stages.rollback import rollback
-from include.recsys.reporting.run_card import RUN_CARD
-from include.recsys.tracking.registry import CHAMPION, alias_history, alias_version, champion_data_check, model_data, set_alias
-from include.recsys.errors import StaleModel
-from include.recsys.tracking.runs import run_tags
-from include.recsys.data import synth
-from include.recsys.tables.layout import version_dir
 from include.recsys.tables.current import history, read_current
-from include.recsys.tables.versions import list_versions, write_version
+from include.recsys.tables.layout import version_dir
 from include.recsys.tables.manifest import read_manifest
-from include.recsys.core.io import file_sha256
-from include.recsys.config.settings import PipelineConfig, load_config
-from include.recsys.errors import SourceError
-from include.recsys.core.run import RunContext
+from include.recsys.tables.versions import list_versions, write_version
+from include.recsys.tracking.registry import (
+    CHAMPION,
+    alias_history,
+    alias_version,
+    champion_data_check,
+    model_data,
+    set_alias,
+)
+from include.recsys.tracking.runs import run_tags
+from tests._stages import precompute, summary_text
 
 ROOT = Path(__file__).resolve().parents[2]
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)

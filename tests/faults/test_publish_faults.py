@@ -19,12 +19,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.recsys.tables.retention import cleanup
 from include.recsys.errors import PublishConflict, PublishError
-from include.recsys.tables.current import history, point_current, publish_lock, read_current
+from include.recsys.tables.current import (
+    history,
+    point_current,
+    publish_lock,
+    read_current,
+)
 from include.recsys.tables.layout import STAGING_GRACE_S, STAGING_PREFIX, version_dir
-from include.recsys.tables.versions import list_versions
 from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.versions import list_versions
 from tests.faults import _helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]

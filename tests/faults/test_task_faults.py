@@ -19,8 +19,8 @@ import pytest
 
 from include.recsys.tables.current import history, read_current
 from include.recsys.tables.layout import STAGING_PREFIX, version_dir
-from tests.faults import _helpers as h
 from tests.fakes.slack_server import FakeSlack
+from tests.faults import _helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.recsys.config.settings import load_config
 from include.recsys.core.run import RunContext
+from include.recsys.data import synth
+from include.recsys.scoring.bundle import ModelBundle
+from include.recsys.stages.shards import plan_shards, score_shard
 from include.recsys.stages.snapshot import snapshot
 from include.recsys.stages.split import split
 from include.recsys.stages.train import train
-from include.recsys.stages.shards import plan_shards, score_shard
-from include.recsys.data import synth
 from include.recsys.tables.versions import _staging_path
-from include.recsys.config.settings import load_config
-from include.recsys.scoring.bundle import ModelBundle
 
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
 

@@ -12,17 +12,17 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from include.recsys.tracking import lineage
-from include.recsys.stages.snapshot import snapshot
-from include.recsys.stages.split import split
+from include.recsys.config.settings import load_config
+from include.recsys.core.io import file_sha256
+from include.recsys.core.run import RunContext
+from include.recsys.data import synth
 from include.recsys.stages import train as train_mod
 from include.recsys.stages.evaluate import evaluate
 from include.recsys.stages.register import register
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.tracking import lineage
 from include.recsys.tracking.registry import CHAMPION, set_alias
-from include.recsys.data import synth
-from include.recsys.config.settings import load_config
-from include.recsys.core.run import RunContext
-from include.recsys.core.io import file_sha256
 
 END = datetime(2026, 11, 21, tzinfo=timezone.utc)
 

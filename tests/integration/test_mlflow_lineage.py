@@ -21,25 +21,38 @@ import mlflow
 import pandas as pd
 import pytest
 
+from include.recsys.config.settings import load_config
+from include.recsys.core.run import RunContext
+from include.recsys.data import synth
+from include.recsys.errors import MlflowUnavailable, RegistryError
+from include.recsys.reporting.run_card import RUN_CARD
+from include.recsys.stages.evaluate import evaluate
+from include.recsys.stages.gate import gate
+from include.recsys.stages.publish import publish
+from include.recsys.stages.register import register
 from include.recsys.stages.snapshot import snapshot
 from include.recsys.stages.split import split
 from include.recsys.stages.train import train
-from include.recsys.stages.evaluate import evaluate
-from include.recsys.stages.gate import gate
-from include.recsys.stages.register import register
-from tests._stages import precompute
-from include.recsys.stages.publish import publish
-from include.recsys.reporting.run_card import RUN_CARD
-from include.recsys.tracking.registry import CHALLENGER, CHAMPION, alias_history, alias_version, history_path, rollback_alias, set_alias
-from include.recsys.tracking.runs import code_version, end_run, log_to_run, start_child_run
-from include.recsys.errors import MlflowUnavailable, RegistryError
-from include.recsys.tracking.mlflow import experiment_id
-from include.recsys.data import synth
-from include.recsys.config.settings import load_config
-from include.recsys.core.run import RunContext
 from include.recsys.tables.current import read_current
-from include.recsys.tables.manifest import read_manifest
 from include.recsys.tables.layout import version_dir
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.tracking.mlflow import experiment_id
+from include.recsys.tracking.registry import (
+    CHALLENGER,
+    CHAMPION,
+    alias_history,
+    alias_version,
+    history_path,
+    rollback_alias,
+    set_alias,
+)
+from include.recsys.tracking.runs import (
+    code_version,
+    end_run,
+    log_to_run,
+    start_child_run,
+)
+from tests._stages import precompute
 
 DATA_END = "2026-11-20"
 END = datetime(2026, 11, 21, tzinfo=timezone.utc)

@@ -22,11 +22,19 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from include.recsys.core.run import RunContext
-from include.recsys.tracking.runs import get_or_create_run, log_to_run
-from include.recsys.tracking.registry import CHAMPION, alias_history, download_bundle, register_model, rollback_alias, set_alias, tag_model_version
 from include.recsys.config.settings import load_config
+from include.recsys.core.run import RunContext
 from include.recsys.scoring.bundle import ModelBundle
+from include.recsys.tracking.registry import (
+    CHAMPION,
+    alias_history,
+    download_bundle,
+    register_model,
+    rollback_alias,
+    set_alias,
+    tag_model_version,
+)
+from include.recsys.tracking.runs import get_or_create_run, log_to_run
 
 
 def _free_port() -> int:

@@ -16,27 +16,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.stages.split import split
-from include.recsys.stages.train import train
+from include.recsys.config.settings import load_config
+from include.recsys.core.io import file_sha256
+from include.recsys.core.run import RunContext
+from include.recsys.data import synth
+from include.recsys.errors import RulesError
 from include.recsys.stages.evaluate import evaluate
 from include.recsys.stages.gate import gate
-from include.recsys.stages.register import register
-from include.recsys.stages.similar import similar_items
-from tests._stages import precompute
-from include.recsys.stages.validate_output import validate_output
 from include.recsys.stages.publish import publish
+from include.recsys.stages.register import register
 from include.recsys.stages.rollback import rollback
+from include.recsys.stages.similar import similar_items
 from include.recsys.stages.snapshot import snapshot
-from include.recsys.data import synth
-from include.recsys.tables.versions import read_version_table
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.validate_output import validate_output
 from include.recsys.tables.current import history, read_current
 from include.recsys.tables.layout import FALLBACK, version_dir
 from include.recsys.tables.manifest import read_manifest
-from include.recsys.core.io import file_sha256
-from include.recsys.config.settings import load_config
-from include.recsys.core.run import RunContext
 from include.recsys.tables.reader import SimilarItemsStore
-from include.recsys.errors import RulesError
+from include.recsys.tables.versions import read_version_table
+from tests._stages import precompute
 
 pytestmark = pytest.mark.e2e  # three tiny nightly runs with MLflow: ~30 s
 

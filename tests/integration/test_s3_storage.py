@@ -20,16 +20,20 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from include.recsys.tables.versions import list_versions, write_version
+from include.recsys.cli.read import main
+from include.recsys.errors import (
+    PublishConflict,
+    PublishError,
+    StorageError,
+    WriteConflict,
+)
 from include.recsys.tables.current import history, point_current, read_current, rollback
 from include.recsys.tables.layout import LOG_DIR
-from include.recsys.tables.retention import cleanup
 from include.recsys.tables.manifest import read_manifest
-from include.recsys.cli.read import main
-from include.recsys.tables.storage import CONDITIONAL_ENV, OPTIONS_ENV, ObjectStore
-from include.recsys.errors import StorageError, WriteConflict
-from include.recsys.errors import PublishConflict, PublishError
 from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.storage import CONDITIONAL_ENV, OPTIONS_ENV, ObjectStore
+from include.recsys.tables.versions import list_versions, write_version
 from tests.unit.tables.test_publish import _fallback, _table  # noqa: E402
 
 BUCKET = "recsys-tables"
@@ -245,19 +249,19 @@ def test_pipeline_stages_publish_to_s3(s3, tmp_path, monkeypatch) -> None:
     """snapshot -> ... -> plan_shards -> score_shard (x2) -> assemble_version -> validate_output
     -> publish with RECSYS_RECOMMENDATIONS_DIR=s3://...: parts, manifest, CURRENT and the log
     land in the bucket, the reader serves them, and a rerun publishes nothing new."""
+    from include.recsys.config.settings import load_config
+    from include.recsys.core.run import RunContext
+    from include.recsys.data import synth
+    from include.recsys.stages.assemble import assemble_version
+    from include.recsys.stages.evaluate import evaluate
+    from include.recsys.stages.gate import gate
+    from include.recsys.stages.publish import publish
+    from include.recsys.stages.register import register
+    from include.recsys.stages.shards import plan_shards, score_shard
     from include.recsys.stages.snapshot import snapshot
     from include.recsys.stages.split import split
     from include.recsys.stages.train import train
-    from include.recsys.stages.evaluate import evaluate
-    from include.recsys.stages.gate import gate
-    from include.recsys.stages.register import register
-    from include.recsys.stages.shards import plan_shards, score_shard
-    from include.recsys.stages.assemble import assemble_version
     from include.recsys.stages.validate_output import validate_output
-    from include.recsys.stages.publish import publish
-    from include.recsys.data import synth
-    from include.recsys.config.settings import load_config
-    from include.recsys.core.run import RunContext
 
     root = f"s3://{BUCKET}/pipeline-{uuid.uuid4().hex[:6]}/recommendations"
     monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path / "data"))

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.stack import AirflowClient, LocalStack, PrivatePostgres, PrivateRedis, StackConfig, free_port, pg_bindir
+from deploy.local.stack import (
+    AirflowClient,
+    LocalStack,
+    PrivatePostgres,
+    PrivateRedis,
+    StackConfig,
+    free_port,
+    pg_bindir,
+)
 
 DATA_PRESET = "tiny"
 

@@ -20,8 +20,8 @@ from urllib.parse import quote
 import pytest
 
 from include.recsys.tables.current import history, read_current
-from include.recsys.tables.manifest import read_manifest
 from include.recsys.tables.layout import version_dir
+from include.recsys.tables.manifest import read_manifest
 from tests.prod.conftest import logs_tail
 
 pytestmark = pytest.mark.prod

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.data import synth
 from include.recsys.config.settings import load_config
 from include.recsys.core.run import RunContext
+from include.recsys.data import synth
 from tests._stages import run_stages
 
 EXPECTED = Path(__file__).parent / "expected"

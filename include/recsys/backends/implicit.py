@@ -24,14 +24,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+
+from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.ids import IdMap, interaction_matrix
-from include.recsys.scoring.bundle import ModelBundle, id_maps_sha256
-from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix
 from include.recsys.data.split import check_no_leak
 from include.recsys.errors import TrainingError
+from include.recsys.scoring.bundle import ModelBundle, id_maps_sha256
 
 log = logging.getLogger(__name__)
 

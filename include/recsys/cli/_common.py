@@ -88,8 +88,7 @@ def emit_json(obj: Any) -> None:
 
 def _classify(exc: Exception) -> tuple[str, int] | None:
     """(message, exit code) for the library errors a user can act on; None: a bug (raise)."""
-    from include.recsys.errors import PublishError
-    from include.recsys.errors import StorageError
+    from include.recsys.errors import PublishError, StorageError
 
     try:
         from include.recsys.errors import MlflowUnavailable

@@ -352,10 +352,9 @@ def _xcom(ti: Any) -> Any:
     Read from the metadata DB rather than with ``ti.xcom_pull``: for a task that returned
     nothing, the pull would log a misleading "[error] XCom not found" into the task log."""
     try:
-        from sqlalchemy import select
-
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
+        from sqlalchemy import select
 
         with create_session() as session:
             row = session.scalars(
@@ -373,10 +372,9 @@ def _xcom(ti: Any) -> Any:
 def _mapped_total(ti: Any) -> int | None:
     """How many instances the mapped task expanded to (from the metadata DB)."""
     try:
-        from sqlalchemy import func, select
-
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
+        from sqlalchemy import func, select
 
         with create_session() as session:
             return session.scalar(

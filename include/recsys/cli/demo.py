@@ -24,10 +24,10 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
 import pendulum
+
 from include.recsys.config.settings import PROJECT_ROOT, load_config
-
-
 
 log = logging.getLogger("recsys.demo")
 

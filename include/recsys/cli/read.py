@@ -7,14 +7,13 @@ import json
 import os
 import sys
 from typing import Any
+
 import pandas as pd
-from include.recsys.errors import PublishError
+
+from include.recsys.errors import PublishError, StorageError
 from include.recsys.tables.current import history, rollback
 from include.recsys.tables.manifest import verify_version
-from include.recsys.errors import StorageError
 from include.recsys.tables.reader import RecommendationStore, _default_root
-
-
 
 
 def _print_frame(df: pd.DataFrame, title: str | None = None) -> None:

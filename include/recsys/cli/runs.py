@@ -14,7 +14,14 @@ from typing import Any
 
 import typer
 
-from include.recsys.cli._common import JSON_OPTION, CliError, config, emit_json, handle_errors, out
+from include.recsys.cli._common import (
+    JSON_OPTION,
+    CliError,
+    config,
+    emit_json,
+    handle_errors,
+    out,
+)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -264,10 +264,10 @@ def rollback(
 
 @handle_errors
 def _rollback(version: str | None, reason: str, as_json: bool) -> None:
-    from include.recsys.tables.current import read_current
-    from include.recsys.tables.versions import list_versions
     from include.recsys.core.run import RunContext
     from include.recsys.stages.rollback import rollback as rollback_both
+    from include.recsys.tables.current import read_current
+    from include.recsys.tables.versions import list_versions
     from include.recsys.tracking.mlflow import default_actor
 
     cfg = config()

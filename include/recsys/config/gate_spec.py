@@ -6,10 +6,17 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Any, Literal
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
 from include.recsys.errors import GateSpecError
-
-
 
 #: Metric names a rule may name (``<name>@<k>``).
 METRIC_NAMES = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "gini", "novelty", "ild")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 

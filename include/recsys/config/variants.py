@@ -5,13 +5,11 @@ scoring of each arm lives in ``scoring.variants``."""
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 
 HOLDOUT = "holdout"
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import signal
 
-
-
 ENV = "RECSYS_CRASH_AT"
 
 

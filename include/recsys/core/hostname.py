@@ -12,8 +12,6 @@ import os
 import socket
 
 
-
-
 def get_hostname() -> str:
     """``RECSYS_WORKER_HOSTNAME`` when set, else ``socket.getfqdn()``."""
     return os.environ.get("RECSYS_WORKER_HOSTNAME") or socket.getfqdn()

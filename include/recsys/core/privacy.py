@@ -24,9 +24,8 @@ import hmac
 import os
 from collections.abc import Iterable
 from typing import Any
+
 from include.recsys.errors import PseudonymizationError
-
-
 
 ENABLED_ENV = "RECSYS_PSEUDONYMIZE_USER_IDS"
 

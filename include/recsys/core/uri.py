@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-
 import re
 from pathlib import Path
 from typing import Any
-
 
 DIR_NAME = "similar_items"
 

@@ -6,16 +6,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.ids import CODE_COLUMNS, IdMap, _present_map, _sorted_factorize
 from include.recsys.core.memory import release_memory
-from include.recsys.data.source import DICTIONARY_COLUMNS, Window, add_weights, read_source
+from include.recsys.data.source import (
+    DICTIONARY_COLUMNS,
+    Window,
+    add_weights,
+    read_source,
+)
 from include.recsys.errors import EmptyWindowError
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

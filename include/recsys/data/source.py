@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.errors import EmptyWindowError, InputTypeError, SourceError
 
@@ -76,9 +78,8 @@ def _read_parquet_window(root: Path, window: Window, categorical: bool = False) 
         if not any(root.glob("date=*")):
             raise SourceError(f"source {root} holds no date=YYYY-MM-DD partitions")
         raise EmptyWindowError(f"no partitions of {root} overlap the window {window}")
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     tables = []
     id_kinds: dict[str, tuple[str, Path]] = {}  # id column -> (string | integer, first file)

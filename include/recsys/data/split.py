@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
 from include.recsys.core.ids import CODE_COLUMNS
 from include.recsys.data.source import DICTIONARY_COLUMNS, string_columns
 from include.recsys.errors import TrainingError
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 

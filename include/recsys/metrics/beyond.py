@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 

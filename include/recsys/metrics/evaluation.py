@@ -7,16 +7,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from include.recsys.core.ids import _binary_csr
 from include.recsys.metrics.bootstrap import paired_bootstrap_tables
-from include.recsys.metrics.ranking import PER_USER_METRICS, _validate_ks, ranking_metrics
-from include.recsys.metrics.slices import ACTIVITY_TIERS, USER_TYPES, _slice_means, restrict_relevant
+from include.recsys.metrics.ranking import (
+    PER_USER_METRICS,
+    _validate_ks,
+    ranking_metrics,
+)
+from include.recsys.metrics.slices import (
+    ACTIVITY_TIERS,
+    USER_TYPES,
+    _slice_means,
+    restrict_relevant,
+)
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

@@ -7,14 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from include.recsys.metrics.ranking import _row_ids
 from include.recsys.metrics.slices import recent_item_popularity
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

@@ -187,11 +187,21 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from include.recsys.core.ids import _binary_csr
-from include.recsys.metrics.beyond import DEFAULT_SHARES, _intra_list_diversity, _self_information, _unit_features, _validate_shares, gini, popularity_curve
+from include.recsys.metrics.beyond import (
+    DEFAULT_SHARES,
+    _intra_list_diversity,
+    _self_information,
+    _unit_features,
+    _validate_shares,
+    gini,
+    popularity_curve,
+)
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from include.recsys.core.ids import _binary_csr
 
 log = logging.getLogger(__name__)

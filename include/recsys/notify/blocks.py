@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
+
 from include.recsys.notify.slack import _redact, _truncate
 
 log = logging.getLogger(__name__)

@@ -91,8 +91,21 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
-from include.recsys.notify.blocks import EXCERPT_CHARS, _publish_notice, failure_blocks, gate_blocks, success_blocks
-from include.recsys.notify.slack import _SDK_LOGGER, _conn_id, _redact, _truncate, send_slack
+
+from include.recsys.notify.blocks import (
+    EXCERPT_CHARS,
+    _publish_notice,
+    failure_blocks,
+    gate_blocks,
+    success_blocks,
+)
+from include.recsys.notify.slack import (
+    _SDK_LOGGER,
+    _conn_id,
+    _redact,
+    _truncate,
+    send_slack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +337,8 @@ def dag_success_callback(context: Mapping[str, Any]) -> None:
         import json as _json
 
         from include.recsys.config.settings import load_config
-        from include.recsys.tables.layout import MANIFEST, version_dir
         from include.recsys.tables.current import read_current
+        from include.recsys.tables.layout import MANIFEST, version_dir
 
         ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
         _, dag_id, _, run_id, logical_date = _ids(ctx)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import logging
+import math
 from pathlib import Path
 from typing import Any
-from include.recsys.core.io import read_json_or_none
 
+from include.recsys.core.io import read_json_or_none
 
 _MODEL_ORDER = ("candidate", "champion", "popularity", "recent_popularity")
 

@@ -26,9 +26,15 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+
 from include.recsys.core.io import write_json
-from include.recsys.reporting.card_data import DATA_NAME, collect, load_history
-from include.recsys.reporting.card_data import _MODEL_ORDER, _num
+from include.recsys.reporting.card_data import (
+    _MODEL_ORDER,
+    DATA_NAME,
+    _num,
+    collect,
+    load_history,
+)
 
 log = logging.getLogger(__name__)
 

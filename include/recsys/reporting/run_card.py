@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 

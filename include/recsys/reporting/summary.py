@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json, write_json
 from include.recsys.core.run import RunContext
@@ -27,8 +28,8 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     """What one run did, read back from its work folder, MLflow and the published table."""
     from include.recsys.tables.current import read_current
     from include.recsys.tables.layout import version_dir
-    from include.recsys.tracking.runs import get_or_create_run
     from include.recsys.tracking.registry import CHAMPION, alias_version
+    from include.recsys.tracking.runs import get_or_create_run
 
     work = rc.work_dir(cfg)
     summary: dict[str, Any] = {"run_id": rc.run_id, "interval_end": rc.end.isoformat()}

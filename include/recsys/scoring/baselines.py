@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 import scipy.sparse as sp
+
 from include.recsys.core.ids import _binary_csr
 
 log = logging.getLogger(__name__)
-
 
 
 def popularity_order(primary: np.ndarray, secondary: np.ndarray | None = None) -> np.ndarray:

@@ -6,9 +6,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from include.recsys.errors import IdMapMismatch
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from include.recsys.scoring.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -41,8 +41,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from include.recsys.errors import RulesError
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp

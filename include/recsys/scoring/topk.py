@@ -30,8 +30,6 @@ import numpy as np
 from numba import njit, prange
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-
-
 CHUNK = 64  # items per SIMD compare / bitmask
 
 NEG_MAX = np.float32(-np.finfo(np.float32).max)  # initial threshold: every finite score passes

@@ -33,10 +33,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+
 import numpy as np
 import pandas as pd
-from include.recsys.config.variants import HOLDOUT, VariantPlan, assign
 
+from include.recsys.config.variants import HOLDOUT, VariantPlan, assign
 
 COLUMN = "variant"
 

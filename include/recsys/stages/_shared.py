@@ -6,7 +6,9 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json
 from include.recsys.core.run import RunContext
@@ -64,8 +66,8 @@ def item_rules(cfg: PipelineConfig, rc: RunContext) -> Any:
 
 def _table_columns(plan: Any) -> dict[str, Any]:
     """write_part / finalize_version keywords: the ``variant`` column only with variants."""
-    from include.recsys.tables.layout import TABLE_COLUMNS
     from include.recsys.scoring.variants import COLUMN
+    from include.recsys.tables.layout import TABLE_COLUMNS
 
     return {} if plan is None else {"columns": [*TABLE_COLUMNS, COLUMN]}
 
@@ -76,8 +78,8 @@ def _variant_models(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], 
     when the first shard runs) and frozen in ``<work>/variants/models.json``."""
     import os
 
-    from include.recsys.tracking.registry import alias_version
     from include.recsys.errors import VariantError
+    from include.recsys.tracking.registry import alias_version
 
     folder = rc.work_dir(cfg) / "variants"
     frozen = folder / "models.json"
@@ -111,9 +113,9 @@ def _download_version(cfg: PipelineConfig, version: str, dst: Path) -> Path:
     import os
     import shutil
 
-    from include.recsys.tracking.registry import _bundle_folder
-    from include.recsys.tracking.mlflow import _is_unreachable, _mlflow
     from include.recsys.errors import VariantError
+    from include.recsys.tracking.mlflow import _is_unreachable, _mlflow
+    from include.recsys.tracking.registry import _bundle_folder
 
     if (dst / "bundle").exists():
         return dst / "bundle"
@@ -138,9 +140,9 @@ def _download_version(cfg: PipelineConfig, version: str, dst: Path) -> Path:
 def _score_variants(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], reg: dict[str, Any],
                     plan: Any, bundle: Any, users: pd.Index, seen: Any, rules: Any) -> tuple[pd.DataFrame, dict, int]:
     """One shard's lists with the ``variant`` column (see :func:`include.recsys.scoring.variants.score`)."""
-    from include.recsys.scoring.variants import score
     from include.recsys.data.source import read_segments
     from include.recsys.scoring.bundle import ModelBundle
+    from include.recsys.scoring.variants import score
 
     models = _variant_models(cfg, rc, model, reg, plan)
     bundles = {name: (bundle if path == str(model["bundle"]) else ModelBundle.load(path), version)

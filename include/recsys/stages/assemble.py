@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
-from include.recsys.stages._shared import _already_served, _pseudonymized, _table_columns, _variant_models, item_rules
+from include.recsys.stages._shared import (
+    _already_served,
+    _pseudonymized,
+    _table_columns,
+    _variant_models,
+    item_rules,
+)
 
 log = logging.getLogger(__name__)
-
 
 
 def assemble_version(
@@ -24,8 +31,8 @@ def assemble_version(
     parts: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Fallback list + manifest, then the staged parts become ``version=<id>/`` (unpublished)."""
-    from include.recsys.tables.versions import finalize_version
     from include.recsys.tables.layout import version_dir
+    from include.recsys.tables.versions import finalize_version
 
     root = cfg.recommendations_root
     if _already_served(cfg, rc):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import write_json
 from include.recsys.core.run import RunContext
@@ -75,18 +77,21 @@ def evaluate(
     """
     import time
 
+    from include.recsys.core.memory import release_memory
     from include.recsys.core.privacy import pseudonymize_table
-    from include.recsys.tracking.registry import CHAMPION, download_bundle
-    from include.recsys.tracking.runs import log_to_run
     from include.recsys.data.source import read_segments
     from include.recsys.metrics.evaluation import evaluate_models
-    from include.recsys.metrics.slices import head_item_mask, heavy_threshold, user_slice_labels
     from include.recsys.metrics.holdout import holdout_inputs
+    from include.recsys.metrics.slices import (
+        head_item_mask,
+        heavy_threshold,
+        user_slice_labels,
+    )
     from include.recsys.scoring.baselines import popularity_order
     from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.scoring.recommend import ranked_filtered, recommend
-
-    from include.recsys.core.memory import release_memory
+    from include.recsys.tracking.registry import CHAMPION, download_bundle
+    from include.recsys.tracking.runs import log_to_run
 
     release_memory()  # what earlier stages of this process left behind
     t0 = time.perf_counter()

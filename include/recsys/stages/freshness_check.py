@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
-from include.recsys.tables.freshness import ENABLED_ENV, STATE_FILE, FreshnessResult, FreshnessSettings, _parse, check, enabled
-
-import logging
 from typing import Any
+
+from include.recsys.tables.freshness import (
+    ENABLED_ENV,
+    STATE_FILE,
+    FreshnessResult,
+    FreshnessSettings,
+    _parse,
+    check,
+    enabled,
+)
 
 
 class _AlertState:
     """``<root>/.freshness_alert.json`` on local disk or on the table's object store."""
 
     def __init__(self, root: Path | str) -> None:
-        from include.recsys.tables.storage import ObjectStore
         from include.recsys.core.uri import is_remote, normalize
+        from include.recsys.tables.storage import ObjectStore
 
         self.root = normalize(root)
         self.store = ObjectStore.open(self.root) if is_remote(self.root) else None

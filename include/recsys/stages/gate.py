@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json, write_json
 from include.recsys.core.run import RunContext
 from include.recsys.reporting.run_card import write_run_card
 
 log = logging.getLogger(__name__)
-
 
 
 def gate(
@@ -30,10 +30,10 @@ def gate(
     WARNING in the log, Slack warned by the DAG) and the run goes on to publish; the output
     validation still stands between the table and CURRENT.
     """
+    from include.recsys.config.gate_spec import load_spec, spec_sha256
+    from include.recsys.errors import GateFailed
     from include.recsys.tracking.runs import code_version, log_to_run
     from include.recsys.validation.gate import FAIL, PASS, decide, force, mlflow_tags
-    from include.recsys.errors import GateFailed
-    from include.recsys.config.gate_spec import load_spec, spec_sha256
 
     spec = load_spec(cfg)
     report_path = Path(ev.get("report") or rc.work_dir(cfg) / "eval" / "report.json")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import write_json
 from include.recsys.core.run import RunContext
@@ -21,13 +23,12 @@ from include.recsys.reporting.summary import PUBLISH_OUTCOME
 log = logging.getLogger(__name__)
 
 
-
 def _publish_similar(cfg: PipelineConfig, rc: RunContext, version: str, reason: str) -> bool | None:
     """Serve the run's similar-items version beside the recommendations (None: none built)."""
     from include.recsys.errors import PublishError, StaleData
-    from include.recsys.tables.retention import cleanup
     from include.recsys.tables.current import point_current
     from include.recsys.tables.manifest import read_manifest
+    from include.recsys.tables.retention import cleanup
 
     root = cfg.similar_items_root
     if cfg.similar_items_k == 0:
@@ -69,11 +70,15 @@ def publish(cfg: PipelineConfig, rc: RunContext, pre: dict[str, Any], reg: dict[
     with "stale: serving data up to X, this run's data ends at Y; not served" in its log,
     ``publish.json``, run card, summary and Slack. ``allow_older_data`` overrides that, loudly.
     """
-    from include.recsys.tracking.registry import CHAMPION, champion_data_check, require_version, set_alias
-    from include.recsys.errors import StaleModel
     from include.recsys.core.crashpoints import crashpoint
-    from include.recsys.errors import StaleData
+    from include.recsys.errors import StaleData, StaleModel
     from include.recsys.tables.current import point_current, read_current
+    from include.recsys.tracking.registry import (
+        CHAMPION,
+        champion_data_check,
+        require_version,
+        set_alias,
+    )
 
     root = cfg.recommendations_root
     allow = cfg.allow_older_data
@@ -135,11 +140,11 @@ def _finish_publish(
     outcome: dict[str, Any],
 ) -> dict[str, Any]:
     """Retention (after a served version only), ``publish.json``, the run card and MLflow."""
-    from include.recsys.tracking.runs import end_run, log_to_run
-    from include.recsys.tables.layout import MANIFEST
-    from include.recsys.tables.retention import cleanup
-    from include.recsys.tables.manifest import read_manifest
     from include.recsys.core.uri import is_remote
+    from include.recsys.tables.layout import MANIFEST
+    from include.recsys.tables.manifest import read_manifest
+    from include.recsys.tables.retention import cleanup
+    from include.recsys.tracking.runs import end_run, log_to_run
 
     root = cfg.recommendations_root
     removed = cleanup(root, cfg.keep_versions) if outcome["served"] else []

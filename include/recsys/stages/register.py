@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json
 from include.recsys.core.run import RunContext
 from include.recsys.reporting.run_card import RUN_CARD, write_run_card
 
 log = logging.getLogger(__name__)
-
 
 
 def _serving_seen(bundle: Any, snapshot_path: Path, snap: dict[str, Any] | None) -> Any:
@@ -64,13 +65,17 @@ def register(
     """
     from dataclasses import replace
 
-    from include.recsys.tracking.registry import CHALLENGER, register_model, set_alias, tag_model_version
-    from include.recsys.tracking.runs import code_version
-    from include.recsys.tracking import runs
+    from include.recsys.core.memory import release_memory
     from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.scoring.recommend import seen_matrix
-
-    from include.recsys.core.memory import release_memory
+    from include.recsys.tracking import runs
+    from include.recsys.tracking.registry import (
+        CHALLENGER,
+        register_model,
+        set_alias,
+        tag_model_version,
+    )
+    from include.recsys.tracking.runs import code_version
 
     release_memory()  # what earlier stages of this process left behind
     work = rc.work_dir(cfg)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 
 log = logging.getLogger(__name__)
-
 
 
 def rollback(cfg: PipelineConfig, rc: RunContext, to_version: str | None = None, reason: str = "") -> dict[str, Any]:
@@ -16,8 +16,8 @@ def rollback(cfg: PipelineConfig, rc: RunContext, to_version: str | None = None,
     served before the current one), then the ``champion`` alias back to that table's model
     version (read from its manifest), so table and alias keep agreeing. Both moves are logged
     (``_history.jsonl`` for CURRENT, the registry's alias history)."""
-    from include.recsys.tables.current import read_current
     from include.recsys.tables import current
+    from include.recsys.tables.current import read_current
     from include.recsys.tables.manifest import read_manifest
     from include.recsys.tracking.registry import CHAMPION, set_alias
 
@@ -39,9 +39,9 @@ def rollback(cfg: PipelineConfig, rc: RunContext, to_version: str | None = None,
 def _rollback_similar(cfg: PipelineConfig, target: str, reason: str) -> str | None:
     """The similar-items table follows a rollback to its twin version (same id) when that one
     exists; otherwise it stays where it is (it was not built then) and the log says so."""
+    from include.recsys.errors import PublishError
     from include.recsys.tables.current import point_current, read_current
     from include.recsys.tables.manifest import read_manifest
-    from include.recsys.errors import PublishError
 
     root = cfg.similar_items_root
     try:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
-from include.recsys.stages._shared import _already_served, _score_variants, _table_columns, item_rules
-from include.recsys.stages._shared import _coded
+from include.recsys.stages._shared import (
+    _already_served,
+    _coded,
+    _score_variants,
+    _table_columns,
+    item_rules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +101,10 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     (user, item) pairs are read once here and split into one ``seen-<shard>.parquet`` per
     shard, so a shard reads only its own users' pairs (not the whole snapshot again).
     """
-    from include.recsys.core.memory import release_memory
-    from include.recsys.core.io import write_parquet
-
     import pyarrow.parquet as pq
+
+    from include.recsys.core.io import write_parquet
+    from include.recsys.core.memory import release_memory
 
     release_memory()  # what earlier stages of this process left behind
     if _coded(snap):
@@ -141,9 +148,9 @@ def score_shard(
     shard: dict[str, Any],
 ) -> dict[str, Any]:
     """Top-N for one shard of users (seen items filtered) -> one part file of the version."""
-    from include.recsys.tables.versions import write_part
     from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.scoring.recommend import recommend
+    from include.recsys.tables.versions import write_part
 
     if _already_served(cfg, rc):
         return {"index": shard["index"], "skipped": True}

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.recsys.scoring.similar import COLUMNS, KEY, to_frame
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
+from include.recsys.scoring.similar import COLUMNS, KEY, to_frame
 from include.recsys.stages._shared import item_rules
 
 
@@ -38,9 +38,9 @@ def similar_items(
     validated; ``publish`` serves it together with the recommendations. Raises
     OutputValidationError (no retries) when it breaks its contract."""
     from include.recsys.scoring import similar as sim
+    from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.tables.current import read_current
     from include.recsys.tables.layout import version_dir
-    from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.validation.output import validate_similar_table
 
     root = cfg.similar_items_root

@@ -5,20 +5,22 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from typing import Any
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 
 log = logging.getLogger(__name__)
 
 
-
 def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     """Window of the source ending at the interval end -> snapshot Parquet + id maps."""
-    from include.recsys.data.source import Window
-    from include.recsys.data.snapshot import build_indexed_snapshot, write_snapshot_parquet
+    from include.recsys.core.io import file_sha256, write_parquet
     from include.recsys.core.memory import release_memory
-    from include.recsys.core.io import write_parquet
-    from include.recsys.core.io import file_sha256
+    from include.recsys.data.snapshot import (
+        build_indexed_snapshot,
+        write_snapshot_parquet,
+    )
+    from include.recsys.data.source import Window
 
     window = Window.ending_at(rc.end, cfg.window_days)
     snap = build_indexed_snapshot(cfg, window)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 
 log = logging.getLogger(__name__)
-
 
 
 def split(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,13 @@ import json
 import logging
 from dataclasses import asdict
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 
 log = logging.getLogger(__name__)
-
 
 
 def train(
@@ -26,10 +27,10 @@ def train(
     ``best`` (from :func:`select_best`) sets the model fields, except the ones the run's form
     set explicitly (they win). Without it the run's config is used as is.
     """
-    from include.recsys.tracking.runs import get_or_create_run, lineage_tags, log_to_run
     from include.recsys.backends.implicit import model_config
-    from include.recsys.data.split import read_training_events
     from include.recsys.backends.implicit import train as fit
+    from include.recsys.data.split import read_training_events
+    from include.recsys.tracking.runs import get_or_create_run, lineage_tags, log_to_run
 
     # MLflow first: an unreachable server fails (and is retried) before an expensive fit
     run_id = get_or_create_run(cfg, rc.run_id, rc.mlflow_tags(), reopen=True)

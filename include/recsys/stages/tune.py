@@ -6,13 +6,14 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json, write_json
 from include.recsys.core.run import RunContext
 
 log = logging.getLogger(__name__)
-
 
 
 def _tuning_dir(cfg: PipelineConfig, rc: RunContext) -> Path:
@@ -32,11 +33,11 @@ def plan_trials(
     newest ``best_config`` of the MLflow experiment, or the config defaults. The decision and
     the incumbent go to ``<work>/tuning/plan.json``.
     """
+    from include.recsys.backends.implicit import model_config
+    from include.recsys.core.io import write_parquet
     from include.recsys.tracking.runs import get_or_create_run, log_to_run
     from include.recsys.tracking.tuning import last_best_config, last_gate_verdict
     from include.recsys.tuning.search import decide, sample_trials, validation_split
-    from include.recsys.core.io import write_parquet
-    from include.recsys.backends.implicit import model_config
 
     run_id = get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
     last = last_best_config(cfg, exclude_run_id=run_id)
@@ -94,8 +95,8 @@ def run_trial(cfg: PipelineConfig, rc: RunContext, trial: dict[str, Any]) -> dic
     """One tuning trial (a mapped task): fit with early stopping, an MLflow child run, a JSON."""
     from include.recsys.tracking.runs import end_run, log_to_run, start_child_run
     from include.recsys.tracking.tuning import log_history
-    from include.recsys.tuning.search import prepare
     from include.recsys.tuning import search
+    from include.recsys.tuning.search import prepare
 
     name = f"trial-{trial['trial']:03d}"
     child = start_child_run(

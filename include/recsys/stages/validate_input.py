@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 from include.recsys.stages._shared import _log_validation_to_mlflow
 
 log = logging.getLogger(__name__)
-
 
 
 def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
@@ -18,7 +18,11 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
     Reports and Data Docs go to ``<work>/validation/`` (logged to MLflow by ``train``); the
     statistics are appended to ``<data_dir>/validation_history/<dag_id>.jsonl`` only on success.
     """
-    from include.recsys.validation.history import history_path, read_snapshot, validate_snapshot
+    from include.recsys.validation.history import (
+        history_path,
+        read_snapshot,
+        validate_snapshot,
+    )
 
     df, codes = read_snapshot(snap["snapshot"])  # codes: user_idx/item_idx when the snapshot has them
     folder = rc.work_dir(cfg) / "validation"

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
 import pandas as pd
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
-from include.recsys.stages._shared import _log_validation_to_mlflow, _manifest_variants, _read_fallback, item_rules
-from include.recsys.stages._shared import _coded
+from include.recsys.stages._shared import (
+    _coded,
+    _log_validation_to_mlflow,
+    _manifest_variants,
+    _read_fallback,
+    item_rules,
+)
 
 log = logging.getLogger(__name__)
-
 
 
 def _privacy_seen(snap: dict[str, Any]) -> Any:
@@ -24,8 +30,13 @@ def _privacy_seen(snap: dict[str, Any]) -> Any:
     checks look up per category."""
     import pyarrow.parquet as pq
 
-    from include.recsys.core.privacy import enabled, load_key, pseudonymize_ids, pseudonymize_table
     from include.recsys.core.ids import CODE_COLUMNS, IdMap
+    from include.recsys.core.privacy import (
+        enabled,
+        load_key,
+        pseudonymize_ids,
+        pseudonymize_table,
+    )
     from include.recsys.validation.output import SeenPairs
 
     if _coded(snap):
@@ -51,10 +62,10 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
     publish does not run and CURRENT stays where it was.
     """
     from include.recsys.core.memory import release_memory
-    from include.recsys.tables.current import read_current
-    from include.recsys.tables.versions import read_version_table
-    from include.recsys.tables.layout import version_dir
     from include.recsys.errors import OutputValidationError
+    from include.recsys.tables.current import read_current
+    from include.recsys.tables.layout import version_dir
+    from include.recsys.tables.versions import read_version_table
     from include.recsys.validation.output import validate_table
 
     release_memory()  # what earlier stages of this process left behind

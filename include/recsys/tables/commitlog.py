@@ -24,11 +24,11 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any
-from include.recsys.tables.storage import conditional_writes_enabled
+
+from include.recsys.core.io import fsync_dir
 from include.recsys.core.uri import is_remote, normalize
 from include.recsys.errors import WriteConflict
-from include.recsys.tables.storage import ObjectStore
-from include.recsys.core.io import fsync_dir
+from include.recsys.tables.storage import ObjectStore, conditional_writes_enabled
 
 log = logging.getLogger(__name__)
 

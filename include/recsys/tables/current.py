@@ -13,18 +13,35 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from include.recsys.tables import commitlog
-from include.recsys.errors import StorageError, WriteConflict
-from include.recsys.core.uri import is_remote
-from include.recsys.core.io import fsync_dir
+
 from include.recsys.core.crashpoints import crashpoint
+from include.recsys.core.io import fsync_dir
+from include.recsys.core.uri import is_remote
+from include.recsys.errors import (
+    PublishBusy,
+    PublishConflict,
+    PublishError,
+    StaleData,
+    StorageError,
+    WriteConflict,
+)
+from include.recsys.tables import commitlog
+from include.recsys.tables.layout import (
+    ANY,
+    CURRENT,
+    LOCK,
+    VERIFY_SHA256_LOCAL,
+    VERIFY_SHA256_REMOTE,
+    _store,
+)
+from include.recsys.tables.manifest import (
+    _verify_problem,
+    read_manifest,
+    verify_version,
+)
 from include.recsys.tables.storage import ObjectStore
-from include.recsys.errors import PublishConflict, PublishBusy, PublishError, StaleData
-from include.recsys.tables.layout import ANY, CURRENT, LOCK, VERIFY_SHA256_LOCAL, VERIFY_SHA256_REMOTE, _store
-from include.recsys.tables.manifest import _verify_problem, read_manifest, verify_version
 
 log = logging.getLogger(__name__)
-
 
 
 @contextlib.contextmanager

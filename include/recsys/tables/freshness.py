@@ -92,8 +92,8 @@ def _parse(ts: Any) -> datetime | None:
 def published_times(root: Path | str) -> tuple[str | None, datetime | None, datetime | None]:
     """(served version, when CURRENT last moved to it, last nightly publish) of ``root``."""
     from include.recsys.core.uri import normalize
-    from include.recsys.tables.layout import CURRENT
     from include.recsys.tables.current import history, read_current
+    from include.recsys.tables.layout import CURRENT
     from include.recsys.tables.manifest import read_manifest
 
     root = normalize(root)

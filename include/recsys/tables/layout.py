@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
-from include.recsys.tables import commitlog
-from include.recsys.tables.storage import storage_options
+
 from include.recsys.core.uri import is_remote, normalize
-from include.recsys.tables.storage import ObjectStore
+from include.recsys.tables import commitlog
+from include.recsys.tables.storage import ObjectStore, storage_options
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,21 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from include.recsys.errors import StorageError
-from include.recsys.tables.storage import ObjectStore
+
 from include.recsys.core.io import file_sha256
-from include.recsys.errors import PublishError
-from include.recsys.tables.layout import FALLBACK, MANIFEST, SCHEMA_VERSION, TABLE_COLUMNS, _store, _vrel, version_dir
+from include.recsys.errors import PublishError, StorageError
+from include.recsys.tables.layout import (
+    FALLBACK,
+    MANIFEST,
+    SCHEMA_VERSION,
+    TABLE_COLUMNS,
+    _store,
+    _vrel,
+    version_dir,
+)
+from include.recsys.tables.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-
 
 
 def _full_manifest(

@@ -44,17 +44,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
 import numpy as np
 import pandas as pd
-from include.recsys.tables.manifest import read_manifest
-from include.recsys.tables.current import read_current
-from include.recsys.tables.versions import list_versions, read_parts, read_version_table
-from include.recsys.tables.layout import CURRENT, FALLBACK, LOG_DIR, _store, version_dir
-from include.recsys.errors import PublishError
+
 from include.recsys.core.uri import is_remote, normalize
-from include.recsys.errors import StorageError
-
-
+from include.recsys.errors import PublishError, StorageError
+from include.recsys.tables.current import read_current
+from include.recsys.tables.layout import CURRENT, FALLBACK, LOG_DIR, _store, version_dir
+from include.recsys.tables.manifest import read_manifest
+from include.recsys.tables.versions import list_versions, read_parts, read_version_table
 
 
 class UserRecs(NamedTuple):

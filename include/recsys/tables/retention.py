@@ -7,14 +7,30 @@ import os
 import shutil
 import time
 from pathlib import Path
+
 from include.recsys.core.crashpoints import crashpoint
+from include.recsys.tables.current import (
+    _repair,
+    _resolve,
+    _rollback_target,
+    _sweep_temp,
+    history,
+    publish_lock,
+    read_current,
+)
+from include.recsys.tables.layout import (
+    DELETING,
+    MANIFEST,
+    STAGING_GRACE_S,
+    STAGING_PREFIX,
+    _store,
+    _vrel,
+    version_dir,
+)
 from include.recsys.tables.storage import ObjectStore
-from include.recsys.tables.current import _repair, _resolve, _rollback_target, _sweep_temp, history, publish_lock, read_current
-from include.recsys.tables.layout import DELETING, MANIFEST, STAGING_GRACE_S, STAGING_PREFIX, _store, _vrel, version_dir
 from include.recsys.tables.versions import _remove_version_dir, list_versions
 
 log = logging.getLogger(__name__)
-
 
 
 def cleanup(root: Path | str, keep: int, *, staging_grace_s: float = STAGING_GRACE_S) -> list[str]:

@@ -35,15 +35,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
 # module level, not inside create_app: FastAPI resolves the (string) annotations of the route
 # and dependency functions against this module's globals
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from include.recsys.errors import PublishError
-from include.recsys.errors import StorageError
+
 from include.recsys.core.uri import normalize
+from include.recsys.errors import PublishError, ServeConfigError, StorageError
 from include.recsys.tables.reader import RecommendationStore, SimilarItemsStore
-from include.recsys.errors import ServeConfigError
 
 log = logging.getLogger(__name__)
 

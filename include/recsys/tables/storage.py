@@ -22,8 +22,9 @@ import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
-from include.recsys.errors import StorageError, WriteConflict
+
 from include.recsys.core.uri import normalize
+from include.recsys.errors import StorageError, WriteConflict
 
 log = logging.getLogger(__name__)
 

@@ -59,20 +59,29 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
-from include.recsys.core.uri import is_remote, normalize
-from include.recsys.core.io import fsync_dir
+
 from include.recsys.core.crashpoints import crashpoint
-from include.recsys.tables.storage import ObjectStore
-from include.recsys.core.io import fsync_file, file_sha256
+from include.recsys.core.io import file_sha256, fsync_dir, fsync_file
+from include.recsys.core.uri import is_remote, normalize
 from include.recsys.errors import PublishError
 from include.recsys.tables.current import read_current
-from include.recsys.tables.layout import FALLBACK, KEY, MANIFEST, STAGING_PREFIX, TABLE_COLUMNS, _store, _vrel, version_dir
+from include.recsys.tables.layout import (
+    FALLBACK,
+    KEY,
+    MANIFEST,
+    STAGING_PREFIX,
+    TABLE_COLUMNS,
+    _store,
+    _vrel,
+    version_dir,
+)
 from include.recsys.tables.manifest import _full_manifest, _manifests
+from include.recsys.tables.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-
 
 
 def _staging_path(root: Path, version: str) -> Path:

@@ -10,11 +10,11 @@ import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.errors import MlflowUnavailable
 
 log = logging.getLogger(__name__)
-
 
 
 def safe_uri(uri: str) -> str:

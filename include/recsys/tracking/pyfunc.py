@@ -15,15 +15,15 @@ only from this project's registry.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
     from include.recsys.scoring.bundle import ModelBundle
-
-
 
 
 def _as_ids(model_input, like: pd.Index) -> pd.Index:

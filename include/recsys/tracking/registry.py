@@ -52,10 +52,19 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
 from include.recsys.config.settings import PROJECT_ROOT, PipelineConfig
-from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.errors import RegistryError, StaleModel
-from include.recsys.tracking.mlflow import _client, _guarded, _is_unreachable, _mlflow, _not_found, _quote, default_actor
+from include.recsys.scoring.bundle import ModelBundle
+from include.recsys.tracking.mlflow import (
+    _client,
+    _guarded,
+    _is_unreachable,
+    _mlflow,
+    _not_found,
+    _quote,
+    default_actor,
+)
 
 log = logging.getLogger(__name__)
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any
-from include.recsys.config.settings import PipelineConfig
 import functools
+import logging
 import os
 import subprocess
 import time
-from include.recsys.config.settings import PROJECT_ROOT
+from pathlib import Path
+from typing import Any
+
+from include.recsys.config.settings import PROJECT_ROOT, PipelineConfig
 from include.recsys.core.run import RunContext
 from include.recsys.tracking.mlflow import _client, _guarded, _quote, experiment_id
 
 log = logging.getLogger(__name__)
-
 
 
 def end_mlflow_run(cfg: PipelineConfig, rc: RunContext, status: str) -> None:

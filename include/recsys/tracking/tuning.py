@@ -6,8 +6,9 @@ import json
 import logging
 import time
 from typing import Any
-from include.recsys.config.settings import PipelineConfig
+
 from include.recsys.backends.implicit import MODEL_FIELDS
+from include.recsys.config.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
 

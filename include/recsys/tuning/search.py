@@ -32,10 +32,18 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
 import numpy as np
 import pandas as pd
+
+from include.recsys.backends.implicit import (
+    MODEL_FIELDS,
+    build_als,
+    check_finite,
+    fit_als,
+    model_config,
+)
 from include.recsys.config.settings import PipelineConfig
-from include.recsys.backends.implicit import MODEL_FIELDS, build_als, check_finite, fit_als, model_config
 
 log = logging.getLogger(__name__)
 

@@ -53,11 +53,10 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
 if TYPE_CHECKING:
     pass
 from include.recsys.config.gate_spec import GateSpec
-
-
 
 PASS, FAIL, SKIPPED = "PASS", "FAIL", "SKIPPED"
 

@@ -7,12 +7,12 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 if TYPE_CHECKING:
     import pandas as pd
-from include.recsys.validation.report import ERROR, _GX_SEVERITY
+from include.recsys.validation.report import _GX_SEVERITY, ERROR
 
 logger = logging.getLogger(__name__)
-
 
 
 def _build_gx_suite(name: str, expectations: list[dict[str, Any]], meta: dict[str, Any]) -> Any:

@@ -29,12 +29,12 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
-from include.recsys.validation.report import ERROR, ValidationReport, check_result
+
 from include.recsys.validation.input import validate_interactions
-
-
+from include.recsys.validation.report import ERROR, ValidationReport, check_result
 
 DEFAULT_BOUNDS_PATH: Path = Path(__file__).resolve().parents[2] / "config" / "validation.json"
 

@@ -7,13 +7,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 if TYPE_CHECKING:
     import pandas as pd
 from include.recsys.validation.report import ERROR, ValidationReport, finish
 from include.recsys.validation.suite import _to_utc, load_suite_definition, run_suite
 
 logger = logging.getLogger(__name__)
-
 
 
 def validate_interactions(

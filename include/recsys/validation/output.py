@@ -33,13 +33,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
-from include.recsys.validation.report import ERROR, ValidationReport, check_result, finish
-from include.recsys.validation.suite import load_suite_definition, run_suite
+
 from include.recsys.errors import OutputValidationError
-
-
+from include.recsys.validation.report import (
+    ERROR,
+    ValidationReport,
+    check_result,
+    finish,
+)
+from include.recsys.validation.suite import load_suite_definition, run_suite
 
 SUITE_PATH: Path = Path(__file__).resolve().parents[2] / "config" / "gx" / "recommendations_table.json"
 
@@ -327,8 +332,8 @@ def variant_checks(table: pd.DataFrame, variants: dict[str, Any]) -> list[dict[s
     """A/B arms: every user in exactly one configured arm, realised shares within the binomial
     tolerance of the configured ones (:func:`include.recsys.scoring.variants.share_check`), and the
     holdout served the popularity baseline only (``source == "fallback"``)."""
-    from include.recsys.scoring.variants import COLUMN, share_check
     from include.recsys.config.variants import HOLDOUT, VariantPlan
+    from include.recsys.scoring.variants import COLUMN, share_check
 
     plan = VariantPlan.from_dict(variants)
     if COLUMN not in table.columns:

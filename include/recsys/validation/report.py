@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 if TYPE_CHECKING:
     import pandas as pd
 from include.recsys.errors import DataValidationError
-
 
 _FLOAT32_MAX = 3.4028234663852886e38
 

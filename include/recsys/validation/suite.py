@@ -56,10 +56,24 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 if TYPE_CHECKING:
     import pandas as pd
-from include.recsys.validation.gx import GX_FINGERPRINT_MAX_BYTES, _build_gx_suite, _gx_context, _gx_fingerprint_limit, _gx_frame
-from include.recsys.validation.report import ERROR, _SEVERITIES, _empty_result, _fmt_bound, _fmt_pct, _jsonable
+from include.recsys.validation.gx import (
+    GX_FINGERPRINT_MAX_BYTES,
+    _build_gx_suite,
+    _gx_context,
+    _gx_fingerprint_limit,
+    _gx_frame,
+)
+from include.recsys.validation.report import (
+    _SEVERITIES,
+    ERROR,
+    _empty_result,
+    _fmt_bound,
+    _fmt_pct,
+    _jsonable,
+)
 
 logger = logging.getLogger(__name__)
 

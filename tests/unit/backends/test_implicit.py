@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.recsys.backends.implicit import train
 from include.recsys.config.settings import load_config
 from include.recsys.scoring.recommend import recommend
-from include.recsys.backends.implicit import train
 
 N_USERS, N_ITEMS = 40, 20
 
@@ -163,8 +163,8 @@ def test_no_event_at_or_after_the_cutoff_reaches_training(tmp_path) -> None:
 
 
 def test_non_finite_factors_fail_clearly(tmp_path, monkeypatch) -> None:
-    from include.recsys.backends.implicit import fit_als
     from include.recsys import errors
+    from include.recsys.backends.implicit import fit_als
 
     real = fit_als
 

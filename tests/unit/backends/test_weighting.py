@@ -7,8 +7,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from include.recsys.backends.weighting import (
+    ConfidenceSpec,
+    confidence_matrix,
+    recency_decay,
+    reweight,
+)
 from include.recsys.core.ids import IdMap
-from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix, recency_decay, reweight
 
 CUTOFF = pd.Timestamp("2026-01-31", tz="UTC")
 

@@ -9,10 +9,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from include.recsys.tables.versions import write_version
-from include.recsys.tables.current import history, point_current, read_current
 from include.recsys.cli import app
 from include.recsys.cli._common import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
+from include.recsys.tables.current import history, point_current, read_current
+from include.recsys.tables.versions import write_version
 from tests.faults._helpers import TOP_N, USERS, fallback, table
 
 V1, V2 = "20261120T000000Z-aaaaaaaa", "20261121T000000Z-bbbbbbbb"

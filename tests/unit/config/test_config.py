@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from include.recsys.config.settings import PARAM_FIELDS, PROJECT_ROOT, PipelineConfig, load_config, param_specs
+from include.recsys.config.settings import (
+    PARAM_FIELDS,
+    PROJECT_ROOT,
+    PipelineConfig,
+    load_config,
+    param_specs,
+)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from include.recsys.core.ids import IdMap, csr_from_codes, interaction_matrix
-from include.recsys.errors import TrainingError
 from include.recsys.data.split import read_training_events
+from include.recsys.errors import TrainingError
 
 
 def _columns() -> dict[str, pd.Series]:
@@ -94,8 +94,8 @@ def test_read_training_events_reads_only_what_training_uses(tmp_path) -> None:
 def test_training_from_snapshot_codes_equals_training_from_string_ids(tmp_path) -> None:
     """The pipeline's route (int32 codes into the snapshot's id maps, no string read) gives the
     same id maps, seen matrix, popularity and factors as factorizing the string ids."""
-    from include.recsys.config.settings import load_config
     from include.recsys.backends.implicit import train
+    from include.recsys.config.settings import load_config
 
     rng = np.random.default_rng(11)
     n = 3000

@@ -8,8 +8,14 @@ import hmac
 import pandas as pd
 import pytest
 
-from include.recsys.core.privacy import ENABLED_ENV, KEY_ENV, csv_safe, load_key, pseudonymize_table
 from include.recsys.core import privacy as privacy_mod
+from include.recsys.core.privacy import (
+    ENABLED_ENV,
+    KEY_ENV,
+    csv_safe,
+    load_key,
+    pseudonymize_table,
+)
 from include.recsys.errors import PseudonymizationError
 
 KEY = "k" * 32
@@ -74,12 +80,12 @@ def test_published_table_carries_pseudonyms_when_enabled(tmp_path, monkeypatch):
 
     import pandas as pd
 
-    from include.recsys.core.run import RunContext
-    from include.recsys.stages.snapshot import snapshot
-    from include.recsys.stages.shards import plan_shards, score_shard
-    from include.recsys.data import synth
     from include.recsys.config.settings import load_config
     from include.recsys.core.privacy import pseudonymize_id
+    from include.recsys.core.run import RunContext
+    from include.recsys.data import synth
+    from include.recsys.stages.shards import plan_shards, score_shard
+    from include.recsys.stages.snapshot import snapshot
 
     key = "k" * 32
     monkeypatch.setenv("RECSYS_PSEUDONYMIZE_USER_IDS", "true")

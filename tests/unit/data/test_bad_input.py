@@ -16,18 +16,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.core.run import RunContext
-from include.recsys.stages.snapshot import snapshot
-from include.recsys.stages.validate_output import validate_output
-from include.recsys.stages.validate_input import validate_input
 from include.recsys.config.settings import PipelineConfig
-from include.recsys.errors import InputTypeError, SourceError
+from include.recsys.core.run import RunContext
+from include.recsys.data.synth import land_partitioned
+from include.recsys.errors import (
+    DataValidationError,
+    InputTypeError,
+    OutputValidationError,
+    SourceError,
+)
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.validate_input import validate_input
+from include.recsys.stages.validate_output import validate_output
 from include.recsys.tables.current import point_current, read_current
 from include.recsys.tables.versions import write_version
-from include.recsys.data.synth import land_partitioned
-from include.recsys.errors import DataValidationError
 from include.recsys.validation.history import history_path, read_history
-from include.recsys.errors import OutputValidationError
 
 END = datetime(2026, 11, 22, tzinfo=timezone.utc)
 DAYS = 14

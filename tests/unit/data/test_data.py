@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from include.recsys.config.settings import load_config
-from include.recsys.errors import EmptyWindowError, SourceError
 from include.recsys.core.ids import IdMap, interaction_matrix
-from include.recsys.data.source import Window, read_source
 from include.recsys.data.snapshot import build_snapshot
+from include.recsys.data.source import Window, read_source
 from include.recsys.data.synth import PRESETS, generate, land_partitioned
+from include.recsys.errors import EmptyWindowError, SourceError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TINY = replace(PRESETS["tiny"], end_date="2024-03-31")  # events 2024-02-21 .. 2024-03-31

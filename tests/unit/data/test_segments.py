@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from include.recsys.tables.versions import write_version
-from include.recsys.tables.current import point_current
+from include.recsys.backends.implicit import train
 from include.recsys.config.settings import load_config
-from include.recsys.tables.reader import RecommendationStore
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import recommend
-from include.recsys.backends.implicit import train
+from include.recsys.tables.current import point_current
+from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.versions import write_version
 
 # two segments with disjoint tastes: north likes n0..n2, south likes s0..s2 (s0 most popular
 # overall because south has more users)

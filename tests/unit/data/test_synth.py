@@ -8,7 +8,12 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from include.recsys.data.synth import PRESETS, ensure_default_data, generate, land_partitioned
+from include.recsys.data.synth import (
+    PRESETS,
+    ensure_default_data,
+    generate,
+    land_partitioned,
+)
 
 SPEC = replace(PRESETS["tiny"], end_date="2024-03-31")  # 40 days: 2024-02-21 .. 2024-03-31
 PERIOD_START = pd.Timestamp("2024-02-21", tz="UTC")

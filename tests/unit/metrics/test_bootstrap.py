@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.metrics.bootstrap import paired_bootstrap, paired_bootstrap_table, paired_bootstrap_tables
+from include.recsys.metrics.bootstrap import (
+    paired_bootstrap,
+    paired_bootstrap_table,
+    paired_bootstrap_tables,
+)
 
 
 def test_deterministic_for_a_seed() -> None:

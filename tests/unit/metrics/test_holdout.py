@@ -18,13 +18,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from include.recsys.core.run import RunContext
-from include.recsys.stages.evaluate import evaluate
 from include.recsys.config.settings import load_config
 from include.recsys.core.ids import IdMap
+from include.recsys.core.run import RunContext
 from include.recsys.metrics.holdout import holdout_inputs
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import ranked_filtered
+from include.recsys.stages.evaluate import evaluate
 
 CUTOFF = pd.Timestamp("2026-11-14", tz="UTC")
 

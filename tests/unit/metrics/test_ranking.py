@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from include.recsys.metrics.ranking import PER_USER_METRICS, MetricsResult, ranking_metrics
+from include.recsys.metrics.ranking import (
+    PER_USER_METRICS,
+    MetricsResult,
+    ranking_metrics,
+)
 from include.recsys.scoring.baselines import popularity_topn
 
 LOG2_3 = math.log2(3)  # discount denominator at rank 2

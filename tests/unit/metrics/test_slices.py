@@ -11,9 +11,15 @@ import pytest
 import scipy.sparse as sp
 
 from include.recsys.metrics.evaluation import evaluate_models
-from include.recsys.metrics.slices import head_item_mask, heavy_threshold, recent_item_popularity, restrict_relevant, user_slice_labels
-from include.recsys.scoring.baselines import popularity_order
 from include.recsys.metrics.ranking import ranking_metrics
+from include.recsys.metrics.slices import (
+    head_item_mask,
+    heavy_threshold,
+    recent_item_popularity,
+    restrict_relevant,
+    user_slice_labels,
+)
+from include.recsys.scoring.baselines import popularity_order
 from include.recsys.scoring.recommend import ranked_filtered
 
 CUTOFF = pd.Timestamp("2026-11-14", tz="UTC")

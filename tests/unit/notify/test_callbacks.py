@@ -17,12 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.recsys.notify.slack import CONN_ID_ENV
-from include.recsys.notify.callbacks import NOTIFY_SUCCESS_ENV, dag_success_callback
-from include.recsys.notify.blocks import EXCERPT_CHARS
-from include.recsys.notify.blocks import failure_blocks, gate_blocks
-from include.recsys.notify.slack import send_slack
-from include.recsys.notify.callbacks import task_failure_callback
+from include.recsys.notify.blocks import EXCERPT_CHARS, failure_blocks, gate_blocks
+from include.recsys.notify.callbacks import (
+    NOTIFY_SUCCESS_ENV,
+    dag_success_callback,
+    task_failure_callback,
+)
+from include.recsys.notify.slack import CONN_ID_ENV, send_slack
 from tests.fakes.slack_server import FakeSlack
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -13,12 +13,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.recsys.notify.slack import CHANNEL_ENV, CONN_ID_ENV, send_slack
 from include.recsys.notify.blocks import gate_blocks
-from include.recsys.notify.callbacks import MLFLOW_UI_ENV, NOTIFY_SUCCESS_ENV, dag_success_callback, mlflow_run_url, send_gate_verdict, task_failure_callback, task_retry_callback
+from include.recsys.notify.callbacks import (
+    MLFLOW_UI_ENV,
+    NOTIFY_SUCCESS_ENV,
+    dag_success_callback,
+    mlflow_run_url,
+    send_gate_verdict,
+    task_failure_callback,
+    task_retry_callback,
+)
+from include.recsys.notify.slack import CHANNEL_ENV, CONN_ID_ENV, send_slack
 from include.recsys.tables import freshness
-from include.recsys.tables.versions import write_version
 from include.recsys.tables.current import point_current
+from include.recsys.tables.versions import write_version
 from tests.fakes.slack_server import FakeSlack
 from tests.faults import _helpers as h
 
@@ -265,8 +273,8 @@ def test_validation_alert_names_the_data_docs(tmp_path):
     """A refused snapshot's Slack message carries the rule table and where its Data Docs are."""
     import json
 
-    from include.recsys.notify.callbacks import _domain_payload
     from include.recsys.errors import DataValidationError
+    from include.recsys.notify.callbacks import _domain_payload
 
     class Report:
         errors = [{"column": "user_id", "check": "not null", "unexpected_count": 3, "severity": "error"}]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from include.recsys.reporting.card_html import HTML_NAME, write_run_card
-from include.recsys.reporting.card_data import DATA_NAME, load_history
-from include.recsys.validation.gate import decide, force
 from include.recsys.config.gate_spec import parse_spec
+from include.recsys.reporting.card_data import DATA_NAME, load_history
+from include.recsys.reporting.card_html import HTML_NAME, write_run_card
+from include.recsys.validation.gate import decide, force
 
 DAG = "recsys_nightly_retrain"
 
@@ -225,12 +225,12 @@ def test_pipeline_gate_writes_card_and_raises_after(tmp_path, monkeypatch) -> No
     """pipeline.gate writes gate.json and the card before GateFailed; force_publish goes on."""
     from datetime import datetime, timezone
 
+    from include.recsys.config.settings import load_config
     from include.recsys.core.run import RunContext
+    from include.recsys.errors import GateFailed
+    from include.recsys.reporting.run_card import RUN_CARD
     from include.recsys.stages import gate as gate_mod
     from tests._stages import summary_text
-    from include.recsys.reporting.run_card import RUN_CARD
-    from include.recsys.config.settings import load_config
-    from include.recsys.errors import GateFailed
 
     logged: list[dict] = []
     monkeypatch.setattr("include.recsys.tracking.runs.log_to_run", lambda cfg, run_id, **kw: logged.append(kw))

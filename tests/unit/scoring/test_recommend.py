@@ -15,8 +15,12 @@ import pytest
 import scipy.sparse as sp
 
 from include.recsys.scoring.bundle import ModelBundle
-from include.recsys.scoring.recommend import Recommendations, ranked_filtered, recommend, topn_dense
-
+from include.recsys.scoring.recommend import (
+    Recommendations,
+    ranked_filtered,
+    recommend,
+    topn_dense,
+)
 
 # --- helpers ------------------------------------------------------------------------------
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.stages.register import _serving_seen
 from include.recsys.core.ids import IdMap
 from include.recsys.core.io import write_parquet
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import seen_matrix
+from include.recsys.stages.register import _serving_seen
 
 
 def _snapshot(folder: Path, codes: bool) -> dict[str, str]:

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from include.recsys.tables.versions import write_version
-from include.recsys.tables.current import history, point_current, read_current
+from include.recsys.errors import RulesError
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import recommend, topn_dense
-from include.recsys.errors import RulesError
 from include.recsys.scoring.rules import load_for_run, read_resolved, save_resolved
+from include.recsys.tables.current import history, point_current, read_current
+from include.recsys.tables.versions import write_version
 from include.recsys.validation.history import load_bounds
 from include.recsys.validation.output import set_checks
 

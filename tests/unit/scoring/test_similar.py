@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.recsys.errors import OutputValidationError
+from include.recsys.scoring import similar as sim
 from include.recsys.stages.similar import write_table
-from include.recsys.tables.versions import read_version_table
 from include.recsys.tables.current import point_current
 from include.recsys.tables.layout import version_dir
 from include.recsys.tables.manifest import verify_version
-from include.recsys.scoring import similar as sim
 from include.recsys.tables.reader import SimilarItemsStore
-from include.recsys.errors import OutputValidationError
+from include.recsys.tables.versions import read_version_table
 from include.recsys.validation.output import validate_similar_table
 
 

@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from include.recsys.tables.versions import write_version
-from include.recsys.tables.current import point_current
-from include.recsys.tables.layout import TABLE_COLUMNS, version_dir
-from include.recsys.scoring.variants import score, share_check
 from include.recsys.config.variants import assign, parse
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import recommend, seen_matrix
+from include.recsys.scoring.variants import score, share_check
+from include.recsys.tables.current import point_current
+from include.recsys.tables.layout import TABLE_COLUMNS, version_dir
 from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.versions import write_version
 from include.recsys.validation.output import variant_checks
 
 PLAN = parse([{"name": "champion", "model": "alias:champion", "share": 0.49},

@@ -8,9 +8,14 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from include.recsys.tables.versions import write_version
+from include.recsys.tables.assets import (
+    event_version,
+    move_event_extra,
+    summarize_version,
+    table_uri,
+)
 from include.recsys.tables.current import point_current, rollback
-from include.recsys.tables.assets import event_version, move_event_extra, summarize_version, table_uri
+from include.recsys.tables.versions import write_version
 
 
 def _publish(root, tag: str, model_version: str) -> None:

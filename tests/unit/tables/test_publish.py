@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import json
 import os
+import shutil
 import threading
 import time
 
@@ -13,17 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.tables.layout import LOG_DIR, SCHEMA_VERSION, STAGING_GRACE_S, TABLE_COLUMNS
-from include.recsys.tables.manifest import verify_version
-from include.recsys.errors import StaleData
-from include.recsys.errors import PublishError
-from include.recsys.tables.retention import cleanup
 from include.recsys.core.io import file_sha256
+from include.recsys.errors import PublishError, StaleData
 from include.recsys.tables.current import history, point_current, read_current, rollback
-from include.recsys.tables.versions import list_versions, write_version
-from include.recsys.tables.manifest import read_manifest
-from include.recsys.tables.layout import version_dir
+from include.recsys.tables.layout import (
+    LOG_DIR,
+    SCHEMA_VERSION,
+    STAGING_GRACE_S,
+    TABLE_COLUMNS,
+    version_dir,
+)
+from include.recsys.tables.manifest import read_manifest, verify_version
 from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.versions import list_versions, write_version
 
 USERS = ["u1", "u2", "u3"]
 TOP_N = 4
@@ -314,8 +316,8 @@ def _write_window(root, version: str, end: str | None):
 
 
 def test_log_entries_are_numbered_immutable_and_chained(tmp_path) -> None:
-    from include.recsys.tables import commitlog
     from include.recsys.errors import WriteConflict
+    from include.recsys.tables import commitlog
 
     _write_window(tmp_path, "v1", "2026-11-20T00:00:00+00:00")
     _write_window(tmp_path, "v2", "2026-11-21T00:00:00+00:00")

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.tables.versions import write_version
+from include.recsys.cli.read import main
+from include.recsys.errors import PublishError
 from include.recsys.tables.current import point_current
 from include.recsys.tables.layout import TABLE_COLUMNS, version_dir
-from include.recsys.errors import PublishError
 from include.recsys.tables.reader import RecommendationStore
-from include.recsys.cli.read import main
+from include.recsys.tables.versions import write_version
 
 
 def _table(users, n: int, model_version: str = "3") -> pd.DataFrame:

@@ -9,12 +9,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from include.recsys.tables.versions import write_version
+from include.recsys.cli.read import main
+from include.recsys.errors import PublishError
 from include.recsys.tables.current import history, point_current, read_current, rollback
 from include.recsys.tables.layout import LOG_DIR, version_dir
-from include.recsys.errors import PublishError
 from include.recsys.tables.reader import RecommendationStore
-from include.recsys.cli.read import main
+from include.recsys.tables.versions import write_version
 
 N = 3
 

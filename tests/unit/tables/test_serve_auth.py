@@ -9,12 +9,21 @@ import logging
 import pandas as pd
 import pytest
 
-from include.recsys.tables.versions import write_version
-from include.recsys.tables.current import point_current
-from include.recsys.tables.serve import BURST_ENV, RATE_ENV, TOKEN_ENV, TOKEN_FILE_ENV, main, run
-from include.recsys.tables.reader import RecommendationStore
-from include.recsys.tables.serve import RateLimiter, create_app, load_token
 from include.recsys.errors import ServeConfigError
+from include.recsys.tables.current import point_current
+from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.serve import (
+    BURST_ENV,
+    RATE_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    RateLimiter,
+    create_app,
+    load_token,
+    main,
+    run,
+)
+from include.recsys.tables.versions import write_version
 
 TOKEN = "s3cr3t-reader-token-0123456789abcdef"
 

@@ -13,17 +13,24 @@ import fsspec
 import pandas as pd
 import pytest
 
-from include.recsys.tables.versions import discard_staged, finalize_version, list_versions, read_version_table, write_part, write_version
-from include.recsys.tables.current import history, point_current, read_current, rollback
-from include.recsys.tables.retention import cleanup
-from include.recsys.tables.manifest import read_manifest
-from include.recsys.tables.layout import LOG_DIR, MANIFEST
 from include.recsys.cli.read import main
-from include.recsys.tables.storage import OPTIONS_ENV, ObjectStore, storage_options
-from include.recsys.core.uri import is_remote, normalize
 from include.recsys.config.settings import PipelineConfig
+from include.recsys.core.uri import is_remote, normalize
 from include.recsys.errors import PublishConflict, PublishError
+from include.recsys.tables.current import history, point_current, read_current, rollback
+from include.recsys.tables.layout import LOG_DIR, MANIFEST
+from include.recsys.tables.manifest import read_manifest
 from include.recsys.tables.reader import RecommendationStore
+from include.recsys.tables.retention import cleanup
+from include.recsys.tables.storage import OPTIONS_ENV, ObjectStore, storage_options
+from include.recsys.tables.versions import (
+    discard_staged,
+    finalize_version,
+    list_versions,
+    read_version_table,
+    write_part,
+    write_version,
+)
 from tests.unit.tables.test_publish import _fallback, _table
 
 

@@ -8,11 +8,23 @@ import re
 import pandas as pd
 import pytest
 
-from include.recsys.tracking.mlflow import _client, _guarded, _is_unreachable, _mlflow, safe_uri
-from include.recsys.tracking.runs import _log_batches, code_version, get_or_create_run, lineage_tags, log_to_run
-from include.recsys.errors import MlflowUnavailable
 from include.recsys.config.settings import load_config
+from include.recsys.errors import MlflowUnavailable
+from include.recsys.tracking.mlflow import (
+    _client,
+    _guarded,
+    _is_unreachable,
+    _mlflow,
+    safe_uri,
+)
 from include.recsys.tracking.pyfunc import _as_ids
+from include.recsys.tracking.runs import (
+    _log_batches,
+    code_version,
+    get_or_create_run,
+    lineage_tags,
+    log_to_run,
+)
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):

@@ -10,11 +10,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.data import synth
-from include.recsys.tuning.search import SearchSpace, TuningData, apply_config, decide, prepare, run_trial, sample_trials, search, select_best, validation_split
-from include.recsys.config.settings import load_config
-from include.recsys.data.split import time_split
 from include.recsys.backends.implicit import MODEL_FIELDS, model_config
+from include.recsys.config.settings import load_config
+from include.recsys.data import synth
+from include.recsys.data.split import time_split
+from include.recsys.tuning.search import (
+    SearchSpace,
+    TuningData,
+    apply_config,
+    decide,
+    prepare,
+    run_trial,
+    sample_trials,
+    search,
+    select_best,
+    validation_split,
+)
 
 END = pd.Timestamp("2026-02-01", tz="UTC")
 

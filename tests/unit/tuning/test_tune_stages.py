@@ -14,16 +14,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from include.recsys.stages.snapshot import snapshot
-from include.recsys.stages.tune import plan_trials, run_trial, select_best
-from include.recsys.stages.train import train
-from include.recsys.stages.split import split
-from include.recsys.tracking.mlflow import _client
-from include.recsys.tracking.runs import run_tags
-from include.recsys.data import synth
-from include.recsys.tracking.tuning import BEST_JSON_TAG, BEST_TAG
 from include.recsys.config.settings import load_config
 from include.recsys.core.run import RunContext
+from include.recsys.data import synth
+from include.recsys.stages.snapshot import snapshot
+from include.recsys.stages.split import split
+from include.recsys.stages.train import train
+from include.recsys.stages.tune import plan_trials, run_trial, select_best
+from include.recsys.tracking.mlflow import _client
+from include.recsys.tracking.runs import run_tags
+from include.recsys.tracking.tuning import BEST_JSON_TAG, BEST_TAG
 
 pytestmark = pytest.mark.slow  # a SQLite MLflow store + 3 trials: ~25 s on the shared 2 cores
 

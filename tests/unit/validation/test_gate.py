@@ -10,10 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from include.recsys.config.settings import PROJECT_ROOT, load_config
-from include.recsys.validation.gate import FAIL, PASS, SKIP, SKIPPED, GateResult, Rule, decide, force, mlflow_tags
-from include.recsys.errors import GateFailed, GateSpecError
 from include.recsys.config.gate_spec import GateSpec, load_spec, parse_spec, read_spec
+from include.recsys.config.settings import PROJECT_ROOT, load_config
+from include.recsys.errors import GateFailed, GateSpecError
+from include.recsys.validation.gate import (
+    FAIL,
+    PASS,
+    SKIP,
+    SKIPPED,
+    GateResult,
+    Rule,
+    decide,
+    force,
+    mlflow_tags,
+)
 
 REPO_SPEC = PROJECT_ROOT / "include" / "config" / "gate.yaml"
 

@@ -9,7 +9,11 @@ import pandas as pd
 import pytest
 
 from include.recsys.core.ids import IdMap
-from include.recsys.validation.history import load_bounds, read_snapshot, snapshot_statistics
+from include.recsys.validation.history import (
+    load_bounds,
+    read_snapshot,
+    snapshot_statistics,
+)
 from include.recsys.validation.output import SeenPairs, set_checks
 
 
@@ -96,8 +100,8 @@ def test_gx_fingerprint_limit_is_temporary() -> None:
 @pytest.mark.parametrize("pseudonymize", [False, True])
 def test_privacy_seen_from_codes_matches_the_string_pairs(tmp_path, monkeypatch, pseudonymize: bool) -> None:
     """pipeline._privacy_seen on a coded snapshot (codes + id maps) checks like the string pairs."""
-    from include.recsys.stages.validate_output import _privacy_seen
     from include.recsys.core.privacy import pseudonymize_table
+    from include.recsys.stages.validate_output import _privacy_seen
 
     if pseudonymize:
         monkeypatch.setenv("RECSYS_PSEUDONYMIZE_USER_IDS", "true")

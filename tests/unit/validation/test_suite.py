@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.validation.suite import DEFAULT_SUITE_PATH, load_suite_definition
 from include.recsys.errors import DataValidationError
-from include.recsys.validation.report import ValidationReport
 from include.recsys.validation.input import validate_interactions
+from include.recsys.validation.report import ValidationReport
+from include.recsys.validation.suite import DEFAULT_SUITE_PATH, load_suite_definition
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 WINDOW_START = datetime(2026, 10, 25, tzinfo=timezone.utc)
