@@ -14,6 +14,8 @@ from typing import Protocol
 
 import pandas as pd
 
+from include.recsys.core.paths import RunPaths
+
 
 class HasRunsRoot(Protocol):
     """Anything that knows where run folders live (a ``PipelineConfig``)."""
@@ -54,6 +56,10 @@ class RunContext:
         d = cfg.runs_root / self.interval_key / self.run_key
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def paths(self, cfg: HasRunsRoot) -> RunPaths:
+        """This run's work folder layout (created on first use)."""
+        return RunPaths(self.work_dir(cfg))
 
     def data_interval(self) -> dict[str, str]:
         """The run's data interval as UTC ISO strings (``start``, ``end``)."""
