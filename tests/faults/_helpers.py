@@ -16,7 +16,7 @@ import pandas as pd
 from include.recsys.tables.current import point_current, read_current
 from include.recsys.tables.layout import LOG_DIR, TABLE_COLUMNS
 from include.recsys.tables.retention import cleanup
-from include.recsys.tables.versions import write_part, write_version
+from include.recsys.tables.versions import write_version
 
 USERS = [f"u{i}" for i in range(1, 7)]
 TOP_N = 5
@@ -77,7 +77,9 @@ def set_commit_time(root, at: str, index: int = -1) -> None:
 def slow_write(root: str, version: str) -> None:
     """write_version with one part per user and a pause after each part, announcing
     ``PART <i>`` on stdout, so the parent can SIGKILL it mid-write."""
-    real = write_part
+    from include.recsys.tables import versions
+
+    real = versions.write_part
 
     def slow_part(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -85,7 +87,7 @@ def slow_write(root: str, version: str) -> None:
         time.sleep(0.5)
         return out
 
-    write_part = slow_part
+    versions.write_part = slow_part  # write_version looks it up at call time
     write(root, version, rows_per_part=TOP_N)  # 6 users -> 6 parts, ~3 s
     print("DONE", flush=True)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.recsys.errors import PublishConflict, PublishError
+from include.recsys.errors import PublishBusy, PublishConflict
 from include.recsys.tables.current import (
     history,
     point_current,
@@ -220,14 +220,14 @@ def test_fault_publish_lock_released_when_holder_is_killed(tmp_path: Path) -> No
     h.publish(root, "v1")
     h.write(root, "v2")
     code = (
-        "import sys, time; from include.recsys.tables import versions as publish as pub\n"
-        f"with pub.publish_lock({str(root)!r}):\n"
+        "import sys, time; from include.recsys.tables.current import publish_lock\n"
+        f"with publish_lock({str(root)!r}):\n"
         "    print('LOCKED', flush=True); time.sleep(60)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "LOCKED"
-        with pytest.raises(PublishError, match="could not lock"):
+        with pytest.raises(PublishBusy, match="could not lock"):
             with publish_lock(root, timeout=0.3):
                 pass
         os.kill(child.pid, signal.SIGKILL)

@@ -61,25 +61,25 @@ _DAGS = textwrap.dedent(
         @task(execution_timeout=timedelta(seconds=3))
         def precompute():
             """Writes a version far too slowly: the timeout interrupts write_version."""
-            from include.recsys.tables import versions as publish as pub
+            from include.recsys.tables import versions
             from tests.faults import _helpers as h
 
-            real = pub.write_part
+            real = versions.write_part
 
             def slow_part(*args, **kwargs):
                 out = real(*args, **kwargs)
                 time.sleep(2)
                 return out
 
-            pub.write_part = slow_part
+            versions.write_part = slow_part
             h.write(os.environ["FAULT_RECS"], "v_timeout", rows_per_part=h.TOP_N)
             return "v_timeout"
 
         @task
         def publish(version):
-            from include.recsys.tables import versions as publish as pub
+            from include.recsys.tables.current import point_current
 
-            pub.point_current(os.environ["FAULT_RECS"], version)
+            point_current(os.environ["FAULT_RECS"], version)
 
         publish(precompute())
 
