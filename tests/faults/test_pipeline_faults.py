@@ -377,11 +377,12 @@ def test_sigkill_between_current_and_alias_then_rerun_repairs_the_alias(lake, tm
     }))
     code = (
         "import json, sys\nfrom datetime import datetime\n"
-        "from include.recsys.stages import publish as pipeline\nfrom include.recsys.config.settings import load_config\n"
+        "from include.recsys.config.settings import load_config\nfrom include.recsys.core.run import RunContext\n"
+        "from include.recsys.stages.publish import publish\n"
         "a = json.load(open(sys.argv[1]))\n"
         "d, r, s, e = a['rc']\n"
-        "rc = pipeline.RunContext(d, r, datetime.fromisoformat(s), datetime.fromisoformat(e))\n"
-        "print(pipeline.publish(load_config(a['overrides']), rc, a['pre'], a['reg'], a['model']))\n"
+        "rc = RunContext(d, r, datetime.fromisoformat(s), datetime.fromisoformat(e))\n"
+        "print(publish(load_config(a['overrides']), rc, a['pre'], a['reg'], a['model']))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RECSYS_CRASH_AT": "between_current_and_alias"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -136,10 +136,10 @@ def test_gate_blocks_pass_and_empty() -> None:
 
 def test_builders_do_not_import_airflow() -> None:
     code = (
-        "import sys; from include.recsys.notify import callbacks as alerts; "
-        "alerts.failure_blocks(dag_id='d', task_id='t', run_id='r', try_number=1, logical_date=None, "
+        "import sys; from include.recsys.notify import blocks; "
+        "blocks.failure_blocks(dag_id='d', task_id='t', run_id='r', try_number=1, logical_date=None, "
         "error_type='E', error_excerpt='x'); "
-        "alerts.gate_blocks(dag_id='d', run_id='r', verdict='FAIL', reasons=[]); "
+        "blocks.gate_blocks(dag_id='d', run_id='r', verdict='FAIL', reasons=[]); "
         "print(any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules))"
     )
     out = subprocess.run(
