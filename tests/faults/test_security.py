@@ -43,7 +43,7 @@ def test_security_no_secrets_in_repo() -> None:
 def test_security_models_load_without_pickle() -> None:
     """A model bundle could carry pickled objects (code execution on load) -> every np.load in
     the library passes allow_pickle=False and nothing imports pickle."""
-    src = (ROOT / "include" / "recsys" / "recommend.py").read_text()
+    src = (ROOT / "include" / "recsys" / "scoring" / "bundle.py").read_text()
     loads = re.findall(r"np\.load\([^)]*\)", src)
     assert loads and all("allow_pickle=False" in call for call in loads), loads
     for py in (ROOT / "include").rglob("*.py"):
@@ -64,5 +64,5 @@ def test_security_pyarrow_without_parquet_cve() -> None:
 def test_security_models_come_from_the_registry_only() -> None:
     """A model from an arbitrary location -> champion bundles are only downloaded from the
     project's registry (models:/<registered name>/<version>)."""
-    src = (ROOT / "include" / "recsys" / "registry.py").read_text()
+    src = (ROOT / "include" / "recsys" / "tracking" / "registry.py").read_text()
     assert 'models:/{cfg.model_name}/' in src
