@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,25 +11,26 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from include.recsys.cli._console import Out
+from include.recsys.cli._console import Out, emit_json
+from include.recsys.errors import PermanentError, PublishError, TransientError
 
 EXIT_OK = 0
 EXIT_USAGE = 1  # bad arguments or input (unknown option, n out of range, ...)
 EXIT_NOT_FOUND = 2  # nothing published yet, unknown user / version / run / table
 EXIT_REFUSED = 3  # the action was refused (no previous version, unsafe serve settings, ...)
-EXIT_UNAVAILABLE = 4  # MLflow or the object store could not be reached: retry later
+EXIT_UNAVAILABLE = 4  # MLflow or the object store could not be reached (or was busy): retry later
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 usage or bad input; 2 not found (nothing published, unknown user, "
     "version or run); 3 refused (e.g. no previous version to roll back to); 4 MLflow or the "
-    "storage unreachable (retry later)."
+    "storage unreachable or busy (retry later)."
 )
 
 JSON_OPTION = typer.Option(False, "--json", help="Machine-readable JSON on stdout instead of a table.")
 
 
-class CliError(Exception):
-    """A failure the user can act on: one line, one exit code."""
+class CliError(PermanentError):
+    """A failure the user can act on, found by the CLI itself: one line, its own exit code."""
 
     def __init__(self, message: str, code: int = EXIT_NOT_FOUND) -> None:
         super().__init__(message)
@@ -82,30 +82,23 @@ def out() -> Out:
     return Out(sys.stdout)
 
 
-def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
 def _classify(exc: Exception) -> tuple[str, int] | None:
-    """(message, exit code) for the library errors a user can act on; None: a bug (raise)."""
-    from include.recsys.errors import PublishError, StorageError
-
-    try:
-        from include.recsys.errors import MlflowUnavailable
-    except ImportError:  # pragma: no cover - registry always defines it
-        MlflowUnavailable = ()  # type: ignore[assignment]
+    """(message, exit code) for the errors a user can act on, by the library's error hierarchy
+    (:mod:`include.recsys.errors`); None: a bug (raise, with its traceback)."""
     if isinstance(exc, CliError):
         return str(exc), exc.code
-    if isinstance(exc, (StorageError, MlflowUnavailable)):
+    if isinstance(exc, TransientError):
         return f"{exc} (retry later)", EXIT_UNAVAILABLE
-    if isinstance(exc, LookupError):
-        return str(exc).strip("'\""), EXIT_NOT_FOUND
     if isinstance(exc, PublishError):
         text = str(exc)
         absent = "no manifest" in text or "incomplete or absent" in text
         return text, EXIT_NOT_FOUND if absent else EXIT_REFUSED
-    if isinstance(exc, ValueError):
+    if isinstance(exc, LookupError):
+        return str(exc).strip("'\""), EXIT_NOT_FOUND
+    if isinstance(exc, ValueError):  # a PermanentError that is bad input, or bad arguments
         return str(exc), EXIT_USAGE
+    if isinstance(exc, PermanentError):
+        return str(exc), EXIT_REFUSED
     return None
 
 

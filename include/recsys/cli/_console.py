@@ -7,6 +7,7 @@ rich, ``RECSYS_RICH=0`` or ``NO_COLOR`` / ``TERM=dumb`` forces plain.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -90,6 +91,23 @@ class Out:
         self.line(indent + fmt(list(columns)))
         for row in cells:
             self.line(indent + fmt(row))
+
+
+def emit_json(obj: Any) -> None:
+    """``obj`` as indented JSON on stdout (``--json``; ``str`` for what JSON lacks)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def print_ranked(head: dict[str, Any], ids: Sequence[Any], scores: Sequence[float], title: str, as_json: bool) -> None:
+    """A ranked list of items (``recsys recommend`` / ``similar``) on stdout: ``head`` plus
+    ``items`` as JSON, or the bold ``title`` over a rank / item_id / score table."""
+    items = [{"rank": i + 1, "item_id": it, "score": round(float(s), 6)} for i, (it, s) in enumerate(zip(ids, scores))]
+    if as_json:
+        emit_json({**head, "items": items})
+        return
+    o = Out(sys.stdout)
+    o.line(title, "bold")
+    o.table(items, ["rank", "item_id", "score"])
 
 
 def _is_number(v: Any) -> bool:

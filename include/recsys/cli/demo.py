@@ -109,9 +109,11 @@ def _expected_work_dir(dag, cfg, logical, run_after) -> Path | None:
 
 def _move_log(capture, work: Path | None) -> Path | None:
     """Move the captured log to ``<work>/demo.log`` (the open descriptors follow the rename)."""
-    if capture.path is None or work is None or capture.path == work / "demo.log":
+    from include.recsys.core.paths import RunPaths
+
+    target = None if work is None else RunPaths(work).demo_log
+    if capture.path is None or target is None or capture.path == target:
         return capture.path
-    target = work / "demo.log"
     os.replace(capture.path, target)
     capture.path = target
     return target
@@ -136,6 +138,7 @@ def _run(dag, logical, run_after, conf: dict[str, Any], out, capture) -> tuple[A
 def main(argv: list[str] | None = None) -> int:
     from include.recsys.cli._console import Out
     from include.recsys.cli._progress import LogCapture
+    from include.recsys.core.io import atomic_write
 
     args = _args(argv)
     cfg = load_config()
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = _state(dr.state) == "success"
     if args.json:
         states = {ti.task_id: _state(ti.state) for ti in dr.get_task_instances()}
-        Path(args.json).write_text(json.dumps(
+        atomic_write(args.json, json.dumps(
             {"state": _state(dr.state), "run_id": dr.run_id, "tasks": states, "summary": summary,
              "log": str(capture.path) if capture.path else None},
             default=str,

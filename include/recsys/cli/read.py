@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The table reader's own command line (no MLflow or Airflow needed).
+
+    python -m include.recsys.cli.read [--root R] user|users|manifest|versions|log|verify|rollback
+
+One user's list, several users', a manifest, the versions, the commit log, a version's
+integrity, and CURRENT moved back (the table only: ``recsys rollback`` moves the model too).
+"""
 
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ def _print_log(entries: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m include.recsys.tables.reader", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m include.recsys.cli.read", description=__doc__.split("\n")[0])
     p.add_argument("--root", default=os.environ.get("RECSYS_RECOMMENDATIONS_DIR") or None)
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("user", help="recommendations for one user from CURRENT")

@@ -7,7 +7,6 @@ verdict, what was published).
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,12 @@ from include.recsys.cli._common import (
     JSON_OPTION,
     CliError,
     config,
-    emit_json,
     handle_errors,
     out,
 )
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+from include.recsys.cli._console import emit_json
+from include.recsys.core.io import read_json_or_none
+from include.recsys.core.paths import RunPaths
 
 
 def _run_dirs(runs_root: Path) -> list[Path]:
@@ -50,8 +44,9 @@ def _when(value: Any) -> str:
 
 def describe(work: Path) -> dict[str, Any]:
     """run id, interval end, gate verdict, published version and run card of one work folder."""
-    card = _read(work / "run_card.json")
-    gate = card.get("gate") or _read(work / "gate.json")
+    paths = RunPaths(work)
+    card = read_json_or_none(paths.run_card_data) or {}
+    gate = card.get("gate") or read_json_or_none(paths.gate) or {}
     published = card.get("published") or {}
     verdict = gate.get("verdict") if isinstance(gate, dict) else None
     if isinstance(gate, dict) and gate.get("forced"):
@@ -61,7 +56,7 @@ def describe(work: Path) -> dict[str, Any]:
         "interval_end": _when(card.get("interval_end") or work.parent.name),
         "gate": verdict or "not reached",
         "published": published.get("version") or "-",
-        "card": str(work / "run_card.html") if (work / "run_card.html").exists() else None,
+        "card": str(paths.run_card) if paths.run_card.exists() else None,
         "work_dir": str(work),
     }
 

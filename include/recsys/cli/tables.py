@@ -15,10 +15,10 @@ from include.recsys.cli._common import (
     JSON_OPTION,
     CliError,
     config,
-    emit_json,
     handle_errors,
     out,
 )
+from include.recsys.cli._console import emit_json, print_ranked
 from include.recsys.cli.runs import recent_runs
 
 
@@ -168,20 +168,12 @@ def _recommend(user_id: str, n: int | None, version: str | None, fallback: bool,
         raise CliError(f"user {user_id!r} is not in version {version}: unknown users are served the "
                        "fallback list (add --fallback to see it)")
     r = store.recommend(user_id, n=n, version=version)
-    items = [
-        {"rank": i + 1, "item_id": it, "score": round(float(s), 6)}
-        for i, (it, s) in enumerate(zip(r.items, r.scores))
-    ]
     variant = store.variant_of(user_id, version)  # None unless the table has A/B variants
-    if as_json:
-        emit_json({"user_id": user_id, "version": r.version, "source": r.source, "known": known,
-                   **({"variant": variant} if variant is not None else {}), "items": items})
-        return
-    o = out()
+    head = {"user_id": user_id, "version": r.version, "source": r.source, "known": known,
+            **({"variant": variant} if variant is not None else {})}
     what = "popularity fallback (unknown user)" if not known else f"source: {r.source}"
     what += f" - variant {variant}" if variant is not None else ""
-    o.line(f"user {user_id} - version {r.version} - {what}", "bold")
-    o.table(items, ["rank", "item_id", "score"])
+    print_ranked(head, r.items, r.scores, f"user {user_id} - version {r.version} - {what}", as_json)
 
 
 def _known_user(store, user_id: str, version: str) -> bool:
@@ -231,18 +223,9 @@ def _similar(item_id: str, n: int | None, version: str | None, fallback: bool, a
     if not known and not fallback:
         raise CliError(f"item {item_id!r} is not in similar-items version {version}: unknown items are "
                        "served the popular-items fallback (add --fallback to see it)")
-    items = [
-        {"rank": i + 1, "item_id": it, "score": round(float(s), 6)}
-        for i, (it, s) in enumerate(zip(r.items, r.scores))
-    ]
-    if as_json:
-        emit_json({"item_id": item_id, "version": r.version, "source": r.source, "known": known,
-                   "items": items})
-        return
-    o = out()
+    head = {"item_id": item_id, "version": r.version, "source": r.source, "known": known}
     what = "popular-items fallback (unknown item)" if not known else "cosine of item factors"
-    o.line(f"similar to {item_id} - version {r.version} - {what}", "bold")
-    o.table(items, ["rank", "item_id", "score"])
+    print_ranked(head, r.items, r.scores, f"similar to {item_id} - version {r.version} - {what}", as_json)
 
 
 def rollback(

@@ -6,10 +6,11 @@ SIGKILL, not an exception: no ``finally``, no atexit, no flush of Python buffers
 an OOM kill or a lost node does. The fault tests (``tests/faults/test_commit_protocol.py``) run
 a real subprocess with the variable set and check what the next reader and writer see.
 
-Points in :mod:`include.recsys.tables.versions`: ``after_first_part``, ``after_staged_manifest``,
+Points: in :mod:`include.recsys.tables.versions` ``after_first_part``,
+``after_staged_manifest``, ``mid_retention``; in :mod:`include.recsys.tables.current`
 ``before_log_append``, ``after_log_append``, ``before_current_replace``,
-``after_current_replace``, ``mid_retention``; in :mod:`include.recsys.stages.publish`:
-``between_current_and_alias``.
+``after_current_replace``; in :mod:`include.recsys.tables.retention` ``mid_retention``; in
+:mod:`include.recsys.stages.publish` ``between_current_and_alias``.
 """
 
 from __future__ import annotations

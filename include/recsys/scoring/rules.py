@@ -34,7 +34,6 @@ file loads cleanly) is used instead, and the run's manifest says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.recsys.core.io import atomic_write, file_sha256, write_parquet
 from include.recsys.errors import RulesError
 
 log = logging.getLogger(__name__)
@@ -107,14 +107,6 @@ def _isin(ids: pd.Index, excluded: pd.Index) -> np.ndarray:
     if ids.dtype.kind != excluded.dtype.kind:
         hit |= np.asarray(ids.astype(str).isin(excluded.astype(str)), dtype=bool)
     return hit
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_rules_table(path: Path | str) -> pd.DataFrame:
@@ -252,13 +244,8 @@ def load_for_run(
     digest = file_sha256(path)
     rules = _from_table(df, str(path), digest, as_of, surface)
     # the checked table (bools and timestamps parsed), with the source file's digest
-    keep.mkdir(parents=True, exist_ok=True)
-    tmp = keep / f".{LAST_GOOD}.{os.getpid()}.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, keep / LAST_GOOD)
-    meta_tmp = keep / f".{LAST_GOOD_META}.{os.getpid()}.tmp"
-    meta_tmp.write_text(json.dumps({"path": str(path), "sha256": digest, "saved_for": rules.as_of}))
-    os.replace(meta_tmp, keep / LAST_GOOD_META)
+    write_parquet(df, keep / LAST_GOOD)
+    atomic_write(keep / LAST_GOOD_META, json.dumps({"path": str(path), "sha256": digest, "saved_for": rules.as_of}))
     return rules
 
 

@@ -236,7 +236,8 @@ def _compact(buf, m, k):
 @njit(nogil=True, cache=True)
 def _scan_tile(tile, j0, k, indptr, indices, cursor, bufs, counts, thrs, first, gmax, gkeys,
                item_of):
-    """Mask seen items of a (rows x width) score tile, append keys of scores >= thr.
+    """Mask seen items of a (rows x width) score tile, append keys of scores >= thr. (~80
+    lines: the hot per-row loop stays in one compiled function.)
 
     Column ``c`` of the tile is item position ``j0 + c``; ``indices`` hold seen positions
     (sorted per row); keys carry the original item id ``item_of[position]``.
@@ -335,6 +336,22 @@ def _finish(bufs, counts, k, out_items, out_scores):
             out_scores[r, s] = -np.inf
 
 
+@njit(nogil=True)
+def _tiles(n_items, width):
+    """(j0, j1): the item positions of each tile, ``width`` wide (the last one may be less)."""
+    for j0 in range(0, n_items, width):
+        yield j0, min(j0 + width, n_items)
+
+
+@njit(nogil=True, inline="always")
+def _tile_scores(user_factors, item_factors, j0, j1, tile):
+    """Scores of every row against items ``j0:j1`` (BLAS sgemm), into ``tile`` when that is
+    the tile's width, else into a new array (the last, narrower tile)."""
+    t = tile if j1 - j0 == tile.shape[1] else np.empty((user_factors.shape[0], j1 - j0), np.float32)
+    np.dot(user_factors, item_factors[j0:j1].T, t)
+    return t
+
+
 @njit(nogil=True, cache=True)
 def score_block(user_factors, item_factors, item_of, position, indptr, indices, k, tile_items,
                 cap, out_items, out_scores):
@@ -369,13 +386,8 @@ def score_block(user_factors, item_factors, item_of, position, indptr, indices, 
     gkeys = np.empty(2 * k, np.uint64)
     width = max(min(tile_items, n_items), 1)
     tile = np.empty((n, width), np.float32)
-    for j0 in range(0, n_items, width):
-        j1 = min(j0 + width, n_items)
-        if j1 - j0 == width:
-            t = tile
-        else:
-            t = np.empty((n, j1 - j0), np.float32)
-        np.dot(user_factors, item_factors[j0:j1].T, t)
+    for j0, j1 in _tiles(n_items, width):
+        t = _tile_scores(user_factors, item_factors, j0, j1, tile)
         _scan_tile(t, j0, k, local_ptr, seen_pos, cursor, bufs, counts, thrs, j0 == 0, gmax,
                    gkeys, item_of)
     _finish(bufs, counts, k, out_items, out_scores)
@@ -389,14 +401,8 @@ def gemm_block(user_factors, item_factors, tile_items):
     width = max(min(tile_items, n_items), 1)
     tile = np.empty((n, width), np.float32)
     acc = np.float32(0.0)
-    for j0 in range(0, n_items, width):
-        j1 = min(j0 + width, n_items)
-        if j1 - j0 == width:
-            t = tile
-        else:
-            t = np.empty((n, j1 - j0), np.float32)
-        np.dot(user_factors, item_factors[j0:j1].T, t)
-        acc += t[0, 0]
+    for j0, j1 in _tiles(n_items, width):
+        acc += _tile_scores(user_factors, item_factors, j0, j1, tile)[0, 0]
     return acc
 
 

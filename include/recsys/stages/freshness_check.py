@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from include.recsys.core.io import atomic_write
 from include.recsys.tables.freshness import (
     ENABLED_ENV,
     STATE_FILE,
@@ -18,6 +19,8 @@ from include.recsys.tables.freshness import (
     check,
     enabled,
 )
+
+log = logging.getLogger(__name__)
 
 
 class _AlertState:
@@ -39,8 +42,7 @@ class _AlertState:
         if self.store is not None:
             self.store.write_bytes(STATE_FILE, text.encode())
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / STATE_FILE).write_text(text)
+        atomic_write(self.root / STATE_FILE, text)
 
     def delete(self) -> None:
         if self.store is not None:
@@ -103,5 +105,3 @@ def run_check(
         out["alerted"] = send_slack(payload, _conn_id())
     return out
 
-
-log = logging.getLogger(__name__)

@@ -1,10 +1,6 @@
-"""The stages of one nightly run, as plain functions (no Airflow import).
-
-Each stage reads the paths the previous stage returned, writes its outputs under the run's
-work folder (``<data_dir>/runs/<interval>/<run>/``) and returns a small JSON-able dict of paths
-and figures: that dict is what travels through XCom. Re-running a stage overwrites its own
-outputs (idempotent); publishing happens at most once per run.
-"""
+"""The ``publish`` stage: serve the run's table version (one commit moving CURRENT), then move
+the ``champion`` alias to its model; the similar-items twin version follows. Never to older
+data than what is served: such a run succeeds, serves nothing and says why everywhere."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ import pandas as pd
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import write_json
 from include.recsys.core.run import RunContext
-from include.recsys.reporting.run_card import RUN_CARD, _published_run_card
+from include.recsys.reporting.run_card import _published_run_card
 from include.recsys.reporting.summary import PUBLISH_OUTCOME
 
 log = logging.getLogger(__name__)
@@ -149,10 +145,9 @@ def _finish_publish(
     root = cfg.recommendations_root
     removed = cleanup(root, cfg.keep_versions) if outcome["served"] else []
     write_json(rc.work_dir(cfg) / PUBLISH_OUTCOME, outcome)
-    card = _published_run_card(cfg, rc, pre, reg, model, outcome) or rc.work_dir(cfg) / RUN_CARD
+    card = _published_run_card(cfg, rc, pre, reg, model, outcome) or rc.paths(cfg).run_card
     manifest_file = Path(pre["path"]) / MANIFEST
     if is_remote(root):  # MLflow logs local files: a copy of the object store's manifest
-        (rc.work_dir(cfg) / "table").mkdir(parents=True, exist_ok=True)
         manifest_file = write_json(rc.work_dir(cfg) / "table" / MANIFEST, read_manifest(root, pre["version"]))
     tags = {"published_version": pre["version"], "champion_version": reg["model_version"]}
     if not outcome["served"]:

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The ``rollback`` stage (and ``recsys rollback``): serve an earlier table again, with the
+champion alias and the similar-items table following it."""
 
 from __future__ import annotations
 

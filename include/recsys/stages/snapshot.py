@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The ``snapshot`` stage: the source's window ending at the data interval end, frozen with
+integer codes into its sorted id maps, for every later stage to read."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ log = logging.getLogger(__name__)
 def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     """Window of the source ending at the interval end -> snapshot Parquet + id maps."""
     from include.recsys.core.io import file_sha256, write_parquet
-    from include.recsys.core.memory import release_memory
     from include.recsys.data.snapshot import (
         build_indexed_snapshot,
         write_snapshot_parquet,
@@ -25,18 +25,16 @@ def snapshot(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     window = Window.ending_at(rc.end, cfg.window_days)
     snap = build_indexed_snapshot(cfg, window)
     stats = snap.stats
-    out = rc.work_dir(cfg) / "snapshot"
+    paths = rc.paths(cfg)
     # the rows carry int32 user_idx / item_idx into the sorted id maps written beside them, so
     # later stages join, group and build matrices on integers instead of string ids
-    path = write_snapshot_parquet(snap.frame, out / "interactions.parquet")
-    write_parquet(snap.users.to_frame("user"), out / "users.parquet")
-    write_parquet(snap.items.to_frame("item"), out / "items.parquet")
-    del snap
-    release_memory()
+    path = write_snapshot_parquet(snap.frame, paths.snapshot)
+    write_parquet(snap.users.to_frame("user"), paths.snapshot_users)
+    write_parquet(snap.items.to_frame("item"), paths.snapshot_items)
     return {
         "snapshot": str(path),
-        "users": str(out / "users.parquet"),
-        "items": str(out / "items.parquet"),
+        "users": str(paths.snapshot_users),
+        "items": str(paths.snapshot_items),
         "window_start": window.start.isoformat(),
         "window_end": window.end.isoformat(),
         "sha256": file_sha256(path),

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The ``split`` stage: the snapshot cut in time into the training period and the gate's
+holdout."""
 
 from __future__ import annotations
 
@@ -17,17 +18,14 @@ log = logging.getLogger(__name__)
 def split(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> dict[str, Any]:
     """Time-based holdout of the snapshot -> ``split/train.parquet`` + ``split/holdout.parquet``
     (streamed row group by row group: the snapshot frame is never held whole)."""
-    from include.recsys.core.memory import release_memory
     from include.recsys.data.split import time_split_file
 
-    release_memory()  # what earlier stages of this process left behind
     cutoff = pd.Timestamp(snap["window_end"]) - pd.Timedelta(days=cfg.holdout_days)
-    out = rc.work_dir(cfg) / "split"
-    stats = time_split_file(snap["snapshot"], cutoff, out / "train.parquet", out / "holdout.parquet")
-    release_memory()
+    paths = rc.paths(cfg)
+    stats = time_split_file(snap["snapshot"], cutoff, paths.split_train, paths.split_holdout)
     return {
-        "train": str(out / "train.parquet"),
-        "holdout": str(out / "holdout.parquet"),
+        "train": str(paths.split_train),
+        "holdout": str(paths.split_holdout),
         # the id maps the files' user_idx / item_idx index (the snapshot's)
         "users": snap.get("users"),
         "items": snap.get("items"),

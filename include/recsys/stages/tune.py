@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The tuning stages: ``plan_trials`` (whether this run tunes, and its trials), ``run_trial``
+(one mapped task each) and ``select_best`` (the configuration ``train`` refits with). The
+search itself is :mod:`include.recsys.tuning.search`."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _tuning_dir(cfg: PipelineConfig, rc: RunContext) -> Path:
-    d = rc.work_dir(cfg) / "tuning"
+    d = rc.paths(cfg).tuning
     d.mkdir(parents=True, exist_ok=True)
     return d
 

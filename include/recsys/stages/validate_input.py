@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The ``validate_input`` stage: the snapshot against the input contract (GX suite, source
+statistics, drift against the history of earlier runs)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
     Reports and Data Docs go to ``<work>/validation/`` (logged to MLflow by ``train``); the
     statistics are appended to ``<data_dir>/validation_history/<dag_id>.jsonl`` only on success.
     """
+    from include.recsys.errors import DataValidationError
     from include.recsys.validation.history import (
         history_path,
         read_snapshot,
@@ -25,11 +27,9 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
     )
 
     df, codes = read_snapshot(snap["snapshot"])  # codes: user_idx/item_idx when the snapshot has them
-    folder = rc.work_dir(cfg) / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
-    report_path = folder / "input_report.json"
-    from include.recsys.errors import DataValidationError
-
+    paths = rc.paths(cfg)
+    paths.validation.mkdir(parents=True, exist_ok=True)
+    report_path = paths.input_report
     try:
         report, stats = validate_snapshot(
             df,
@@ -40,17 +40,13 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
             window_days=cfg.window_days,
             event_types=list(cfg.event_weights),
             report_path=report_path,
-            docs_dir=folder / "data_docs" / "input",
+            docs_dir=paths.data_docs / "input",
             codes=codes,
         )
     except DataValidationError:
         # a refused snapshot never reaches train: its reports and Data Docs go to MLflow now
         _log_validation_to_mlflow(cfg, rc)
         raise
-    del df, codes
-    from include.recsys.core.memory import release_memory
-
-    release_memory()
     log.info("input validation: %s", report.summary())
     return {
         "report": str(report_path),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from include.recsys.core.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,6 @@ def summarize_version(root: Path | str, version: str, out_dir: Path | str) -> di
         "users": int(table["user_id"].nunique()),
         "counts": counts,
     }
-    out = Path(out_dir) / f"version={version}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, out)  # a reader of the folder never sees half a file
+    out = write_json(Path(out_dir) / f"version={version}.json", result)  # never half a file
     log.info("version %s: %d rows, %d users -> %s", version, result["rows"], result["users"], out)
     return {**result, "path": str(out)}

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from include.recsys.core.io import fsync_dir
+from include.recsys.core.io import fsync_dir, fsync_file
 from include.recsys.core.uri import is_remote, normalize
 from include.recsys.errors import WriteConflict
 from include.recsys.tables.storage import ObjectStore, conditional_writes_enabled
@@ -139,10 +139,8 @@ def _create_local(folder: Path, name: str, data: bytes) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp.write_bytes(data)
+        fsync_file(tmp)
         try:
             os.link(tmp, folder / name)
         except FileExistsError:

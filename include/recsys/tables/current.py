@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Which version a table serves: CURRENT, the commit that moves it, and rollback.
+
+Every move is one commit of the log (:mod:`include.recsys.tables.commitlog`) followed by the
+CURRENT file; whoever finds CURRENT behind the log repairs it (the protocol is in
+:mod:`include.recsys.tables.versions`). Locally every move runs under :func:`publish_lock`."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from include.recsys.core.crashpoints import crashpoint
-from include.recsys.core.io import fsync_dir
+from include.recsys.core.io import atomic_path
 from include.recsys.core.uri import is_remote
 from include.recsys.errors import (
     PublishBusy,
@@ -118,15 +122,9 @@ def _resolve(root: Path | str, store: ObjectStore | None) -> _State:
 def _write_pointer(root: Path | str, store: ObjectStore | None, version: str) -> None:
     """Replace CURRENT with ``version`` (local: under the publish lock)."""
     if store is None:
-        root = Path(root)
-        tmp = root / f".{CURRENT}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        crashpoint("before_current_replace")
-        os.replace(tmp, root / CURRENT)
-        fsync_dir(root)
+        with atomic_path(Path(root) / CURRENT, fsync=True) as tmp:  # .CURRENT.<pid>.tmp
+            tmp.write_text(version + "\n")
+            crashpoint("before_current_replace")
         return
     # no lock across hosts: write the log's newest version, read AFTER CURRENT's ETag, with
     # If-Match on that ETag; a writer that lost reads both again (CURRENT only moves forward)

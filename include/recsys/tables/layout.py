@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The names every table module shares: file and folder names of a table root, the table's
+columns, verification settings, and where a version lives (a local folder or an object-store
+URL)."""
 
 from __future__ import annotations
 
@@ -71,4 +73,4 @@ def version_dir(root: Path | str, version: str) -> Path:
         from upath import UPath
 
         return UPath(f"{normalize(root)}/{_vrel(version)}", **storage_options())
-    return Path(root) / f"version={version}"
+    return Path(root) / _vrel(version)

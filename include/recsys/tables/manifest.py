@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""A version's manifest (``_manifest.json``, written last): what it holds, and the check that
+every file it lists is still there with its recorded size and sha256."""
 
 from __future__ import annotations
 

@@ -51,7 +51,14 @@ import pandas as pd
 from include.recsys.core.uri import is_remote, normalize
 from include.recsys.errors import PublishError, StorageError
 from include.recsys.tables.current import read_current
-from include.recsys.tables.layout import CURRENT, FALLBACK, LOG_DIR, _store, version_dir
+from include.recsys.tables.layout import (
+    CURRENT,
+    FALLBACK,
+    LOG_DIR,
+    _store,
+    _vrel,
+    version_dir,
+)
 from include.recsys.tables.manifest import read_manifest
 from include.recsys.tables.versions import list_versions, read_parts, read_version_table
 
@@ -66,7 +73,8 @@ class UserRecs(NamedTuple):
 
 @dataclass
 class _Loaded:
-    """One version in memory."""
+    """One version in memory. (A long class: the arrays, their loader and the lookup belong
+    together; each method is short.)"""
 
     version: str
     manifest: dict[str, Any]
@@ -96,7 +104,7 @@ class _Loaded:
         try:
             store = _store(root)
             if store is not None:
-                vrel = f"version={version}"
+                vrel = _vrel(version)
                 names = [f["path"] for f in manifest.get("files", [])] or [
                     n for n in store.listdir(vrel) if n.startswith("part-") and n.endswith(".parquet")
                 ]
@@ -106,7 +114,7 @@ class _Loaded:
                 folder = version_dir(root, version)
                 files = [folder / f["path"] for f in manifest.get("files", [])] or sorted(folder.glob("part-*.parquet"))
                 table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-                fb = pd.read_parquet(folder / "_fallback.parquet")
+                fb = pd.read_parquet(folder / FALLBACK)
         except (OSError, pa.ArrowException, StorageError) as exc:
             raise PublishError(f"version {version} is unreadable: {exc}") from exc
         users_col = table.column("user_id").combine_chunks()
@@ -197,7 +205,7 @@ class _LoadedSimilar:
             table = pd.DataFrame(read_version_table(str(folder) if is_remote(root) else folder,
                                                             ["item_id", "rank", "similar_item_id", "score"]))
             store = _store(root)
-            raw = (store.read_bytes(f"version={version}/{FALLBACK}") if store is not None
+            raw = (store.read_bytes(f"{_vrel(version)}/{FALLBACK}") if store is not None
                    else (folder / FALLBACK).read_bytes())
             fb = pd.read_parquet(io.BytesIO(raw)).sort_values("rank")
         except (OSError, pa.ArrowException, StorageError) as exc:
@@ -245,7 +253,8 @@ def _variant_fields(table: Any, starts: np.ndarray, manifest: dict[str, Any]) ->
 
 
 class RecommendationStore:
-    """Reads the recommendation tables under ``root`` (see the module docstring)."""
+    """Reads the recommendation tables under ``root`` (see the module docstring). (A long class:
+    the reader's whole public API in one place; each method is short.)"""
 
     _loader: Any = None  # _Loaded (set below the class); SimilarItemsStore: _LoadedSimilar
 
@@ -274,7 +283,7 @@ class RecommendationStore:
             raise LookupError(f"nothing is published under {self.root} yet (no CURRENT)")
         if cached is None or cached[1] != version:
             store = _store(self.root)
-            if not store.listdir(f"version={version}"):
+            if not store.listdir(_vrel(version)):
                 raise LookupError(
                     f"CURRENT under {self.root} is corrupt: it names {version!r}, which is not a version folder"
                 )

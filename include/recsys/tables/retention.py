@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Retention: which versions and leftovers of a table may go, and deleting them manifest first
+(see "Retention" in :mod:`include.recsys.tables.versions`)."""
 
 from __future__ import annotations
 

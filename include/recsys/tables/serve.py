@@ -134,25 +134,9 @@ _RESPONSES = {
 }
 
 
-def create_app(
-    root: Path | str, token: str | None = None, *, no_auth: bool = False, limiter: RateLimiter | None = None,
-    similar_root: Path | str | None = None,
-):
-    """The FastAPI app. ``token``: the bearer token every route but ``/health`` requires;
-    ``no_auth=True`` (and no token) serves without one. One of the two must be given.
-    ``similar_root``: the similar-items table (default: ``similar_items`` beside ``root``)."""
-    if not token and not no_auth:
-        raise ServeConfigError(
-            f"no reader token: set {TOKEN_FILE_ENV} (a secrets file) or {TOKEN_ENV}, or start "
-            "with --no-auth for local use"
-        )
-    expected = token.encode() if token else None
-    limiter = limiter or _limiter_from_env()
-    store = RecommendationStore(root)
-    from include.recsys.core.uri import similar_root as _similar_root
-
-    similar_store = SimilarItemsStore(similar_root or _similar_root(normalize(root)))
-    app = FastAPI(title="recsys recommendations", version="1")
+def _guard(expected: bytes | None, limiter: RateLimiter):
+    """The dependency of every route but ``/health``: the rate limit, then the bearer token
+    (``expected``; None: no token asked)."""
     bearer = HTTPBearer(auto_error=False, description="RECSYS_READER_TOKEN")
 
     def guard(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -166,6 +150,27 @@ def create_app(
         if not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
+    return guard
+
+
+def create_app(
+    root: Path | str, token: str | None = None, *, no_auth: bool = False, limiter: RateLimiter | None = None,
+    similar_root: Path | str | None = None,
+):
+    """The FastAPI app. ``token``: the bearer token every route but ``/health`` requires;
+    ``no_auth=True`` (and no token) serves without one. One of the two must be given.
+    ``similar_root``: the similar-items table (default: ``similar_items`` beside ``root``)."""
+    if not token and not no_auth:
+        raise ServeConfigError(
+            f"no reader token: set {TOKEN_FILE_ENV} (a secrets file) or {TOKEN_ENV}, or start "
+            "with --no-auth for local use"
+        )
+    store = RecommendationStore(root)
+    from include.recsys.core.uri import similar_root as _similar_root
+
+    similar_store = SimilarItemsStore(similar_root or _similar_root(normalize(root)))
+    app = FastAPI(title="recsys recommendations", version="1")
+    guard = _guard(token.encode() if token else None, limiter or _limiter_from_env())
     guarded = {"dependencies": [Depends(guard)], "responses": _RESPONSES}
 
     @app.get("/health", responses={503: _RESPONSES[503]})

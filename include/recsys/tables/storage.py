@@ -60,7 +60,8 @@ _LOCAL_CAS = threading.Lock()
 
 @dataclass
 class ObjectStore:
-    """One object-store root: ``url`` (``s3://bucket/prefix``), its fsspec ``fs`` and ``path``."""
+    """One object-store root: ``url`` (``s3://bucket/prefix``), its fsspec ``fs`` and ``path``.
+    (A long class: every store operation the tables use, each method short.)"""
 
     url: str
     fs: Any

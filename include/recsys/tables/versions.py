@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 
 from include.recsys.core.crashpoints import crashpoint
-from include.recsys.core.io import file_sha256, fsync_dir, fsync_file
+from include.recsys.core.io import atomic_path, file_sha256, fsync_dir, fsync_file
 from include.recsys.core.uri import is_remote, normalize
 from include.recsys.errors import PublishError
 from include.recsys.tables.current import read_current
@@ -175,17 +175,11 @@ def write_part(
     staging.mkdir(parents=True, exist_ok=True)
     table = _sorted_by_user_rank(table[columns], key)
     path = staging / f"part-{index:05d}.parquet"
-    tmp = staging / f".part-{index:05d}.parquet.tmp"
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(
             pa.Table.from_pandas(table, preserve_index=False), tmp,
             row_group_size=row_group_rows, compression="zstd",
         )
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     out = {"path": path.name, "rows": len(table), **_part_counts(table, key), "sha256": file_sha256(path),
            "size": path.stat().st_size}
     crashpoint("after_first_part")

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""The MLflow client as the pipeline uses it: configured from ``PipelineConfig`` (without
+touching ``MLFLOW_TRACKING_URI``), its experiment, and :func:`_guarded`, which turns "cannot
+reach MLflow" into :class:`~include.recsys.errors.MlflowUnavailable` (a transient error).
+URIs and messages never show credentials (:func:`safe_uri`)."""
 
 from __future__ import annotations
 

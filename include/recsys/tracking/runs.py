@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The MLflow run of a DAG run: created once, found again by its ``airflow_run_id`` tag on every
+retry and task, logged to by id (tasks never hold an active run), and closed when the DAG run
+ends. Child runs (tuning trials) hang under it."""
 
 from __future__ import annotations
 
@@ -19,10 +21,7 @@ log = logging.getLogger(__name__)
 
 def end_mlflow_run(cfg: PipelineConfig, rc: RunContext, status: str) -> None:
     """Mark this DAG run's MLflow run FINISHED / FAILED (called when the DAG run ends)."""
-    from include.recsys.tracking import runs
-
-    run_id = runs.get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
-    runs.end_run(cfg, run_id, status)
+    end_run(cfg, get_or_create_run(cfg, rc.run_id, rc.mlflow_tags()), status)
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,8 +136,9 @@ def log_to_run(
 
     Params are write-once in MLflow: ones already logged are skipped (a retry), with a warning
     if the value differs. Metric names: ``@`` becomes ``_at_`` (``ndcg@10`` -> ``ndcg_at_10``).
-    Params, metrics and tags go in as few ``log_batch`` calls as MLflow's batch limits allow
-    (one for the usual few dozen values) instead of one call per tag.
+    Params, metrics and tags go in one ``log_batch`` call, which MLflow's client splits by its
+    per-request counts (100 params/tags, 1000 metrics). Its 1 MB request limit is far off: a
+    stage logs a few dozen values of at most 4000 characters (the config is ~60 params, ~1 kB).
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -156,44 +156,14 @@ def log_to_run(
         now = int(time.time() * 1000)
         ms = [Metric(k.replace("@", "_at_"), float(v), now, 0) for k, v in metrics.items()]
     ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-    for batch in _log_batches(ps, ms, ts):
-        client.log_batch(run_id, **batch)
+    if ps or ms or ts:
+        client.log_batch(run_id, metrics=ms, params=ps, tags=ts)
     for sub, path in (artifacts or {}).items():
         path = Path(path)
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=sub)
         elif path.exists():
             client.log_artifact(run_id, str(path), artifact_path=sub)
-
-# MLflow's log_batch limits (mlflow.utils.validation): 100 params, 100 tags, 1000 metrics and
-# 1000 entities per call, 1 MB per request (a tracking server refuses more); the byte budget
-# keeps well under the latter (a tag value may be 8000 characters)
-_BATCH_PARAMS_TAGS, _BATCH_ENTITIES, _BATCH_BYTES = 100, 1000, 500_000
-
-
-def _log_batches(params: list, metrics: list, tags: list) -> list[dict[str, list]]:
-    """Split params / metrics / tags into ``log_batch`` keyword sets within MLflow's limits,
-    keeping each kind in its order (params first, then metrics, then tags, as before)."""
-    batches: list[dict[str, list]] = []
-    cur: dict[str, list] = {"params": [], "metrics": [], "tags": []}
-    size = 0
-    for kind, entities in (("params", params), ("metrics", metrics), ("tags", tags)):
-        for e in entities:
-            cost = len(e.key) + len(str(e.value)) + 64
-            n = sum(len(v) for v in cur.values())
-            full = (
-                n >= _BATCH_ENTITIES
-                or (kind != "metrics" and len(cur[kind]) >= _BATCH_PARAMS_TAGS)
-                or (n and size + cost > _BATCH_BYTES)
-            )
-            if full:
-                batches.append(cur)
-                cur, size = {"params": [], "metrics": [], "tags": []}, 0
-            cur[kind].append(e)
-            size += cost
-    if any(cur.values()):
-        batches.append(cur)
-    return batches
 
 
 @_guarded

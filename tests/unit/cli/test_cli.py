@@ -272,6 +272,31 @@ def test_help_has_examples_and_exit_codes():
         assert cmd in text
 
 
+def test_library_errors_map_to_exit_codes_through_the_hierarchy():
+    from include.recsys.cli._common import EXIT_UNAVAILABLE, CliError, _classify
+    from include.recsys.errors import (
+        GateSpecError,
+        MlflowUnavailable,
+        PermanentError,
+        PublishBusy,
+        PublishError,
+        RegistryError,
+        StaleData,
+        StorageError,
+    )
+
+    assert _classify(PublishBusy("lock held")) == ("lock held (retry later)", EXIT_UNAVAILABLE)
+    assert _classify(MlflowUnavailable("down"))[1] == _classify(StorageError("s3"))[1] == EXIT_UNAVAILABLE
+    assert _classify(PublishError("version v has no manifest"))[1] == EXIT_NOT_FOUND
+    assert _classify(StaleData("2026-11-20", "2026-11-19"))[1] == EXIT_REFUSED
+    assert _classify(RegistryError("no previous version"))[1] == EXIT_REFUSED
+    assert _classify(GateSpecError("bad key"))[1] == EXIT_USAGE  # a PermanentError and a ValueError
+    assert _classify(KeyError("u1")) == ("u1", EXIT_NOT_FOUND)
+    assert isinstance(CliError("x"), PermanentError)
+    assert _classify(CliError("x", EXIT_REFUSED)) == ("x", EXIT_REFUSED)
+    assert _classify(RuntimeError("a bug")) is None
+
+
 def test_usage_errors_exit_1(data):
     assert run(data, "versions", "--bogus").exit_code == EXIT_USAGE
     assert run(data, "nosuchcommand").exit_code == EXIT_USAGE

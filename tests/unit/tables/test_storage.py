@@ -373,6 +373,7 @@ def test_freshness_reads_the_log_on_an_object_store(root) -> None:
     import json
     from datetime import datetime, timedelta, timezone
 
+    from include.recsys.stages.freshness_check import _should_alert
     from include.recsys.tables import freshness
 
     _publish(root, "v1")
@@ -385,6 +386,6 @@ def test_freshness_reads_the_log_on_an_object_store(root) -> None:
     s = freshness.FreshnessSettings(max_age_hours=30, deadline_utc=None, realert_hours=6)
     res = freshness.check(root, s, now)
     assert res.current == "v1" and res.codes == ["too_old"] and 49.9 < res.age_hours < 50.1
-    assert freshness._should_alert(root, res, s) is True  # the alert state lives beside the table
+    assert _should_alert(root, res, s) is True  # the alert state lives beside the table
     assert store.exists(freshness.STATE_FILE)
-    assert freshness._should_alert(root, res, s) is False  # once, not every hour
+    assert _should_alert(root, res, s) is False  # once, not every hour

@@ -19,7 +19,6 @@ from include.recsys.tracking.mlflow import (
 )
 from include.recsys.tracking.pyfunc import _as_ids
 from include.recsys.tracking.runs import (
-    _log_batches,
     code_version,
     get_or_create_run,
     lineage_tags,
@@ -112,22 +111,19 @@ def test_talking_to_mlflow_leaves_mlflow_tracking_uri_alone(tmp_path, monkeypatc
     assert load_config({"data_dir": tmp_path / "b"}).tracking_uri.endswith("/b/mlflow/mlflow.db")
 
 
-def test_log_batches_respect_mlflow_limits_and_keep_order():
-    from mlflow.entities import Metric, Param, RunTag
-
-    params = [Param(f"p{i}", "v" * 10) for i in range(250)]
-    metrics = [Metric(f"m{i}", float(i), 0, 0) for i in range(2500)]
-    tags = [RunTag(f"t{i}", "x" * 7000) for i in range(150)]  # long values: the byte budget splits
-    batches = _log_batches(params, metrics, tags)
-    for b in batches:
-        assert len(b["params"]) <= 100 and len(b["tags"]) <= 100 and len(b["metrics"]) <= 1000
-        assert sum(len(v) for v in b.values()) <= 1000
-        assert sum(len(e.key) + len(str(e.value)) for v in b.values() for e in v) < 1_000_000
-    for kind, want in (("params", params), ("metrics", metrics), ("tags", tags)):
-        assert [e for b in batches for e in b[kind]] == want
-    # the usual payload of a stage is one call
-    assert len(_log_batches(params[:40], metrics[:20], [RunTag("a", "b")])) == 1
-    assert _log_batches([], [], []) == []
+def test_log_to_run_logs_more_than_one_mlflow_batch_holds(tmp_path):
+    """MLflow's client splits one ``log_batch`` by its per-request counts (100 params/tags,
+    1000 metrics): ``log_to_run`` passes everything in one call and all of it arrives."""
+    cfg = load_config({"data_dir": tmp_path})
+    run_id = get_or_create_run(cfg, "manual__many", {"dag_id": "d"})
+    params = {f"p{i}": i for i in range(250)}
+    metrics = {f"m{i}": float(i) for i in range(1500)}
+    tags = {f"t{i}": "x" * 500 for i in range(150)}
+    log_to_run(cfg, run_id, params=params, metrics=metrics, tags=tags)
+    data = _client(cfg).get_run(run_id).data
+    assert data.params == {k: str(v) for k, v in params.items()}
+    assert data.metrics == metrics
+    assert all(data.tags[k] == v for k, v in tags.items())
 
 
 def test_log_to_run_batches_into_one_call_and_logs_the_same(tmp_path, monkeypatch):
