@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+PUBLISH_OUTCOME = "publish.json"  # served, or why not (found across runs by reporting.summary)
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -113,6 +115,15 @@ class RunPaths:
     @property
     def variants(self) -> Path:
         return self.work / "variants"
+
+    # publish: the outcome and the served table's manifest (a copy for the MLflow run)
+    @property
+    def publish_outcome(self) -> Path:
+        return self.work / PUBLISH_OUTCOME
+
+    @property
+    def table_dir(self) -> Path:
+        return self.work / "table"
 
     # what people read
     @property

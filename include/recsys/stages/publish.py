@@ -14,7 +14,6 @@ from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import write_json
 from include.recsys.core.run import RunContext
 from include.recsys.reporting.run_card import _published_run_card
-from include.recsys.reporting.summary import PUBLISH_OUTCOME
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +143,11 @@ def _finish_publish(
 
     root = cfg.recommendations_root
     removed = cleanup(root, cfg.keep_versions) if outcome["served"] else []
-    write_json(rc.work_dir(cfg) / PUBLISH_OUTCOME, outcome)
+    write_json(rc.paths(cfg).publish_outcome, outcome)
     card = _published_run_card(cfg, rc, pre, reg, model, outcome) or rc.paths(cfg).run_card
     manifest_file = Path(pre["path"]) / MANIFEST
     if is_remote(root):  # MLflow logs local files: a copy of the object store's manifest
-        manifest_file = write_json(rc.work_dir(cfg) / "table" / MANIFEST, read_manifest(root, pre["version"]))
+        manifest_file = write_json(rc.paths(cfg).table_dir / MANIFEST, read_manifest(root, pre["version"]))
     tags = {"published_version": pre["version"], "champion_version": reg["model_version"]}
     if not outcome["served"]:
         tags = {"published_version": "none", "not_served": outcome["reason"]}
