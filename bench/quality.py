@@ -116,7 +116,7 @@ def compare(
 ) -> dict:
     """Tune on (fit_df, valid), refit on train, compare the three models on holdout."""
     from include.recsys.backends.implicit import train as fit
-    from include.recsys.core.ids import IdMap, interaction_matrix
+    from include.recsys.core.ids import IdMap, encode, interaction_matrix
     from include.recsys.scoring.baselines import popularity_topn
     from include.recsys.scoring.recommend import topn_dense
     from include.recsys.tuning.search import prepare, search
@@ -129,7 +129,9 @@ def compare(
     print(f"[{name}] tuning: {len(results)} trials in {tune_s:.1f}s; best {best['config'] if best else None}", flush=True)
     tuned_cfg = cfg.with_overrides(best["config"]) if best else cfg
     t1 = time.perf_counter()
-    bundle, stats = fit(train, tuned_cfg, cutoff=train_cutoff)
+    coded, ids_u, ids_i = encode(train)  # codes into sorted maps, as the snapshot stage writes them
+    bundle, stats = fit(coded, tuned_cfg, cutoff=train_cutoff, id_maps=(ids_u, ids_i))
+    del coded
     refit_s = time.perf_counter() - t1
 
     users, items = IdMap(bundle.user_ids), IdMap(bundle.item_ids)
@@ -191,7 +193,7 @@ def movielens(path: Path, cfg) -> dict:
 
 def synthetic(preset: str, cfg) -> dict:
     from include.recsys.data import synth
-    from include.recsys.data.snapshot import build_snapshot
+    from include.recsys.data.snapshot import build_indexed_snapshot
     from include.recsys.data.source import Window
     from include.recsys.data.split import time_split
     from include.recsys.tuning.search import validation_split
@@ -202,7 +204,7 @@ def synthetic(preset: str, cfg) -> dict:
     t0 = time.perf_counter()
     synth.land_partitioned(synth.generate(spec), scfg.source)
     window = Window.ending_at(pd.Timestamp("2026-11-21", tz="UTC"), scfg.window_days)
-    snap, _ = build_snapshot(scfg, window)
+    snap = build_indexed_snapshot(scfg, window).plain_frame()
     cutoff = window.end - pd.Timedelta(days=scfg.holdout_days)
     train, holdout, _ = time_split(snap, cutoff)
     fit_df, valid, val_cutoff = validation_split(train, cutoff, scfg.tune_validation_days)

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from include.recsys.backends.implicit import train
     from include.recsys.config.settings import load_config
-    from include.recsys.core.ids import IdMap, interaction_matrix
+    from include.recsys.core.ids import IdMap, encode, interaction_matrix
     from include.recsys.data import synth
-    from include.recsys.data.snapshot import build_snapshot
+    from include.recsys.data.snapshot import build_indexed_snapshot
     from include.recsys.data.source import Window
     from include.recsys.data.split import time_split
     from include.recsys.scoring.recommend import recommend
@@ -94,13 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         del df
     window = Window.ending_at(pd.Timestamp(args.window_end, tz="UTC"), cfg.window_days)
     with Stage("snapshot", res) as st:
-        snap, stats = build_snapshot(cfg, window)
+        indexed = build_indexed_snapshot(cfg, window)
+        snap, stats = indexed.plain_frame(), indexed.stats
+        del indexed
         st.extra = {"rows_in": stats.rows_read, "rows_out": stats.rows}
     with Stage("split", res) as st:
         tr, ho, _ = time_split(snap, window.end - pd.Timedelta(days=cfg.holdout_days))
         st.extra = {"rows_in": len(snap), "rows_out": len(tr)}
     with Stage("train (ours, incl. prep)", res) as st:
-        bundle, tstats = train(tr, cfg)
+        coded, user_map, item_map = encode(tr)  # codes into sorted maps, as the snapshot stage writes them
+        bundle, tstats = train(coded, cfg, id_maps=(user_map, item_map))
+        del coded
         st.extra = {"rows_in": len(tr), "fit_s": round(tstats.fit_seconds, 3)}
     users = bundle.user_ids
     seen = tr[["user_id", "item_id"]]

@@ -1,8 +1,9 @@
-"""The stages' integer-code route (the snapshot's ``user_idx`` / ``item_idx`` into its sorted id
-maps) against the string-id route they replaced: same model, same shards, same top-N table.
+"""The stages' one id route: the snapshot's ``user_idx`` / ``item_idx`` into its sorted id maps
+carry through split, train and the scoring shards, and give the model and the top-N table of
+the string ids they stand for; a stage handed files or stage outputs without codes or id maps
+refuses them (:class:`IdRouteError`) instead of reading string ids.
 
-Real stages on a tiny synthetic lake with MLflow on SQLite; the string route is what a work
-folder written before the codes existed takes (no id-map paths in the stage outputs)."""
+Real stages on a tiny synthetic lake with MLflow on SQLite."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.recsys.backends.implicit import train as fit
 from include.recsys.config.settings import load_config
+from include.recsys.core.ids import encode
 from include.recsys.core.run import RunContext
 from include.recsys.data import synth
+from include.recsys.data.source import read_segments
+from include.recsys.errors import IdRouteError
 from include.recsys.scoring.bundle import ModelBundle
+from include.recsys.scoring.recommend import recommend
 from include.recsys.stages.shards import plan_shards, score_shard
 from include.recsys.stages.snapshot import snapshot
 from include.recsys.stages.split import split
@@ -46,7 +52,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict:
         os.environ["MLFLOW_TRACKING_URI"] = saved_uri
 
 
-def _legacy(d: dict) -> dict:
+def _without_maps(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ("users", "items")}
 
 
@@ -63,29 +69,58 @@ def test_snapshot_and_split_files_carry_codes_into_the_id_maps(staged) -> None:
     assert parts["users"] == snap["users"] and parts["items"] == snap["items"]
 
 
-def test_training_on_codes_equals_training_on_string_ids(staged) -> None:
+def test_the_train_stage_fits_the_split_it_was_given(staged) -> None:
+    """The stage's model (from codes, no string read) is the model of the training split's
+    string ids: same ids, same seen pairs, same factors for the seed."""
     cfg, rc, snap, parts = staged["cfg"], staged["rc"], staged["snap"], staged["parts"]
-    coded = ModelBundle.load(train(cfg, rc, parts, snap)["bundle"])
-    plain = ModelBundle.load(train(cfg, rc, _legacy(parts), snap)["bundle"])
-    assert coded.id_maps_hash == plain.id_maps_hash
-    assert coded.user_ids.equals(plain.user_ids) and coded.item_ids.equals(plain.item_ids)
-    np.testing.assert_array_equal(coded.user_factors, plain.user_factors)
-    np.testing.assert_array_equal(coded.item_factors, plain.item_factors)
-    assert (coded.seen != plain.seen).nnz == 0
+    got = ModelBundle.load(train(cfg, rc, parts, snap)["bundle"])
+    events = pd.read_parquet(parts["train"], columns=["user_id", "item_id", "weight", "event_ts"])
+    coded, users, items = encode(events)
+    want, _ = fit(coded, cfg, read_segments(cfg), cutoff=pd.Timestamp(parts["stats"]["cutoff"]), id_maps=(users, items))
+    assert got.user_ids.equals(pd.Index(sorted(events["user_id"].unique())))
+    assert got.item_ids.equals(pd.Index(sorted(events["item_id"].unique())))
+    assert got.id_maps_hash == want.id_maps_hash
+    # the saved bundle keeps the seen pattern (pairs), not the summed weights
+    np.testing.assert_array_equal(got.seen.indptr, want.seen.indptr)
+    np.testing.assert_array_equal(got.seen.indices, want.seen.indices)
+    assert got.seen.nnz == len(events[["user_id", "item_id"]].drop_duplicates())
+    np.testing.assert_array_equal(got.item_popularity, want.item_popularity)
+    np.testing.assert_array_equal(got.user_factors, want.user_factors)
+    np.testing.assert_array_equal(got.item_factors, want.item_factors)
 
 
-def test_shards_from_codes_score_the_same_table_as_shards_from_strings(staged) -> None:
+def test_stages_refuse_outputs_without_the_id_maps(staged) -> None:
+    cfg, rc, snap, parts = staged["cfg"], staged["rc"], staged["snap"], staged["parts"]
+    with pytest.raises(IdRouteError, match="no user id map .*rerun the snapshot stage"):
+        train(cfg, rc, _without_maps(parts), snap)
+    with pytest.raises(IdRouteError, match="no user id map"):
+        plan_shards(cfg, rc, _without_maps(snap))
+
+
+def test_shards_score_each_range_with_the_snapshot_pairs_of_its_users(staged) -> None:
+    """Each shard's part is what recommend gives its users with their snapshot (user, item)
+    pairs as the seen filter (string ids), and the parts cover the snapshot's users in order."""
     cfg, rc, snap, parts = staged["cfg"], staged["rc"], staged["snap"], staged["parts"]
     model = train(cfg, rc, parts, snap)
     reg = {"model_name": "m", "model_version": "1"}
-
-    def table(s: dict) -> pd.DataFrame:
-        shards = plan_shards(cfg, rc, s)
-        assert len(shards) == 3
-        outs = [score_shard(cfg, rc, s, model, reg, sh) for sh in shards]
-        staging = _staging_path(cfg.recommendations_root, rc.version)
-        return pd.concat([pd.read_parquet(staging / o["path"]) for o in outs], ignore_index=True)
-
-    coded, plain = table(snap), table(_legacy(snap))
-    assert len(coded) > 0 and coded["user_id"].is_monotonic_increasing
-    pd.testing.assert_frame_equal(coded, plain)
+    bundle = ModelBundle.load(model["bundle"])
+    pairs = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
+    all_users = pd.Index(sorted(pairs["user_id"].unique()))
+    shards = plan_shards(cfg, rc, snap)
+    assert len(shards) == 3 and [s["lo"] for s in shards] == [0, shards[0]["hi"], shards[1]["hi"]]
+    assert shards[-1]["hi"] == len(all_users)
+    staging = _staging_path(cfg.recommendations_root, rc.version)
+    tables = []
+    for sh in shards:
+        out = score_shard(cfg, rc, snap, model, reg, sh)
+        got = pd.read_parquet(staging / out["path"])
+        users = all_users[sh["lo"] : sh["hi"]]
+        seen = pairs.loc[pairs["user_id"].isin(users)]
+        recs = recommend(bundle, users, seen, cfg.top_n, block_size=cfg.score_block_size,
+                         user_segments=read_segments(cfg))
+        want = recs.to_frame(bundle).assign(model_name="m", model_version="1")
+        pd.testing.assert_frame_equal(got, want[list(got.columns)], check_dtype=False)
+        tables.append(got)
+    table = pd.concat(tables, ignore_index=True)
+    assert len(table) > 0 and table["user_id"].is_monotonic_increasing
+    assert pd.Index(table["user_id"].unique()).equals(all_users)

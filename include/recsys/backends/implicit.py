@@ -30,9 +30,9 @@ import pandas as pd
 
 from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix
 from include.recsys.config.settings import PipelineConfig
-from include.recsys.core.ids import IdMap, interaction_matrix
+from include.recsys.core.ids import RERUN, IdMap, compact_codes, interaction_matrix
 from include.recsys.data.split import check_no_leak
-from include.recsys.errors import TrainingError
+from include.recsys.errors import IdRouteError, TrainingError
 from include.recsys.scoring.bundle import ModelBundle, id_maps_sha256
 
 log = logging.getLogger(__name__)
@@ -117,30 +117,20 @@ def fit_als(
     return model
 
 
-def _index(df: pd.DataFrame, name: str, id_map: IdMap | None) -> tuple[IdMap, np.ndarray]:
-    """The sorted id map of ``df``'s ``<name>_id`` values and every row's index into it.
-
-    From the ``<name>_idx`` codes into ``id_map`` (the snapshot's sorted map) when both are
-    there: the map is the subset of ``id_map`` the rows use, so it equals
-    ``IdMap.factorize(df["<name>_id"])`` without hashing a string; else that factorize.
-    """
+def _index(df: pd.DataFrame, name: str, id_map: IdMap) -> tuple[IdMap, np.ndarray]:
+    """The ids of ``id_map`` (the snapshot's sorted map) that ``df``'s ``<name>_idx`` codes use,
+    and every row's index into that subset: the model knows the ids it trained on only."""
     col = f"{name}_idx"
-    if id_map is None or col not in df.columns:
-        if f"{name}_id" not in df.columns:
-            raise TrainingError(f"training events have {col} but no {name} id map was given")
-        return IdMap.factorize(df[f"{name}_id"])
+    if col not in df.columns:
+        raise IdRouteError(f"training events have no {col} codes into the {name} id map: {RERUN}")
     codes = df[col].to_numpy()
     if len(codes) and int(codes.max()) >= len(id_map):
         raise TrainingError(
             f"{col} holds {int(codes.max())}, beyond the {len(id_map)} ids of the {name} id map: "
             "the split and the id maps come from different snapshots"
         )
-    present = np.bincount(codes[codes >= 0], minlength=len(id_map)) > 0
-    if present.all():  # every snapshot id trains (the usual case for items): codes as they are
-        return IdMap(id_map.ids), codes.astype(np.int64, copy=False)
-    remap = np.full(len(id_map) + 1, -1, np.int64)  # last slot: code -1 (missing id) stays -1
-    remap[:-1][present] = np.arange(int(present.sum()))
-    return IdMap(id_map.ids[present]), remap[codes]
+    present, codes = compact_codes(codes, len(id_map), np.int64)
+    return IdMap(id_map.ids if present.all() else id_map.ids[present]), codes
 
 
 def segment_popularity(ui, users: IdMap, segments: pd.Series) -> tuple[pd.Index, np.ndarray]:
@@ -165,22 +155,23 @@ def train(
     cfg: PipelineConfig,
     segments: pd.Series | None = None,
     *,
+    id_maps: tuple[IdMap, IdMap],
     cutoff: pd.Timestamp | None = None,
-    id_maps: tuple[IdMap, IdMap] | None = None,
 ) -> tuple[ModelBundle, TrainStats]:
     """Build the confidence matrix from the training events, fit ALS, bundle factors + id maps.
 
     ``cutoff`` is the end of the training period: events at or after it are refused (leak
     check) and the recency decay counts ages from it (default: the newest training event).
     With ``segments`` (a user attribute by user_id) the bundle also carries per-segment item
-    popularity for the cold-start fallback. ``id_maps`` (the snapshot's user and item maps) lets
-    ``train_df`` carry ``user_idx`` / ``item_idx`` codes instead of the string ids.
+    popularity for the cold-start fallback. ``train_df`` carries ``user_idx`` / ``item_idx``
+    codes into ``id_maps`` (the snapshot's user and item maps; :func:`include.recsys.core.ids.encode`
+    makes both for a frame of string ids).
     """
     t0 = time.perf_counter()
     check_no_leak(train_df, cutoff)
-    # the sorted id maps and every row's index: from the snapshot's codes, or one hashing pass
-    users, u = _index(train_df, "user", id_maps[0] if id_maps else None)
-    items, i = _index(train_df, "item", id_maps[1] if id_maps else None)
+    # the sorted id maps of the trained ids and every row's index, from the snapshot's codes
+    users, u = _index(train_df, "user", id_maps[0])
+    items, i = _index(train_df, "item", id_maps[1])
     # seen-filter and popularity come from the plain summed matrix; ALS gets the confidence
     seen = interaction_matrix(train_df, users, items, value="weight", codes=(u, i))
     spec = ConfidenceSpec.from_config(cfg)

@@ -121,7 +121,8 @@ def confidence_matrix(
 
     ``users`` / ``items`` are :class:`include.recsys.core.ids.IdMap`; rows of unknown ids are
     dropped. ``cutoff`` is the end of the training period (default: the newest event).
-    ``codes``: the rows' user and item indices when the caller has them (``IdMap.factorize``).
+    ``codes``: the rows' user and item indices into the maps (the trainer's, from the split's
+    codes); without them the ``user_id`` / ``item_id`` columns are looked up (tuning).
     """
     from include.recsys.core.ids import csr_from_codes
 

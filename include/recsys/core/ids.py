@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""The one id route: external ids -> int32 codes into sorted id maps, and back.
+
+The snapshot stage writes every row's ``user_idx`` / ``item_idx`` (:data:`CODE_COLUMNS`) into the
+sorted maps ``users.parquet`` / ``items.parquet`` beside it; later stages join, group and build
+matrices on those codes, and a file without them is refused (:class:`IdRouteError`), never read
+through the string ids. Code ``-1`` means "no id" everywhere."""
 
 from __future__ import annotations
 
@@ -10,11 +15,48 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from include.recsys.errors import IdRouteError
+
 log = logging.getLogger(__name__)
 
 
 #: Integer-code columns the snapshot and the split files carry next to the string ids.
 CODE_COLUMNS = ("user_idx", "item_idx")
+
+RERUN = "rerun the snapshot stage for this interval (and the stages after it)"
+
+
+def compact_codes(codes: np.ndarray, n: int, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, new_codes)``: which of the ``n`` ids ``codes`` use, and the codes renumbered
+    into the used ids only (their order kept; -1 stays -1), as ``dtype`` (default: the codes').
+
+    Codes that already use every id come back as they are (no copy when the dtype matches)."""
+    codes = np.asarray(codes)
+    dtype = codes.dtype if dtype is None else np.dtype(dtype)
+    present = np.bincount(codes[codes >= 0], minlength=n) > 0
+    if present.all():
+        return present, codes.astype(dtype, copy=False)
+    remap = np.full(n + 1, -1, dtype)  # last slot: code -1 stays -1
+    remap[:-1][present] = np.arange(int(present.sum()), dtype=dtype)
+    return present, remap[codes]
+
+
+def translate_codes(codes: np.ndarray, from_ids: pd.Index, to_ids: pd.Index, dtype=np.int64) -> np.ndarray:
+    """Codes into ``from_ids`` -> codes into ``to_ids`` (-1: an id ``to_ids`` lacks, or code -1).
+
+    Each distinct id is looked up once (``to_ids.get_indexer(from_ids)``), the rows are one
+    integer gather through it."""
+    lookup = np.append(pd.Index(to_ids).get_indexer(pd.Index(from_ids)), -1).astype(dtype, copy=False)
+    return lookup[codes]
+
+
+def _sort_codes(codes: np.ndarray, uniques: pd.Index) -> tuple[np.ndarray, pd.Index]:
+    """Codes into the distinct ``uniques`` -> codes into ``uniques`` sorted (-1 stays -1)."""
+    ids, order = pd.Index(uniques).sort_values(return_indexer=True)
+    rank = np.empty(len(order) + 1, np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    rank[-1] = -1  # code -1 (missing id) stays -1
+    return rank[codes], ids
 
 
 def _sorted_factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
@@ -22,20 +64,61 @@ def _sorted_factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     hashing of the rows; categories unused by the rows stay in the uniques)."""
     if not isinstance(values.dtype, pd.CategoricalDtype):
         return pd.factorize(values, sort=True)
-    cats = values.cat.categories
-    order = cats.argsort()
-    rank = np.empty(len(cats) + 1, np.int64)
-    rank[order] = np.arange(len(cats))
-    rank[-1] = -1  # code -1 (missing id) stays -1
-    return rank[values.cat.codes.to_numpy()], cats[order]
+    return _sort_codes(values.cat.codes.to_numpy(), values.cat.categories)
 
 
-def _present_map(uniques, codes: np.ndarray) -> tuple[pd.Index, np.ndarray]:
-    """(the ids ``codes`` use, in their sorted order; old code -> new int32 code, -1 -> -1)."""
-    present = np.bincount(codes[codes >= 0], minlength=len(uniques)) > 0
-    remap = np.full(len(uniques) + 1, -1, np.int32)  # last slot: code -1 stays -1
-    remap[:-1][present] = np.arange(int(present.sum()), dtype=np.int32)
-    return pd.Index(uniques[present]), remap
+def encode(df: pd.DataFrame) -> tuple[pd.DataFrame, IdMap, IdMap]:
+    """``df`` with int32 ``user_idx`` / ``item_idx`` into its own sorted id maps, and the maps.
+
+    What the snapshot stage gives the pipeline, for frames that do not come from a snapshot
+    (tests, benchmarks, other data sets) on their way into training."""
+    users, u = IdMap.factorize(df["user_id"])
+    items, i = IdMap.factorize(df["item_id"])
+    out = df.copy(deep=False)
+    out["user_idx"], out["item_idx"] = u.astype(np.int32), i.astype(np.int32)
+    return out, users, items
+
+
+def require_codes(path: Path | str, names: list[str] | None = None) -> None:
+    """Raise :class:`IdRouteError` unless the Parquet file ``path`` has :data:`CODE_COLUMNS`."""
+    if names is None:
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+    missing = [c for c in CODE_COLUMNS if c not in names]
+    if missing:
+        raise IdRouteError(f"{path} has no {'/'.join(missing)} codes into the snapshot's id maps: {RERUN}")
+
+
+def read_codes(path: Path | str, sizes: tuple[int, int] | None = None, *,
+               allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``user_idx`` / ``item_idx`` columns of a Parquet file (as stored, int32; null -> -1).
+
+    With ``sizes`` (the lengths of the user and item maps) a code outside ``[0, size)`` raises
+    :class:`IdRouteError`; ``allow_missing`` lets -1 (a missing id) through."""
+    import pyarrow.parquet as pq
+
+    require_codes(path)
+    table = pq.read_table(path, columns=list(CODE_COLUMNS))
+    out = tuple((col.fill_null(-1) if col.null_count else col).to_numpy()
+                for col in (table.column(c) for c in CODE_COLUMNS))
+    del table
+    if sizes is not None:
+        lo = -1 if allow_missing else 0
+        for name, codes, n in zip(CODE_COLUMNS, out, sizes, strict=True):
+            if len(codes) and (int(codes.min()) < lo or int(codes.max()) >= n):
+                raise IdRouteError(f"{path}: {name} outside [{lo}, {n}) of the id map beside it "
+                                   f"(missing ids, or maps of another snapshot): {RERUN}")
+    return out  # type: ignore[return-value]
+
+
+def read_id_maps(users: Path | str | None, items: Path | str | None, data: Path | str) -> tuple[IdMap, IdMap]:
+    """The sorted user and item maps of ``data`` (a snapshot or split file); a map that is not
+    given or not there raises :class:`IdRouteError`."""
+    for name, path in (("user", users), ("item", items)):
+        if not path or not Path(path).exists():
+            raise IdRouteError(f"{data}: no {name} id map ({path or 'none given'}): {RERUN}")
+    return IdMap.read(users, "user"), IdMap.read(items, "item")
 
 
 @dataclass
@@ -62,10 +145,8 @@ class IdMap:
             codes = np.asarray(values.cat.codes, dtype=np.int64)
             uniques = pd.Index(values.cat.categories)
             if len(codes) and codes.min() >= 0:
-                present = np.bincount(codes, minlength=len(uniques)) > 0
-                if not present.all():  # unused categories are not ids
-                    remap = np.cumsum(present) - 1
-                    codes, uniques = remap[codes], uniques[present]
+                present, codes = compact_codes(codes, len(uniques))  # unused categories are not ids
+                uniques = uniques[present]
         else:
             codes, uniques = pd.factorize(values)
             codes = np.asarray(codes, dtype=np.int64)
@@ -74,10 +155,8 @@ class IdMap:
         if len(codes) and codes.min() < 0:
             ids = cls.from_values(values)
             return ids, ids.index_of(values)
-        ids, order = pd.Index(uniques).sort_values(return_indexer=True)
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order), dtype=np.int64)
-        return cls(ids), rank[codes]
+        codes, ids = _sort_codes(codes, pd.Index(uniques))
+        return cls(ids), codes
 
     def index_of(self, values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
         return self.ids.get_indexer(values)

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The snapshot: the window's events, deduplicated, active users only, sorted by time, with
+every row's int32 ``user_idx`` / ``item_idx`` into the sorted id maps built on the way
+(:mod:`include.recsys.core.ids`). Everything runs on integer codes; ids stay categoricals."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from include.recsys.config.settings import PipelineConfig
-from include.recsys.core.ids import CODE_COLUMNS, IdMap, _present_map, _sorted_factorize
+from include.recsys.core.ids import CODE_COLUMNS, IdMap, _sorted_factorize, compact_codes
 from include.recsys.core.memory import release_memory
 from include.recsys.data.source import (
     DICTIONARY_COLUMNS,
@@ -51,6 +53,15 @@ class IndexedSnapshot:
     stats: SnapshotStats
     users: IdMap
     items: IdMap
+
+    def plain_frame(self) -> pd.DataFrame:
+        """The frame as the written snapshot reads back: no codes, plain string id columns
+        (for the benchmarks and tests that work on a frame of string ids)."""
+        df = self.frame.drop(columns=list(CODE_COLUMNS))
+        for c in DICTIONARY_COLUMNS:
+            if isinstance(df[c].dtype, pd.CategoricalDtype):
+                df[c] = df[c].astype(df[c].cat.categories.dtype)
+        return df
 
 
 def _time_user_order(ts: np.ndarray, user_codes: np.ndarray, n_users: int) -> np.ndarray:
@@ -93,21 +104,9 @@ def _duplicated_in_order(
     return dup
 
 
-def build_snapshot(cfg: PipelineConfig, window: Window) -> tuple[pd.DataFrame, SnapshotStats]:
-    """Source -> window -> weights -> exact-duplicate drop -> active users. Sorted by time.
-
-    The snapshot schema only (see :func:`build_indexed_snapshot` for the id maps and codes).
-    """
-    snap = build_indexed_snapshot(cfg, window)
-    df = snap.frame.drop(columns=list(CODE_COLUMNS))
-    for c in DICTIONARY_COLUMNS:  # the plain string columns the written snapshot has
-        if isinstance(df[c].dtype, pd.CategoricalDtype):
-            df[c] = df[c].astype(df[c].cat.categories.dtype)
-    return df, snap.stats
-
-
 def build_indexed_snapshot(cfg: PipelineConfig, window: Window) -> IndexedSnapshot:
-    """:func:`build_snapshot` plus the sorted id maps and every row's integer codes.
+    """Source -> window -> weights -> exact-duplicate drop -> active users, sorted by time,
+    with the sorted id maps and every row's integer codes.
 
     Ids read as Parquet dictionaries are ranked from their distinct values, other ids hashed
     once (``pd.factorize``); dedupe, the active-user filter and the sort run on integer codes,
@@ -119,7 +118,7 @@ def build_indexed_snapshot(cfg: PipelineConfig, window: Window) -> IndexedSnapsh
     source_stats = dict(raw.attrs.get("source_stats") or {})
     df = add_weights(raw, cfg.event_weights)
     del raw
-    release_memory()
+    release_memory()  # the raw frame's buffers go back before the second peak (codes, sort, take)
     # codes in sorted id order: (event_ts, user code) sorts as (event_ts, user_id), and the
     # distinct ids are the sorted id maps (no second pass over the strings)
     user_codes, users = _sorted_factorize(df["user_id"])
@@ -149,18 +148,19 @@ def build_indexed_snapshot(cfg: PipelineConfig, window: Window) -> IndexedSnapsh
     u = user_codes[order]
     i = item_codes[order]
     del user_codes, item_codes
-    user_map = _present_map(users, u)
-    item_map = _present_map(items, i)
+    used_users, u = compact_codes(u, len(users), np.int32)
+    used_items, i = compact_codes(i, len(items), np.int32)
+    users, items = IdMap(pd.Index(users[used_users])), IdMap(pd.Index(items[used_items]))
     df = df.take(order).reset_index(drop=True)
-    df["user_idx"] = user_map[1][u]
-    df["item_idx"] = item_map[1][i]
+    df["user_idx"], df["item_idx"] = u, i
+    del u, i
     stats = SnapshotStats(
         rows_read=rows_read,
         duplicates_dropped=dups,
         inactive_rows_dropped=before - len(df),
         rows=len(df),
-        users=len(user_map[0]),
-        items=len(item_map[0]),
+        users=len(users),
+        items=len(items),
         seconds=time.perf_counter() - t0,
         **source_stats,
     )
@@ -170,7 +170,7 @@ def build_indexed_snapshot(cfg: PipelineConfig, window: Window) -> IndexedSnapsh
         window, rows_read, dups, stats.inactive_rows_dropped, stats.rows, stats.users,
         stats.items, stats.seconds, rows_read / max(stats.seconds, 1e-9),
     )
-    return IndexedSnapshot(df, stats, IdMap(user_map[0]), IdMap(item_map[0]))
+    return IndexedSnapshot(df, stats, users, items)
 
 
 def write_snapshot_parquet(df: pd.DataFrame, path: Path | str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from include.recsys.core.ids import CODE_COLUMNS
+from include.recsys.core.ids import CODE_COLUMNS, require_codes
 from include.recsys.data.source import DICTIONARY_COLUMNS, string_columns
 from include.recsys.errors import TrainingError
 
@@ -81,32 +81,16 @@ def _stats(cutoff: pd.Timestamp, is_train: np.ndarray, new_pairs: int, warm: int
     return stats
 
 
-def dictionary_codes(column) -> tuple[np.ndarray, int]:
-    """Integer codes of a (chunked) dictionary column whose chunks share one dictionary
-    (``Table.unify_dictionaries``); null -> -1. Returns (codes, number of distinct values)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    chunks = column.chunks
-    if not chunks:
-        return np.zeros(0, np.int64), 0
-    codes = np.concatenate(
-        [pc.fill_null(c.indices.cast(pa.int64()), -1).to_numpy(zero_copy_only=False) for c in chunks]
-    )
-    return codes, len(chunks[0].dictionary)
-
-
 def time_split_file(
     path: str | Path, cutoff: pd.Timestamp, train_path: str | Path, holdout_path: str | Path
 ) -> SplitStats:
     """:func:`time_split` of the Parquet file ``path``, written to ``train_path`` and
     ``holdout_path`` (the same rows, columns and order), without the whole frame in memory.
 
-    A snapshot with ``user_idx`` / ``item_idx`` (the pipeline's) is split on those integer codes
-    and both outputs keep them; otherwise the ids are read once as Parquet dictionaries (integer
-    codes, the strings of each distinct id only). The training rows are then copied row group
-    by row group, string columns as Parquet dictionaries, so the peak is one row group plus the
-    codes instead of the frame, its training copy and pandas' factorize buffers.
+    The snapshot is split on its ``user_idx`` / ``item_idx`` codes (a snapshot without them
+    raises :class:`~include.recsys.errors.IdRouteError`) and both outputs keep them. The
+    training rows are copied row group by row group, string columns as Parquet dictionaries,
+    so the peak is one row group plus the codes instead of the frame and its training copy.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -114,20 +98,12 @@ def time_split_file(
     from include.recsys.core.io import write_parquet
 
     path, train_path = Path(path), Path(train_path)
-    names = pq.read_schema(path).names
-    coded = all(c in names for c in CODE_COLUMNS)  # a snapshot with integer codes (pipeline.snapshot)
-    if coded:
-        ids = pq.read_table(path, columns=["event_ts", *CODE_COLUMNS])
-        u_codes = ids["user_idx"].to_numpy().astype(np.int64)
-        i_codes = ids["item_idx"].to_numpy().astype(np.int64)
-        n_users = int(u_codes.max(initial=-1)) + 1
-        n_items = int(i_codes.max(initial=-1)) + 1
-    else:
-        ids = pq.read_table(
-            path, columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
-        ).unify_dictionaries()
-        u_codes, n_users = dictionary_codes(ids["user_id"])
-        i_codes, n_items = dictionary_codes(ids["item_id"])
+    require_codes(path)
+    ids = pq.read_table(path, columns=["event_ts", *CODE_COLUMNS])
+    u_codes = ids["user_idx"].to_numpy().astype(np.int64)
+    i_codes = ids["item_idx"].to_numpy().astype(np.int64)
+    n_users = int(u_codes.max(initial=-1)) + 1
+    n_items = int(i_codes.max(initial=-1)) + 1
     is_train = (ids["event_ts"].to_pandas() < cutoff).to_numpy()
     del ids
     if not is_train.any():
@@ -135,7 +111,7 @@ def time_split_file(
     new, warm, cold = _new_pairs(u_codes, i_codes, n_users, n_items, is_train)
     del u_codes, i_codes
 
-    holdout_columns = ["user_id", "item_id", "event_ts", *(CODE_COLUMNS if coded else ())]
+    holdout_columns = ["user_id", "item_id", "event_ts", *CODE_COLUMNS]
     # string columns pass through as Parquet dictionaries (decoded and re-encoded once per
     # distinct value, not per row); without the Arrow schema stored, readers get plain strings
     pf = pq.ParquetFile(path, read_dictionary=string_columns(pq.read_schema(path), DICTIONARY_COLUMNS))
@@ -176,32 +152,28 @@ def check_no_leak(train_df: pd.DataFrame, cutoff: pd.Timestamp | None) -> None:
         )
 
 #: Columns of the training split that :func:`train` reads (the others are not loaded).
-TRAIN_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "weight", "event_ts")
+TRAIN_COLUMNS: tuple[str, ...] = (*CODE_COLUMNS, "weight", "event_ts")
 
 
 def read_training_events(
-    path, *, codes: bool = False, cutoff: pd.Timestamp | None = None, need_times: bool = True
+    path, *, cutoff: pd.Timestamp | None = None, need_times: bool = True
 ) -> pd.DataFrame:
-    """The training split's columns that :func:`train` uses, from a Parquet file.
+    """The training split's columns that training uses, from a Parquet file: the int32
+    ``user_idx`` / ``item_idx`` (pass the snapshot's id maps to the trainer), ``weight`` and
+    ``event_ts``; no string column is loaded.
 
-    The rest (``event_type`` strings) is not loaded. With ``codes`` and a split that carries the
-    snapshot's ``user_idx`` / ``item_idx``, those int32 columns are read instead of the string
-    ids (pass the snapshot's id maps to :func:`train`): no string column is loaded at all.
-    With ``cutoff`` the leak check (:func:`check_no_leak`) runs here on the Arrow column, and
+    A split without the codes raises :class:`~include.recsys.errors.IdRouteError`. With
+    ``cutoff`` the leak check (:func:`check_no_leak`) runs here on the Arrow column, and
     ``need_times=False`` (no recency decay) then leaves ``event_ts`` out of the frame.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from include.recsys.core.ids import CODE_COLUMNS
-
     names = pq.read_schema(path).names
-    missing = {"user_id", "item_id", "weight"} - set(names)
-    if missing:
-        raise TrainingError(f"training split {path} lacks column(s) {sorted(missing)}")
+    require_codes(path, names)
+    if "weight" not in names:
+        raise TrainingError(f"training split {path} lacks column(s) ['weight']")
     columns = [c for c in TRAIN_COLUMNS if c in names]
-    if codes and all(c in names for c in CODE_COLUMNS):
-        columns = [*CODE_COLUMNS, *(c for c in columns if c not in ("user_id", "item_id"))]
     if cutoff is not None and "event_ts" in columns:
         newest = _newest_event(path)
         if newest is None:  # no usable statistics: read the column

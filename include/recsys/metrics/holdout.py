@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The evaluate stage's inputs: the holdout, seen and training figures of the split files,
+read once from their ``user_idx`` / ``item_idx`` codes into the snapshot's sorted id maps (no
+string column is read; files without codes raise :class:`~include.recsys.errors.IdRouteError`)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from include.recsys.core.ids import RERUN, read_codes, read_id_maps, require_codes, translate_codes
+from include.recsys.errors import IdRouteError
 from include.recsys.metrics.ranking import _row_ids
-from include.recsys.metrics.slices import recent_item_popularity
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,11 @@ class HoldoutInputs:
         relevant: ``(len(users), len(eval_items) + 1)`` holdout matrix (entries: event counts).
         seen: ``(len(users), candidate items)`` training pairs of each user (the seen filter).
         recent: per candidate item, the distinct users with a training event in the
-            ``recent_days`` before the cutoff (:func:`recent_item_popularity`).
+            ``recent_days`` before the cutoff (the recent-popularity baseline).
         train_counts: distinct training items of every training user (heavy threshold).
         user_counts: distinct training items per holdout user (0: cold).
         first_ts: first training event per holdout user (NaT: none), positional.
         cutoff: the train/holdout split time.
-        source: ``"codes"`` (the split files' ``user_idx`` / ``item_idx`` into the snapshot's id
-            maps) or ``"strings"`` (the string ids: files without codes).
     """
 
     users: pd.Index
@@ -49,7 +50,6 @@ class HoldoutInputs:
     user_counts: np.ndarray
     first_ts: pd.Series
     cutoff: pd.Timestamp
-    source: str
     _seen_for: Callable[[Any], sp.csr_matrix] | None = field(default=None, repr=False)
 
     def seen_for(self, bundle: Any) -> sp.csr_matrix:
@@ -77,108 +77,153 @@ def holdout_inputs(
     *,
     recent_days: float,
     cutoff: pd.Timestamp | None = None,
-    users_map: str | Path | None = None,
-    items_map: str | Path | None = None,
+    users_map: str | Path | None,
+    items_map: str | Path | None,
 ) -> HoldoutInputs:
     """Read the split files once and build the evaluation inputs for a candidate model.
 
     ``bundle`` is the candidate (a :class:`~include.recsys.scoring.bundle.ModelBundle`: its
-    ``user_ids`` / ``item_ids``). With the snapshot's
-    id maps (``users_map`` / ``items_map``) and split files that carry ``user_idx`` /
-    ``item_idx`` (all valid), everything is built from those integer codes: no string column
-    is read. Otherwise (older work folders, hand-made files, missing ids) the string ids are
-    used. Both routes give the same inputs (``tests/unit/test_evaluate_inputs.py``).
+    ``user_ids`` / ``item_ids``); ``users_map`` / ``items_map`` the snapshot's sorted id maps
+    that the files' ``user_idx`` / ``item_idx`` index. ``cutoff`` defaults to the newest
+    training event.
 
     Raises:
-        ValueError: if a file lacks the columns it needs.
+        IdRouteError: a map is missing or not strictly sorted, a file has no codes, a code is
+            missing (-1) or outside its map, or ``event_ts`` is not a timestamp.
     """
-    got = None
-    if users_map and items_map:
-        got = _inputs_from_codes(
-            train_path, holdout_path, bundle, recent_days, cutoff, users_map, items_map
-        )
-    if got is None:
-        got = _inputs_from_strings(train_path, holdout_path, bundle, recent_days, cutoff)
+    codes = _read_codes(train_path, holdout_path, users_map, items_map, cutoff)
+    users_codes, got = _relevant_and_seen(codes, bundle)
+    recent, first_ts = _recent_and_first_ts(codes, bundle, users_codes, recent_days)
+    inputs = HoldoutInputs(**got, recent=recent, first_ts=first_ts, cutoff=codes.cutoff)
     log.info(
-        "evaluation inputs from %s: %d holdout users (%d warm), %d eval items, %d relevant and "
-        "%d seen pairs",
-        got.source, len(got.users), int(got.warm.sum()), len(got.eval_items), got.relevant.nnz,
-        got.seen.nnz,
+        "evaluation inputs from the split's codes: %d holdout users (%d warm), %d eval items, "
+        "%d relevant and %d seen pairs",
+        len(inputs.users), int(inputs.warm.sum()), len(inputs.eval_items), inputs.relevant.nnz,
+        inputs.seen.nnz,
     )
-    return got
+    return inputs
 
 
-def _by_id(s: pd.Series) -> pd.Series:
-    """A groupby result keyed by a categorical id column, re-keyed by the plain ids."""
-    if isinstance(s.index, pd.CategoricalIndex):
-        s.index = pd.Index(s.index.categories.take(s.index.codes), name=s.index.name)
-    return s
+@dataclass
+class _SplitCodes:
+    """The split files as codes: ``hold_*`` / ``train_*`` per row (int32), ``ts`` the training
+    events' times as int64 in the column's ``ts_type`` unit (NaT: int64 min)."""
+
+    user_map: pd.Index
+    item_map: pd.Index
+    hold_u: np.ndarray
+    hold_i: np.ndarray
+    train_u: np.ndarray
+    train_i: np.ndarray
+    ts: np.ndarray
+    ts_type: Any
+    cutoff: pd.Timestamp
 
 
-def _inputs_from_strings(
+def _read_codes(
     train_path: str | Path,
     holdout_path: str | Path,
-    bundle: Any,
-    recent_days: float,
+    users_map: str | Path | None,
+    items_map: str | Path | None,
     cutoff: pd.Timestamp | None,
-) -> HoldoutInputs:
-    """:func:`holdout_inputs` from the string ids (files without integer codes)."""
-    from include.recsys.scoring.recommend import seen_matrix
+) -> _SplitCodes:
+    """The codes and training times of the split files, checked against the id maps."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    item_ids = bundle.item_ids
-
-    # string ids as categoricals (Parquet dictionaries): the lookups below (isin, get_indexer,
-    # drop_duplicates, groupby) run on integer codes, with no 13M-row string columns in memory
-    train_df = pd.read_parquet(
-        train_path, columns=["user_id", "item_id", "event_ts"], read_dictionary=["user_id", "item_id"]
+    for path in (train_path, holdout_path):
+        require_codes(path)
+    users, items = read_id_maps(users_map, items_map, train_path)
+    for name, ids in (("user", users.ids), ("item", items.ids)):
+        if not (ids.is_monotonic_increasing and ids.is_unique):
+            raise IdRouteError(f"the {name} id map of {train_path} is not strictly sorted: {RERUN}")
+    sizes = (len(users), len(items))
+    hold_u, hold_i = read_codes(holdout_path, sizes)  # int32: half the memory
+    train_u, train_i = read_codes(train_path, sizes)
+    ts = pq.read_table(train_path, columns=["event_ts"]).column("event_ts")
+    if not pa.types.is_timestamp(ts.type):
+        raise IdRouteError(f"{train_path}: event_ts is {ts.type}, not a timestamp (not a split of "
+                           f"this pipeline's): {RERUN}")
+    cutoff = pd.Timestamp(cutoff if cutoff is not None else pc.max(ts).as_py())
+    return _SplitCodes(
+        users.ids, items.ids, hold_u, hold_i, train_u, train_i,
+        ts=pc.fill_null(ts.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy(), ts_type=ts.type, cutoff=cutoff,
     )
-    holdout = pd.read_parquet(holdout_path, columns=["user_id", "item_id"])
-    cutoff = pd.Timestamp(cutoff if cutoff is not None else train_df["event_ts"].max())
-    users = pd.Index(pd.unique(holdout["user_id"])).sort_values()
-    warm = np.asarray(users.isin(bundle.user_ids), dtype=bool)
-    seen_df = train_df.loc[train_df["user_id"].isin(users), ["user_id", "item_id"]]
-    eval_items = item_ids.append(pd.Index(pd.unique(holdout["item_id"])).difference(item_ids))
-    rows = users.get_indexer(holdout["user_id"])
-    cols = eval_items.get_indexer(holdout["item_id"])
+
+
+def _relevant_and_seen(codes: _SplitCodes, bundle: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """(the holdout users' codes, the :class:`HoldoutInputs` fields of the holdout users, the
+    eval item space, the relevant and seen matrices and the training counts)."""
+    user_map, item_map = codes.user_map, codes.item_map
+    n_u, n_i = len(user_map), len(item_map)
+    hu, hi = codes.hold_u, codes.hold_i
+    users_codes = np.flatnonzero(np.bincount(hu, minlength=n_u))  # sorted, distinct
+    users = user_map[users_codes]
+    row_of = np.full(n_u, -1, dtype=np.int64)
+    row_of[users_codes] = np.arange(users_codes.size)
+    warm = translate_codes(users_codes, user_map, bundle.user_ids) >= 0
+    item_pos = translate_codes(np.arange(n_i), item_map, bundle.item_ids)  # snapshot item -> model item
+    n_model = len(bundle.item_ids)
+    extra = np.flatnonzero(np.bincount(hi[item_pos[hi] < 0], minlength=n_i))
+    eval_col = item_pos.copy()
+    eval_col[extra] = n_model + np.arange(extra.size)
+    eval_items = bundle.item_ids.append(item_map[extra])
     relevant = sp.csr_matrix(
-        (np.ones(len(holdout), np.float32), (rows, cols)), shape=(len(users), len(eval_items) + 1)
+        (np.ones(hu.size, np.float32), (row_of[hu], eval_col[hi])),
+        shape=(users.size, len(eval_items) + 1),
     )
     relevant.sum_duplicates()
-    del holdout, rows, cols
+    del row_of, eval_col
+
+    # distinct training (user, item) pairs of every snapshot user: one canonical CSR
+    pairs = sp.csr_matrix((np.ones(codes.train_u.size, np.float32), (codes.train_u, codes.train_i)), shape=(n_u, n_i))
+    pairs.sum_duplicates()
+    counts = np.diff(pairs.indptr).astype(np.int64)
+    held = pairs[users_codes]
+    del pairs
 
     def seen_for(model: Any) -> sp.csr_matrix:
-        return seen_matrix(model, users, seen_df)
+        return _remap_columns(held, translate_codes(np.arange(n_i), item_map, model.item_ids), len(model.item_ids))
 
-    seen = seen_for(bundle)
-    recent = recent_item_popularity(train_df, item_ids, cutoff, recent_days)
-    pairs = train_df[["user_id", "item_id"]].drop_duplicates()
-    counts = _by_id(pairs.groupby("user_id", observed=True).size())
-    del pairs
-    first_ts = _by_id(train_df.groupby("user_id", observed=True)["event_ts"].min()).reindex(users)
-    del train_df
-    return HoldoutInputs(
-        users=users,
-        warm=warm,
-        eval_items=eval_items,
-        relevant=relevant,
-        seen=seen,
-        recent=recent,
-        train_counts=counts.to_numpy(),
-        user_counts=counts.reindex(users).fillna(0).to_numpy().astype(np.int64),
-        first_ts=first_ts.reset_index(drop=True),
-        cutoff=cutoff,
-        source="strings",
-        _seen_for=seen_for,
-    )
+    return users_codes, {
+        "users": users,
+        "warm": warm,
+        "eval_items": eval_items,
+        "relevant": relevant,
+        "seen": _remap_columns(held, item_pos, n_model),
+        "train_counts": counts[counts > 0],
+        "user_counts": counts[users_codes],
+        "_seen_for": seen_for,
+    }
 
 
-def _code_positions(codes_map: pd.Index, ids: pd.Index) -> np.ndarray:
-    """Per code of the sorted ``codes_map``: the position of that id in ``ids`` (-1: absent)."""
-    out = np.full(len(codes_map), -1, dtype=np.int64)
-    at = codes_map.get_indexer(pd.Index(ids))
-    ok = at >= 0
-    out[at[ok]] = np.flatnonzero(ok)
-    return out
+def _recent_and_first_ts(
+    codes: _SplitCodes, bundle: Any, users_codes: np.ndarray, recent_days: float
+) -> tuple[np.ndarray, pd.Series]:
+    """(distinct recent users per candidate item, first training event per holdout user)."""
+    tu, ti, ts, n_i = codes.train_u, codes.train_i, codes.ts, len(codes.item_map)
+    # recent popularity: distinct (user, item) pairs in [cutoff - recent_days, cutoff)
+    since, until = _time_bounds(codes.cutoff, recent_days, codes.ts_type.unit)
+    window = (ts >= since) & (ts < until)
+    keys = _distinct(tu[window].astype(np.int64) * n_i + ti[window])
+    per_code = np.bincount(keys % n_i, minlength=n_i).astype(np.int64)
+    # per model item; an item the snapshot map lacks (code -1) takes the appended 0
+    model_codes = translate_codes(np.arange(len(bundle.item_ids)), bundle.item_ids, codes.item_map)
+    recent = np.append(per_code, 0)[model_codes]
+    del window, keys
+
+    # first training event per user (NaT events ignored, as groupby's min does)
+    nat, never = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    valid = ts != nat
+    first = np.full(len(codes.user_map), never, dtype=np.int64)
+    np.minimum.at(first, tu[valid], ts[valid])
+    first = first[users_codes]
+    first[first == never] = nat
+    first_ts = pd.Series(first.view(f"datetime64[{codes.ts_type.unit}]"))  # the column's dtype:
+    if codes.ts_type.tz is not None:  # UTC instants, shown in the column's time zone
+        first_ts = first_ts.dt.tz_localize("UTC").dt.tz_convert(codes.ts_type.tz)
+    return recent, first_ts
 
 
 def _remap_columns(m: sp.csr_matrix, position: np.ndarray, n_cols: int) -> sp.csr_matrix:
@@ -199,125 +244,6 @@ def _remap_columns(m: sp.csr_matrix, position: np.ndarray, n_cols: int) -> sp.cs
     out.sort_indices()
     out.has_canonical_format = True
     return out
-
-
-def _inputs_from_codes(
-    train_path: str | Path,
-    holdout_path: str | Path,
-    bundle: Any,
-    recent_days: float,
-    cutoff: pd.Timestamp | None,
-    users_map: str | Path,
-    items_map: str | Path,
-) -> HoldoutInputs | None:
-    """:func:`holdout_inputs` from the ``user_idx`` / ``item_idx`` codes; None when the files
-    lack them, a code is missing (-1) or out of range, or the maps are not strictly sorted
-    (the string route then decides, with its own semantics)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from include.recsys.core.ids import CODE_COLUMNS, IdMap
-
-    for path in (train_path, holdout_path):
-        if not set(CODE_COLUMNS) <= set(pq.read_schema(path).names):
-            log.info("%s has no %s columns: evaluation inputs from the string ids", path, CODE_COLUMNS)
-            return None
-    user_map, item_map = IdMap.read(users_map, "user").ids, IdMap.read(items_map, "item").ids
-    for name, ids in (("user", user_map), ("item", item_map)):
-        if not (ids.is_monotonic_increasing and ids.is_unique):
-            log.warning("%s id map is not strictly sorted: evaluation inputs from the string ids", name)
-            return None
-    n_u, n_i = len(user_map), len(item_map)
-    hold = pq.read_table(holdout_path, columns=list(CODE_COLUMNS))
-    train = pq.read_table(train_path, columns=[*CODE_COLUMNS, "event_ts"])
-    arrays = {}
-    for label, table in (("holdout", hold), ("train", train)):
-        for col, n in zip(CODE_COLUMNS, (n_u, n_i), strict=True):
-            c = pc.fill_null(table.column(col), -1).to_numpy()  # int32: half the memory
-            if c.size and (int(c.min()) < 0 or int(c.max()) >= n):
-                log.warning(
-                    "%s %s holds missing or out-of-range codes (id map of %d): evaluation inputs "
-                    "from the string ids", label, col, n,
-                )
-                return None
-            arrays[label, col] = c
-    hu, hi = arrays["holdout", "user_idx"], arrays["holdout", "item_idx"]
-    tu, ti = arrays["train", "user_idx"], arrays["train", "item_idx"]
-    ts_type = train.schema.field("event_ts").type
-    if not pa.types.is_timestamp(ts_type):
-        log.warning("%s: event_ts is %s, not a timestamp: evaluation inputs from the string ids", train_path, ts_type)
-        return None
-    ts = train.column("event_ts")
-    if cutoff is None:
-        cutoff = pd.Timestamp(pc.max(ts).as_py())
-    cutoff = pd.Timestamp(cutoff)
-    ts_int = pc.fill_null(ts.cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
-    del hold, train, ts, arrays
-
-    users_codes = np.flatnonzero(np.bincount(hu, minlength=n_u))  # sorted, distinct
-    users = user_map[users_codes]
-    row_of = np.full(n_u, -1, dtype=np.int64)
-    row_of[users_codes] = np.arange(users_codes.size)
-    warm = _code_positions(user_map, bundle.user_ids)[users_codes] >= 0
-    item_pos = _code_positions(item_map, bundle.item_ids)
-    n_model = len(bundle.item_ids)
-    extra = np.flatnonzero(np.bincount(hi[item_pos[hi] < 0], minlength=n_i))
-    eval_col = item_pos.copy()
-    eval_col[extra] = n_model + np.arange(extra.size)
-    eval_items = bundle.item_ids.append(item_map[extra])
-    relevant = sp.csr_matrix(
-        (np.ones(hu.size, np.float32), (row_of[hu], eval_col[hi])),
-        shape=(users.size, len(eval_items) + 1),
-    )
-    relevant.sum_duplicates()
-    del hu, hi, row_of, eval_col
-
-    # distinct training (user, item) pairs of every snapshot user: one canonical CSR
-    pairs = sp.csr_matrix((np.ones(tu.size, np.float32), (tu, ti)), shape=(n_u, n_i))
-    pairs.sum_duplicates()
-    counts = np.diff(pairs.indptr).astype(np.int64)
-    held = pairs[users_codes]
-    del pairs
-
-    def seen_for(model: Any) -> sp.csr_matrix:
-        return _remap_columns(held, _code_positions(item_map, model.item_ids), len(model.item_ids))
-
-    seen = _remap_columns(held, item_pos, n_model)
-
-    # recent popularity: distinct (user, item) pairs in [cutoff - recent_days, cutoff)
-    since, until = _time_bounds(cutoff, recent_days, ts_type.unit)
-    window = (ts_int >= since) & (ts_int < until)
-    keys = _distinct(tu[window].astype(np.int64) * n_i + ti[window])
-    per_code = np.bincount(keys % n_i, minlength=n_i).astype(np.int64)
-    model_codes = item_map.get_indexer(bundle.item_ids)
-    recent = np.where(model_codes >= 0, per_code[np.maximum(model_codes, 0)], 0).astype(np.int64)
-    del window, keys
-
-    # first training event per user (NaT events ignored, as groupby's min does)
-    nat, never = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    valid = ts_int != nat
-    first = np.full(n_u, never, dtype=np.int64)
-    np.minimum.at(first, tu[valid], ts_int[valid])
-    first = first[users_codes]
-    first[first == never] = nat
-    first_ts = pd.Series(first.view(f"datetime64[{ts_type.unit}]"))  # the column's dtype:
-    if ts_type.tz is not None:  # UTC instants, shown in the column's time zone
-        first_ts = first_ts.dt.tz_localize("UTC").dt.tz_convert(ts_type.tz)
-    return HoldoutInputs(
-        users=users,
-        warm=warm,
-        eval_items=eval_items,
-        relevant=relevant,
-        seen=seen,
-        recent=recent,
-        train_counts=counts[counts > 0],
-        user_counts=counts[users_codes],
-        first_ts=first_ts,
-        cutoff=cutoff,
-        source="codes",
-        _seen_for=seen_for,
-    )
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

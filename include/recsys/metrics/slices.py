@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Slices of the evaluation: holdout users by activity (cold/light/heavy) and age (new/returning),
+items by popularity (head/tail), and the per-slice metric means of the report."""
 
 from __future__ import annotations
 
@@ -111,26 +112,6 @@ def restrict_relevant(relevant: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matri
     rel.data = np.where(full[rel.indices], rel.data, 0).astype(rel.data.dtype)
     rel.eliminate_zeros()
     return rel
-
-
-def recent_item_popularity(
-    events: pd.DataFrame, item_ids: pd.Index, cutoff: pd.Timestamp, days: float
-) -> np.ndarray:
-    """Distinct users per item with an event in ``[cutoff - days, cutoff)`` (index order of
-    ``item_ids``; items not in ``item_ids`` are ignored). ``events`` needs ``user_id``,
-    ``item_id``, ``event_ts``."""
-    missing = {"user_id", "item_id", "event_ts"} - set(events.columns)
-    if missing:
-        raise ValueError(f"events lack column(s) {sorted(missing)}")
-    if not float(days) > 0:
-        raise ValueError(f"days must be > 0, got {days!r}")
-    cut = pd.Timestamp(cutoff)
-    ts = pd.to_datetime(events["event_ts"], utc=True)
-    cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
-    window = (ts >= cut - pd.Timedelta(days=float(days))) & (ts < cut)
-    pairs = events.loc[window.to_numpy(), ["user_id", "item_id"]].drop_duplicates()
-    idx = pd.Index(item_ids).get_indexer(pairs["item_id"])
-    return np.bincount(idx[idx >= 0], minlength=len(item_ids)).astype(np.int64)
 
 
 def _slice_means(

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Non-personalised baselines the gate compares the model with: item orders by (recent)
+popularity, and top-n popularity lists with each user's training items filtered."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The model bundle: factors, the id maps they were trained with (bound by a content hash),
+item popularity, the seen filter and segment popularity; saved as ``.npz`` + Parquet (no pickle)."""
 
 from __future__ import annotations
 

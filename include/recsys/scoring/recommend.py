@@ -78,22 +78,8 @@ def topn_dense(
     if n_users == 0 or n == 0:
         return out_items, out_scores
     uf = np.ascontiguousarray(user_factors, dtype=np.float32)
-    if allowed is None:
-        scan = np.arange(n_items)
-    else:
-        allowed = np.asarray(allowed, dtype=bool)
-        if allowed.shape != (n_items,):
-            raise ValueError(f"allowed has shape {allowed.shape}, expected ({n_items},)")
-        scan = np.flatnonzero(allowed)
-    # items by decreasing norm: the first tile then holds most users' strong candidates, the
-    # threshold starts high and later tiles add few (ranks still use the original ids)
-    order = np.argsort(-np.linalg.norm(item_factors[scan], axis=1), kind="stable")
-    item_of = scan[order].astype(np.int32)
+    item_of, position, vf = _scan_order(item_factors, allowed)
     n_scan = len(item_of)
-    # excluded items sit past the last tile: their seen entries sort last and are never reached
-    position = np.full(n_items, n_scan, dtype=np.int32)
-    position[item_of] = np.arange(n_scan, dtype=np.int32)
-    vf = np.ascontiguousarray(item_factors[item_of], dtype=np.float32)
     seen = seen.tocsr()
     indptr = seen.indptr.astype(np.int64, copy=False)
     indices = seen.indices.astype(np.int32, copy=False)
@@ -119,6 +105,28 @@ def topn_dense(
             with ThreadPoolExecutor(workers, thread_name_prefix="topn") as pool:
                 list(pool.map(run, starts))
     return out_items, out_scores
+
+
+def _scan_order(item_factors: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item of each scan position, scan position of each item, the factors in scan order).
+
+    Items go by decreasing norm: the first tile then holds most users' strong candidates, the
+    threshold starts high and later tiles add few (ranks still use the original ids). Items
+    ``allowed`` excludes are left out; their position is past the last tile, so their seen
+    entries sort last and are never reached."""
+    n_items = item_factors.shape[0]
+    if allowed is None:
+        scan = np.arange(n_items)
+    else:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n_items,):
+            raise ValueError(f"allowed has shape {allowed.shape}, expected ({n_items},)")
+        scan = np.flatnonzero(allowed)
+    order = np.argsort(-np.linalg.norm(item_factors[scan], axis=1), kind="stable")
+    item_of = scan[order].astype(np.int32)
+    position = np.full(n_items, len(item_of), dtype=np.int32)
+    position[item_of] = np.arange(len(item_of), dtype=np.int32)
+    return item_of, position, np.ascontiguousarray(item_factors[item_of], dtype=np.float32)
 
 
 def ranked_filtered(order: np.ndarray, seen: sp.csr_matrix, n: int) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from include.recsys.config.variants import HOLDOUT, VariantPlan, assign
+from include.recsys.core.ids import translate_codes
 
 COLUMN = "variant"
 
@@ -77,7 +78,7 @@ def _seen_rows(seen: Any, rows: np.ndarray, items: pd.Index, bundle: Any) -> Any
     if bundle.item_ids.equals(items):
         return sub
     coo = sub.tocoo()
-    cols = bundle.item_ids.get_indexer(items)[coo.col]  # -1: an item the bundle does not know
+    cols = translate_codes(coo.col, items, bundle.item_ids)  # -1: an item the bundle does not know
     keep = cols >= 0
     return sp.csr_matrix((coo.data[keep], (coo.row[keep], cols[keep])), shape=(sub.shape[0], len(bundle.item_ids)))
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What several stages share: the run's frozen business rules and A/B variant models, the
+already-served test, validation logging to MLflow and reading a version's fallback lists.
+A stage never imports another stage; whatever two of them need lives here."""
 
 from __future__ import annotations
 
@@ -12,17 +14,6 @@ import pandas as pd
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json
 from include.recsys.core.run import RunContext
-
-
-def _coded(snap: dict[str, Any]) -> bool:
-    """Whether the snapshot carries ``user_idx`` / ``item_idx`` into its id maps (pipeline.snapshot)."""
-    import pyarrow.parquet as pq
-
-    from include.recsys.core.ids import CODE_COLUMNS
-
-    names = pq.read_schema(snap["snapshot"]).names
-    return bool(snap.get("users") and snap.get("items")) and all(c in names for c in CODE_COLUMNS)
-
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +46,7 @@ def item_rules(cfg: PipelineConfig, rc: RunContext) -> Any:
         return None
     from include.recsys.scoring.rules import load_for_run, read_resolved, save_resolved
 
-    folder = rc.work_dir(cfg) / "rules"
+    folder = rc.paths(cfg).rules
     frozen = read_resolved(folder)
     if frozen is not None:
         return frozen
@@ -81,7 +72,7 @@ def _variant_models(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], 
     from include.recsys.errors import VariantError
     from include.recsys.tracking.registry import alias_version
 
-    folder = rc.work_dir(cfg) / "variants"
+    folder = rc.paths(cfg).variants
     frozen = folder / "models.json"
     if frozen.exists():
         return {k: tuple(v) for k, v in read_json(frozen).items()}
@@ -161,24 +152,17 @@ def _log_validation_to_mlflow(cfg: PipelineConfig, rc: RunContext) -> None:
     Docs) as artifacts of this DAG run's MLflow run. Best effort: never changes a verdict."""
     from include.recsys.tracking.runs import get_or_create_run, log_to_run
 
-    folder = rc.work_dir(cfg) / "validation"
+    paths = rc.paths(cfg)
     metrics: dict[str, float] = {}
-    for kind in ("input", "output"):
-        path = folder / f"{kind}_report.json"
+    for kind, path in (("input", paths.input_report), ("output", paths.output_report)):
         if path.exists():
             counts = read_json(path).get("counts") or {}
             metrics.update({f"validation_{kind}_{k}": float(v) for k, v in counts.items()})
     try:
         run_id = get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
-        log_to_run(cfg, run_id, metrics=metrics, artifacts={"validation": folder})
+        log_to_run(cfg, run_id, metrics=metrics, artifacts={"validation": paths.validation})
     except Exception:  # MLflow down: the reports stay in the work folder; publish will retry MLflow
         log.warning("could not log the validation reports to MLflow", exc_info=True)
-
-
-def _pseudonymized() -> bool:
-    from include.recsys.core.privacy import enabled
-
-    return enabled()
 
 
 def _manifest_variants(root: Path | str, version: str) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The assemble stage: the fallback lists and the manifest (model, data, gate, rules, A/B plan)
+are added to the staged parts, which become the unpublished ``version=<id>/``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 from include.recsys.stages._shared import (
     _already_served,
-    _pseudonymized,
     _table_columns,
     _variant_models,
     item_rules,
@@ -31,6 +31,7 @@ def assemble_version(
     parts: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Fallback list + manifest, then the staged parts become ``version=<id>/`` (unpublished)."""
+    from include.recsys.core.privacy import enabled as pseudonymized
     from include.recsys.tables.layout import version_dir
     from include.recsys.tables.versions import finalize_version
 
@@ -64,7 +65,7 @@ def assemble_version(
         "snapshot": {"rows": snap["stats"]["rows"], "sha256": snap["sha256"]},
         "top_n": cfg.top_n,
         "shards": len(parts),
-        "user_ids": "hmac-sha256 pseudonyms" if _pseudonymized() else "raw",
+        "user_ids": "hmac-sha256 pseudonyms" if pseudonymized() else "raw",
         "users_by_model": by_model,
         "users_by_fallback": users - by_model,
         "metrics": ev["metrics"]["candidate"],

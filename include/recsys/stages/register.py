@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The register stage: the serving bundle (trained factors + every snapshot pair of its users as
+the seen filter) registered in MLflow, its version tagged with the gate, data and run, and the
+``challenger`` alias pointed at it."""
 
 from __future__ import annotations
 
@@ -17,40 +19,22 @@ from include.recsys.reporting.run_card import RUN_CARD, write_run_card
 log = logging.getLogger(__name__)
 
 
-def _serving_seen(bundle: Any, snapshot_path: Path, snap: dict[str, Any] | None) -> Any:
-    """What :func:`include.recsys.scoring.recommend.seen_matrix` needs for the serving bundle: every
-    snapshot (user, item) pair of the bundle's users and items.
+def _serving_seen(bundle: Any, snapshot: Path, users: Path | str | None, items: Path | str | None) -> Any:
+    """The serving bundle's seen CSR: every snapshot (user, item) pair of the bundle's users and
+    items, from the snapshot's ``user_idx`` / ``item_idx`` and the id maps ``users`` / ``items``.
 
-    A snapshot with the int32 ``user_idx`` / ``item_idx`` columns (and its id maps beside it)
-    gives the CSR directly: the bundle's ids are looked up once per distinct id (the maps), the
-    rows are two integer gathers. An older snapshot without them gives the string pairs.
+    The bundle's ids are looked up once per distinct id (the maps), the rows are two integer
+    gathers; a snapshot without codes or maps raises :class:`~include.recsys.errors.IdRouteError`.
     """
-    import pyarrow.parquet as pq
+    from include.recsys.core.ids import csr_from_codes, read_codes, read_id_maps, translate_codes
 
-    from include.recsys.core.ids import CODE_COLUMNS, IdMap, csr_from_codes
-
-    maps = [
-        Path((snap or {}).get(name) or snapshot_path.with_name(f"{name}.parquet")) for name in ("users", "items")
-    ]
-    names = set(pq.read_schema(snapshot_path).names)
-    if set(CODE_COLUMNS) <= names and all(m.exists() for m in maps):
-        users, items = IdMap.read(maps[0], "user"), IdMap.read(maps[1], "item")
-        # snapshot code -> bundle index (-1: not in the model); the extra last slot takes code -1
-        rows = np.append(bundle.user_ids.get_indexer(users.ids), -1).astype(np.int32)
-        cols = np.append(bundle.item_ids.get_indexer(items.ids), -1).astype(np.int32)
-        table = pq.read_table(snapshot_path, columns=list(CODE_COLUMNS))
-        u, i = (
-            (col.fill_null(-1) if col.null_count else col).to_numpy()
-            for col in (table.column(c) for c in CODE_COLUMNS)
-        )
-        del table
-        for name, codes, n in (("user_idx", u, len(users)), ("item_idx", i, len(items))):
-            if len(codes) and (codes.min() < -1 or codes.max() >= n):
-                raise ValueError(f"{snapshot_path}: {name} outside [-1, {n}) of the id map beside it")
-        return csr_from_codes(rows[u], cols[i], None, (len(bundle.user_ids), len(bundle.item_ids)))
-    # string ids as categoricals: seen_matrix's id lookups run once per distinct id
-    columns = ["user_id", "item_id"]
-    return pd.read_parquet(snapshot_path, columns=columns, read_dictionary=columns)
+    user_map, item_map = read_id_maps(users, items, snapshot)
+    u, i = read_codes(snapshot, (len(user_map), len(item_map)), allow_missing=True)
+    # snapshot code -> bundle index (-1: not in the model, dropped)
+    rows = translate_codes(u, user_map.ids, bundle.user_ids, np.int32)
+    cols = translate_codes(i, item_map.ids, bundle.item_ids, np.int32)
+    del u, i
+    return csr_from_codes(rows, cols, None, (len(bundle.user_ids), len(bundle.item_ids)))
 
 
 def register(
@@ -77,25 +61,23 @@ def register(
     )
     from include.recsys.tracking.runs import code_version
 
-    release_memory()  # what earlier stages of this process left behind
-    work = rc.work_dir(cfg)
-    snapshot_path = Path(snap["snapshot"]) if snap else work / "snapshot" / "interactions.parquet"
+    paths = rc.paths(cfg)
     bundle = ModelBundle.load(model["bundle"])
-    pairs = _serving_seen(bundle, snapshot_path, snap)  # a CSR, or string pairs (old snapshot)
-    serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, pairs)).save(
-        work / "model" / "serving_bundle"
-    )
-    del pairs, bundle
-    release_memory()
+    snapshot = ((Path(snap["snapshot"]), snap.get("users"), snap.get("items")) if snap
+                else (paths.snapshot, paths.snapshot_users, paths.snapshot_items))
+    seen = _serving_seen(bundle, *snapshot)
+    serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, seen)).save(paths.serving_bundle)
+    del seen, bundle
+    release_memory()  # the seen CSR's build buffers go back before the upload to MLflow and the run card
     run_id = model["mlflow_run_id"]
     version = register_model(cfg, run_id, serving_dir)
 
-    verdict = read_json(work / "gate.json") if (work / "gate.json").exists() else {}
-    report = read_json(work / "eval" / "report.json") if (work / "eval" / "report.json").exists() else {}
+    verdict = read_json(paths.gate) if paths.gate.exists() else {}
+    report = read_json(paths.eval_report) if paths.eval_report.exists() else {}
     metric = verdict.get("metric") or cfg.gate_metric
     values = {name: m.get(metric) for name, m in (report.get("metrics") or {}).items()}
     run_tags = runs.run_tags(cfg, run_id)
-    card = write_run_card(cfg, rc, run_id, snap=snap, model_version=version) or work / RUN_CARD
+    card = write_run_card(cfg, rc, run_id, snap=snap, model_version=version) or paths.run_card
     forced = bool(verdict.get("forced"))
     tags = {
         "gate_verdict": verdict.get("verdict", "unknown"),

@@ -1,9 +1,9 @@
-"""TODO docstring."""
+"""The scoring stages: ``plan_shards`` splits the snapshot's users into contiguous code ranges
+(one seen file each), ``score_shard`` writes one part of the unpublished version per range."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,57 +13,12 @@ from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.run import RunContext
 from include.recsys.stages._shared import (
     _already_served,
-    _coded,
     _score_variants,
     _table_columns,
     item_rules,
 )
 
 log = logging.getLogger(__name__)
-
-
-def _sorted_user_codes(path: str | Path) -> tuple[np.ndarray, pd.Index]:
-    """``pd.factorize(user_id, sort=True)`` of a Parquet file's ``user_id`` column: codes in
-    sorted id order (-1 for a null id) and the sorted ids. String ids are read as Parquet
-    dictionaries (integer indices plus each distinct id once), not as a 20M-row string column."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from include.recsys.data.split import dictionary_codes
-
-    col = pq.read_table(path, columns=["user_id"], read_dictionary=["user_id"]).unify_dictionaries()["user_id"]
-    if not pa.types.is_dictionary(col.type) or col.num_chunks == 0:  # e.g. integer ids
-        codes, users = pd.factorize(col.to_pandas(), sort=True)
-        return codes, pd.Index(users)
-    codes, n = dictionary_codes(col)
-    ids = pd.Index(col.chunk(0).dictionary.to_pandas())
-    used = np.bincount(codes[codes >= 0], minlength=n) > 0  # a dictionary may hold unused ids
-    order = np.flatnonzero(used)[ids[used].argsort()]
-    rank = np.full(n + 1, -1, np.int64)  # last slot: null (-1) stays -1
-    rank[order] = np.arange(len(order))
-    return rank[codes], ids[order]
-
-
-def _plan_coded_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> list[dict[str, Any]]:
-    """:func:`plan_shards` on the snapshot's integer codes: the sorted user map is the
-    snapshot's (``user_idx`` indexes it), so a shard is a contiguous code range and its seen file
-    holds its rows' ``user_idx`` / ``item_idx`` (no string column is read or written)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from include.recsys.core.ids import CODE_COLUMNS, IdMap
-    from include.recsys.core.memory import release_memory
-
-    n_users = len(IdMap.read(snap["users"], "user"))
-    pairs = pq.read_table(snap["snapshot"], columns=list(CODE_COLUMNS))
-    codes = pairs["user_idx"].to_numpy()
-    shards = _write_seen_shards(
-        cfg, rc, n_users, lambda lo, hi: pairs.filter(pa.array((codes >= lo) & (codes < hi))),
-        {"users": snap["users"], "items": snap["items"]},
-    )
-    del pairs, codes
-    release_memory()
-    return shards
 
 
 def _write_seen_shards(
@@ -76,7 +31,7 @@ def _write_seen_shards(
 
     from include.recsys.tables.versions import discard_staged
 
-    folder = rc.work_dir(cfg) / "precompute"
+    folder = rc.paths(cfg).precompute
     folder.mkdir(parents=True, exist_ok=True)
     if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
         discard_staged(cfg.recommendations_root, rc.version)
@@ -97,45 +52,36 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
     """Split the snapshot's users (sorted) into ``cfg.shards`` contiguous ranges.
 
     Each range becomes one mapped ``score_shard`` task writing one part file, so the part
-    files are globally sorted by user_id and workers score shards in parallel. The snapshot's
-    (user, item) pairs are read once here and split into one ``seen-<shard>.parquet`` per
-    shard, so a shard reads only its own users' pairs (not the whole snapshot again).
+    files are globally sorted by user_id and workers score shards in parallel. The user map is
+    the snapshot's (``user_idx`` indexes it), so a range is a contiguous code range; the
+    snapshot's ``user_idx`` / ``item_idx`` pairs are read once here and split into one
+    ``seen-<shard>.parquet`` per shard, so a shard reads only its own users' pairs (no string
+    column is read or written). A snapshot without codes or maps raises
+    :class:`~include.recsys.errors.IdRouteError`.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from include.recsys.core.io import write_parquet
-    from include.recsys.core.memory import release_memory
+    from include.recsys.core.ids import CODE_COLUMNS, read_id_maps, require_codes
 
-    release_memory()  # what earlier stages of this process left behind
-    if _coded(snap):
-        return _plan_coded_shards(cfg, rc, snap)
-    # the pairs stay an Arrow table (no pandas string columns for 20M rows); users are grouped
-    # by a stable argsort of integer codes (sorting the id strings themselves is much slower),
-    # and each shard takes only its own rows (no sorted copy of the whole table)
-    codes, users = _sorted_user_codes(snap["snapshot"])
-    rows = np.flatnonzero(codes >= 0)  # a null user has no list
-    order = rows[np.argsort(codes[rows], kind="stable")]  # snapshot order kept inside a user
-    starts = np.r_[0, np.cumsum(np.bincount(codes[rows], minlength=len(users)))]
-    del codes, rows
-    pairs = pq.read_table(snap["snapshot"], columns=["user_id", "item_id"])
-    path = write_parquet(pd.DataFrame({"user_id": users}), rc.work_dir(cfg) / "precompute" / "users.parquet")
-    shards = _write_seen_shards(
-        cfg, rc, len(users), lambda lo, hi: pairs.take(order[starts[lo] : starts[hi]]), {"users": str(path)}
+    users, _ = read_id_maps(snap.get("users"), snap.get("items"), snap["snapshot"])
+    require_codes(snap["snapshot"])
+    pairs = pq.read_table(snap["snapshot"], columns=list(CODE_COLUMNS))
+    codes = pairs["user_idx"].to_numpy()
+    return _write_seen_shards(
+        cfg, rc, len(users), lambda lo, hi: pairs.filter(pa.array((codes >= lo) & (codes < hi))),
+        {"users": snap["users"], "items": snap["items"]},
     )
-    del pairs, order
-    release_memory()
-    return shards
 
 
-def _coded_seen(shard: dict[str, Any], users: pd.Index, bundle: Any):
+def _shard_seen(shard: dict[str, Any], users: pd.Index, bundle: Any):
     """The shard's seen CSR (its users x the model's items) from its ``user_idx`` / ``item_idx``."""
-    from include.recsys.core.ids import IdMap, csr_from_codes
+    from include.recsys.core.ids import IdMap, csr_from_codes, translate_codes
 
     pairs = pd.read_parquet(shard["seen"])
-    # snapshot item index -> model item index (-1: an item the model was not trained on)
-    to_model = bundle.item_ids.get_indexer(IdMap.read(shard["items"], "item").ids)
     rows = pairs["user_idx"].to_numpy().astype(np.int64) - shard["lo"]
-    cols = np.where(pairs["item_idx"].to_numpy() >= 0, to_model[pairs["item_idx"].to_numpy()], -1)
+    # snapshot item code -> model item index (-1: an item the model was not trained on)
+    cols = translate_codes(pairs["item_idx"].to_numpy(), IdMap.read(shard["items"], "item").ids, bundle.item_ids)
     return csr_from_codes(rows, cols, None, (len(users), len(bundle.item_ids)))
 
 
@@ -157,13 +103,7 @@ def score_shard(
     rules = item_rules(cfg, rc)  # first: a bad rules file fails before any part is written
     bundle = ModelBundle.load(model["bundle"])
     users = pd.Index(pd.read_parquet(shard["users"])["user_id"].iloc[shard["lo"] : shard["hi"]])
-    if shard.get("items"):  # codes into the snapshot's id maps (_plan_coded_shards)
-        seen = _coded_seen(shard, users, bundle)
-    elif shard.get("seen"):  # this shard's pairs, split out by plan_shards
-        seen = pd.read_parquet(shard["seen"])
-    else:  # a shard planned before seen files existed
-        df = pd.read_parquet(snap["snapshot"], columns=["user_id", "item_id"])
-        seen = df.loc[df["user_id"].isin(users)]
+    seen = _shard_seen(shard, users, bundle)  # its pairs, split out by plan_shards
     from include.recsys.data.source import read_segments
 
     plan = cfg.variant_plan
@@ -187,8 +127,5 @@ def score_shard(
     table = pseudonymize_table(table)
     part = write_part(cfg.recommendations_root, rc.version, shard["index"], table, **_table_columns(plan))
     del table, seen, bundle
-    from include.recsys.core.memory import release_memory
-
-    release_memory()
     out = {**part, "index": shard["index"], "users_by_model": by_model}
     return out if arm_users is None else {**out, "variant_users": arm_users}

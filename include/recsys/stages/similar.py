@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The similar_items stage: the cosine nearest items of the registered model (rules applied),
+written and validated as an unpublished version of the similar-items table."""
 
 from __future__ import annotations
 
@@ -68,6 +69,6 @@ def similar_items(
     report = validate_similar_table(
         read_version_table(str(folder)), top_k=k, catalog=bundle.item_ids, allowed=allowed,
         fallback=fallback, run_name=f"similar_items__{rc.version}",
-        report_path=rc.work_dir(cfg) / "validation" / "similar_items_report.json",
+        report_path=rc.paths(cfg).similar_report,
     )
     return {"version": rc.version, "root": str(root), "path": str(folder), "rows": report.n_rows}

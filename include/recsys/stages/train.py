@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The train stage: ALS on the training split's integer codes (never its string ids), the
+bundle saved in the work folder, params, metrics and lineage logged to the DAG run's MLflow run."""
 
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ def train(
     """
     from include.recsys.backends.implicit import model_config
     from include.recsys.backends.implicit import train as fit
+    from include.recsys.core.ids import read_id_maps
+    from include.recsys.data.source import read_segments
     from include.recsys.data.split import read_training_events
     from include.recsys.tracking.runs import get_or_create_run, lineage_tags, log_to_run
 
     # MLflow first: an unreachable server fails (and is retried) before an expensive fit
     run_id = get_or_create_run(cfg, rc.run_id, rc.mlflow_tags(), reopen=True)
-    from include.recsys.core.ids import IdMap
-    from include.recsys.data.source import read_segments
 
     source, kept = "config", []
     if best:
@@ -43,18 +44,17 @@ def train(
 
         cfg, kept = apply_config(cfg, best["config"])
         source = best.get("source", "tuned")
-    # only the columns training uses; the snapshot's integer codes instead of string ids
-    coded = bool(parts.get("users") and parts.get("items"))
+    # the snapshot's id maps, which the split's user_idx / item_idx index
+    id_maps = read_id_maps(parts.get("users"), parts.get("items"), parts["train"])
     cutoff = pd.Timestamp(parts["stats"]["cutoff"]) if parts.get("stats", {}).get("cutoff") else None
-    # the leak check runs while reading; event times are kept only for a recency decay
-    train_df = read_training_events(
-        parts["train"], codes=coded, cutoff=cutoff, need_times=cfg.recency_half_life_days > 0
-    )
-    id_maps = (IdMap.read(parts["users"], "user"), IdMap.read(parts["items"], "item")) if coded else None
+    # only the columns training uses; the leak check runs while reading; event times are kept
+    # only for a recency decay
+    train_df = read_training_events(parts["train"], cutoff=cutoff, need_times=cfg.recency_half_life_days > 0)
     bundle, stats = fit(train_df, cfg, read_segments(cfg), cutoff=cutoff, id_maps=id_maps)
     del train_df
-    bundle_dir = bundle.save(rc.work_dir(cfg) / "model" / "bundle")
-    validation = rc.work_dir(cfg) / "validation"  # GX report (+ Data Docs when written there)
+    paths = rc.paths(cfg)
+    bundle_dir = bundle.save(paths.model_bundle)
+    validation = paths.validation  # GX report (+ Data Docs when written there)
     log.info(
         "trained with the %s configuration %s%s", source, json.dumps(model_config(cfg), sort_keys=True),
         f" (form values kept: {kept})" if kept else "",

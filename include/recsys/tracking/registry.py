@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import uuid
 import warnings
 from datetime import datetime, timezone
@@ -247,11 +246,7 @@ def _ts(value: Any) -> Any:
 
 @_guarded
 def model_data(cfg: PipelineConfig, version: str) -> dict[str, Any]:
-    """The data of a registered version: :data:`DATA_TAGS` as UTC Timestamps (None: unknown).
-
-    A version registered before these tags existed has only ``data_window`` (``[start, end)``):
-    its window is read from that; its training end stays unknown.
-    """
+    """The data of a registered version: :data:`DATA_TAGS` as UTC Timestamps (None: unknown)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -260,11 +255,7 @@ def model_data(cfg: PipelineConfig, version: str) -> dict[str, Any]:
         if _is_unreachable(exc) or not _not_found(exc):
             raise
         tags = {}  # not registered here: its data is unknown (never concluded from an outage)
-    out = {k: _ts(tags.get(k)) for k in DATA_TAGS}
-    legacy = re.match(r"^\[(.+), (.+)\)$", tags.get("data_window", "").strip())
-    if legacy and out["data_window_end"] is None:
-        out["data_window_start"], out["data_window_end"] = _ts(legacy.group(1)), _ts(legacy.group(2))
-    return out
+    return {k: _ts(tags.get(k)) for k in DATA_TAGS}
 
 
 def champion_data_check(cfg: PipelineConfig, version: str, *, allow_older_data: bool = False) -> dict[str, Any]:

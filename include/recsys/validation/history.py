@@ -53,31 +53,23 @@ def load_bounds(path: str | Path | None = None) -> dict[str, Any]:
     return bounds
 
 
-def read_snapshot(path: str | Path) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray] | None]:
-    """The snapshot frame the suite validates, and its integer id codes when it has them.
+def read_snapshot(path: str | Path) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray]]:
+    """The snapshot frame the suite validates, and its integer id codes.
 
     The int32 ``user_idx`` / ``item_idx`` columns (:data:`include.recsys.core.ids.CODE_COLUMNS`,
-    written by the pipeline's snapshot) are read separately as numpy arrays (nulls -> -1) for
+    written by the snapshot stage) are read separately as numpy arrays (nulls -> -1) for
     :func:`snapshot_statistics`; the frame gets every other column, exactly as
     ``pd.read_parquet`` reads them, so the suite sees the snapshot's own columns only (no
-    "unknown column" note for the codes). An older snapshot without codes gives ``None``.
+    "unknown column" note for the codes). A snapshot without codes raises
+    :class:`~include.recsys.errors.IdRouteError`.
     """
     import pyarrow.parquet as pq
 
-    from include.recsys.core.ids import CODE_COLUMNS
+    from include.recsys.core.ids import CODE_COLUMNS, read_codes
 
-    names = pq.read_schema(path).names
-    if not all(c in names for c in CODE_COLUMNS):
-        return pd.read_parquet(path), None
-    codes_table = pq.read_table(path, columns=list(CODE_COLUMNS))
-    codes = tuple(
-        (col.fill_null(-1) if col.null_count else col).to_numpy()
-        for col in (codes_table.column(c) for c in CODE_COLUMNS)
-    )
-    del codes_table
-    columns = [c for c in names if c not in CODE_COLUMNS and not c.startswith("__index_level_")]
-    df = pd.read_parquet(path, columns=columns)
-    return df, codes  # type: ignore[return-value]
+    codes = read_codes(path)  # missing ids (-1) are the suite's to report, not refused here
+    columns = [c for c in pq.read_schema(path).names if c not in CODE_COLUMNS and not c.startswith("__index_level_")]
+    return pd.read_parquet(path, columns=columns), codes
 
 
 def _epoch_us(ts: pd.Series) -> np.ndarray:
@@ -94,39 +86,27 @@ def _epoch_us(ts: pd.Series) -> np.ndarray:
 
 def snapshot_statistics(
     df: pd.DataFrame,
-    previous_end: pd.Timestamp | None = None,
-    codes: tuple[np.ndarray, np.ndarray] | None = None,
+    previous_end: pd.Timestamp | None,
+    codes: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, Any]:
-    """Vectorised statistics of a snapshot frame (``user_id``, ``item_id``, ``event_ts``).
+    """Vectorised statistics of a snapshot frame (``event_ts``) and its rows' id codes.
 
-    ``codes``: optional per-row integer codes of ``user_id`` and ``item_id`` (the snapshot's
-    ``user_idx`` / ``item_idx``: positions in its sorted id maps; negative = missing id). With
-    them no string column is hashed (two ``pd.factorize`` passes over 17M strings cost ~2.5
-    CPU seconds); the figures are the same, because only ids that occur are counted.
+    ``codes``: per-row integer codes of ``user_id`` and ``item_id`` (the snapshot's
+    ``user_idx`` / ``item_idx``: positions in its sorted id maps; negative = missing id). No
+    string column is hashed; only ids that occur are counted (a map may be wider than the rows).
     """
     n = len(df)
-    if codes is not None:
-        u_codes, i_codes = (np.asarray(c) for c in codes)  # int32 as read: no widened copies
-        if u_codes.dtype.kind not in "iu" or i_codes.dtype.kind not in "iu":
-            raise TypeError(f"snapshot_statistics: codes must be integers, got {u_codes.dtype} / {i_codes.dtype}")
-        if len(u_codes) != n or len(i_codes) != n:
-            raise ValueError(
-                f"snapshot_statistics: codes have {len(u_codes)} / {len(i_codes)} rows, frame {n}"
-            )
-        u_ok, i_ok = u_codes >= 0, i_codes >= 0
-        user_counts = np.bincount(u_codes[u_ok]) if u_ok.any() else np.zeros(0, np.int64)
-        item_counts = np.bincount(i_codes[i_ok]) if i_ok.any() else np.zeros(0, np.int64)
-        # codes of ids that do not occur (a map wider than the frame) are not ids of this frame
-        u_present, i_present = user_counts > 0, item_counts > 0
-        user_counts, item_counts = user_counts[u_present], item_counts[i_present]
-    else:
-        u_codes, u_uniques = pd.factorize(df["user_id"], use_na_sentinel=True)
-        i_codes, i_uniques = pd.factorize(df["item_id"], use_na_sentinel=True)
-        u_ok, i_ok = u_codes >= 0, i_codes >= 0
-        user_counts = np.bincount(u_codes[u_ok], minlength=len(u_uniques))
-        item_counts = np.bincount(i_codes[i_ok], minlength=len(i_uniques))
-        u_present = np.ones(len(user_counts), dtype=bool)
-        i_present = np.ones(len(item_counts), dtype=bool)
+    u_codes, i_codes = (np.asarray(c) for c in codes)  # int32 as read: no widened copies
+    if u_codes.dtype.kind not in "iu" or i_codes.dtype.kind not in "iu":
+        raise TypeError(f"snapshot_statistics: codes must be integers, got {u_codes.dtype} / {i_codes.dtype}")
+    if len(u_codes) != n or len(i_codes) != n:
+        raise ValueError(f"snapshot_statistics: codes have {len(u_codes)} / {len(i_codes)} rows, frame {n}")
+    u_ok, i_ok = u_codes >= 0, i_codes >= 0
+    user_counts = np.bincount(u_codes[u_ok]) if u_ok.any() else np.zeros(0, np.int64)
+    item_counts = np.bincount(i_codes[i_ok]) if i_ok.any() else np.zeros(0, np.int64)
+    # codes of ids that do not occur (a map wider than the frame) are not ids of this frame
+    u_present, i_present = user_counts > 0, item_counts > 0
+    user_counts, item_counts = user_counts[u_present], item_counts[i_present]
     stats: dict[str, Any] = {"rows": n, "users": len(user_counts), "items": len(item_counts)}
     stats["top_user_share"] = float(user_counts.max() / n) if n and len(user_counts) else 0.0
     k = max(1, math.ceil(0.01 * len(item_counts)))
@@ -285,13 +265,13 @@ def validate_snapshot(
     report_path: str | Path | None = None,
     docs_dir: str | Path | None = None,
     bounds: dict[str, Any] | None = None,
-    codes: tuple[np.ndarray, np.ndarray] | None = None,
+    codes: tuple[np.ndarray, np.ndarray],
 ) -> tuple[ValidationReport, dict[str, Any]]:
     """The whole input contract: GX suite + source statistics + drift; history on success.
 
     ``snap`` is the dict :func:`include.recsys.stages.snapshot.snapshot` returns (``window_start``,
-    ``window_end``, ``stats``); ``codes`` the optional integer id codes of ``df``'s rows
-    (see :func:`snapshot_statistics`). Returns (report, statistics); raises
+    ``window_end``, ``stats``); ``codes`` the integer id codes of ``df``'s rows
+    (:func:`read_snapshot`, see :func:`snapshot_statistics`). Returns (report, statistics); raises
     :class:`~include.recsys.errors.DataValidationError` on any error-severity failure
     (the history is then left untouched).
     """

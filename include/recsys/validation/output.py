@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from include.recsys.core.ids import compact_codes, translate_codes
 from include.recsys.errors import OutputValidationError
 from include.recsys.validation.report import (
     ERROR,
@@ -51,31 +52,6 @@ SUITE_PATH: Path = Path(__file__).resolve().parents[2] / "config" / "gx" / "reco
 _SCORE_TOL = 1e-6
 
 _SAMPLE = 5
-
-
-def _codes(values: pd.Series, index: pd.Index) -> np.ndarray:
-    """Position of each value in ``index`` (-1 if absent or missing).
-
-    A categorical column (the snapshot pairs read as Parquet dictionaries) is looked up once
-    per category, not once per row: no 20M-row string index is built."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        cat = values.array
-        # code -1 (missing) -> where the index holds a missing value (as get_indexer does), or -1
-        missing = np.flatnonzero(index.isna())
-        lookup = np.append(index.get_indexer(cat.categories), missing[0] if len(missing) else -1)
-        return lookup[cat.codes]
-    return index.get_indexer(pd.Index(values))
-
-
-def _unique(values: pd.Series) -> pd.Index:
-    """``pd.Index(pd.unique(values))`` (order of appearance); plain values for a categorical."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        cat = values.array
-        codes = pd.unique(cat.codes)
-        if not (codes < 0).any():
-            return cat.categories.take(codes)
-        values = values.astype(cat.categories.dtype)  # a missing id: exactly as for plain values
-    return pd.Index(pd.unique(values))
 
 
 def _sample(values: Any) -> list[Any]:
@@ -110,19 +86,53 @@ class SeenPairs:
                 raise TypeError(f"SeenPairs: {name} codes must be integers, got {codes.dtype}")
             if len(codes) and (codes.min() < 0 or codes.max() >= len(ids)):
                 raise ValueError(f"SeenPairs: {name} codes outside [0, {len(ids)}) of the {name} ids")
-            used = np.bincount(codes, minlength=len(ids)) > 0
-            if not used.all():  # ids without a row are not seen ids (nor catalog items)
-                remap = np.cumsum(used) - 1
-                ids, codes = ids[used], remap[codes]
-            out += [pd.Index(ids), codes]
+            used, codes = compact_codes(codes, len(ids))  # ids without a row are not seen ids (nor catalog items)
+            out += [pd.Index(ids if used.all() else ids[used]), codes]
         return cls(users=out[0], items=out[2], user_codes=out[1], item_codes=out[3])
+
+
+@dataclass
+class _Indexed:
+    """The table sorted by (user, rank) and coded once: ``u`` each row's user (``users``, in
+    order of appearance), ``i`` its item in the catalog (-1 outside), ``keys`` the pair
+    ``u * n_cat + i`` (-1 outside), ``count`` rows per user."""
+
+    t: pd.DataFrame
+    users: pd.Index
+    u: np.ndarray
+    t_items: pd.Index
+    t_item_codes: np.ndarray
+    i: np.ndarray
+    outside: np.ndarray
+    n_cat: int
+    keys: np.ndarray
+    count: np.ndarray
+
+
+def _index_table(table: pd.DataFrame, catalog: pd.Index) -> _Indexed:
+    t = table[["user_id", "rank", "item_id", "score"]].dropna(subset=["user_id", "item_id"])
+    t = t.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    # users in order of appearance and each row's position among them: one hashing pass
+    u, users_arr = pd.factorize(t["user_id"])
+    users = pd.Index(users_arr)
+    u = np.asarray(u, dtype=np.int64)
+    # each row's item in the catalog (-1 outside); the table's items in order of appearance
+    t_item_codes, t_items = pd.factorize(t["item_id"])
+    i = translate_codes(t_item_codes, pd.Index(t_items), catalog)
+    n_cat = len(catalog)
+    outside = i < 0
+    return _Indexed(
+        t=t, users=users, u=u, t_items=pd.Index(t_items), t_item_codes=t_item_codes, i=i, outside=outside,
+        n_cat=n_cat, keys=np.where(outside, -1, u.astype(np.int64) * n_cat + i),
+        count=np.bincount(u, minlength=len(users)),
+    )
 
 
 def set_checks(
     table: pd.DataFrame,
     *,
     top_n: int,
-    seen: pd.DataFrame | SeenPairs,
+    seen: SeenPairs,
     current: pd.DataFrame | None,
     bounds: dict[str, Any],
     excluded: pd.Index | None = None,
@@ -130,67 +140,69 @@ def set_checks(
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     """The set-based checks; returns (results, notes, figures).
 
-    ``excluded``: item ids the business rules exclude (:mod:`include.recsys.scoring.rules`): none may
-    appear in the table nor in ``fallback`` (the version's fallback lists), and a user's
-    expected list length counts allowed items only.
-
-    ``seen``: the snapshot pairs as a frame (``user_id``, ``item_id``; strings or categoricals)
-    or as :class:`SeenPairs` (integer codes: no per-row string is hashed); same results.
+    ``seen``: the snapshot pairs as integer codes (no per-row string is hashed). ``excluded``:
+    item ids the business rules exclude (:mod:`include.recsys.scoring.rules`): none may appear
+    in the table nor in ``fallback`` (the version's fallback lists), and a user's expected list
+    length counts allowed items only.
     """
-    out = bounds["output"]
-    notes: list[str] = []
-    results: list[dict[str, Any]] = []
-    t = table[["user_id", "rank", "item_id", "score"]].dropna(subset=["user_id", "item_id"])
-    t = t.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
-    # users in order of appearance and each row's position among them: one hashing pass
-    u, users_arr = pd.factorize(t["user_id"])
-    users = pd.Index(users_arr)
-    u = np.asarray(u, dtype=np.int64)
-    catalog = seen.items if isinstance(seen, SeenPairs) else _unique(seen["item_id"])
-    # each row's item in the catalog (-1 outside); the table's items in order of appearance
-    t_item_codes, t_items = pd.factorize(t["item_id"])
-    i = np.append(catalog.get_indexer(pd.Index(t_items)), -1)[t_item_codes]
-    n_cat = len(catalog)
+    if not isinstance(seen, SeenPairs):
+        raise TypeError(f"set_checks: seen must be SeenPairs (codes into the snapshot's id maps), got {type(seen).__name__}")
+    ix = _index_table(table, seen.items)
+    results = [_catalog_check(ix)]
+    ex_cat = np.zeros(ix.n_cat, dtype=bool)
+    if excluded is not None:
+        ex_cat, check = _rule_check(ix, seen.items, pd.Index(excluded), fallback)
+        results.append(check)
+    # snapshot user -> table user (-1: no list); seen pairs (distinct) of the table's users
+    user_lookup = ix.users.get_indexer(seen.users)
+    seen_keys, check = _seen_check(ix, user_lookup[seen.user_codes], seen.item_codes)
+    results.append(check)
+    results += _count_rank_score_checks(ix, seen_keys, ex_cat, top_n)
+    covered = user_lookup >= 0  # one entry per distinct snapshot user
+    coverage = float(covered.mean()) if len(covered) else 1.0
+    results.append(_coverage_check(covered, coverage, bounds["output"]["min_user_coverage"]))
+    figures: dict[str, Any] = {"users": len(ix.users), "rows": len(ix.t), "user_coverage": coverage}
+    extra, notes = _jaccard_vs_current(ix, current, bounds["output"], top_n, figures)
+    return results + extra, notes, figures
 
-    # items in the catalog
-    outside = i < 0
-    results.append(check_result(
+
+def _catalog_check(ix: _Indexed) -> dict[str, Any]:
+    outside = ix.outside
+    return check_result(
         "items_in_catalog", severity=ERROR, success=not outside.any(), observed=int(outside.sum()),
         bounds={"max": 0},
         message=f"{int(outside.sum()):,} row(s) recommend items outside the catalog "
-        f"(snapshot items), e.g. {_sample(pd.unique(t.loc[outside, 'item_id']))}",
-    ))
+        f"(snapshot items), e.g. {_sample(pd.unique(ix.t.loc[outside, 'item_id']))}",
+    )
 
-    # business rules: no excluded item in any list, nor in the fallback lists
-    ex_cat = np.zeros(n_cat, dtype=bool)
-    if excluded is not None:
-        excluded = pd.Index(excluded)
-        ex_rows = _in_excluded(t["item_id"], excluded)
-        fb_rows = _in_excluded(fallback["item_id"], excluded) if fallback is not None else np.zeros(0, bool)
-        ex_cat = _in_excluded(pd.Series(catalog), excluded)
-        bad = list(pd.unique(t.loc[ex_rows, "item_id"]))
-        if fallback is not None:
-            bad += list(pd.unique(fallback.loc[fb_rows, "item_id"]))
-        results.append(check_result(
-            "no_excluded_items", severity=ERROR, success=not (ex_rows.any() or fb_rows.any()),
-            observed=int(ex_rows.sum() + fb_rows.sum()), bounds={"max": 0},
-            message=f"{int(ex_rows.sum()):,} row(s) and {int(fb_rows.sum()):,} fallback row(s) recommend "
-            f"items the business rules exclude, e.g. {_sample(bad)}",
-        ))
 
-    # seen pairs (distinct) of the table's users
-    if isinstance(seen, SeenPairs):
-        user_lookup = users.get_indexer(seen.users)  # snapshot user -> table user (-1: no list)
-        su = user_lookup[seen.user_codes]
-        si = seen.item_codes
-    else:
-        su = _codes(seen["user_id"], users)
-        si = _codes(seen["item_id"], catalog)
+def _rule_check(
+    ix: _Indexed, catalog: pd.Index, excluded: pd.Index, fallback: pd.DataFrame | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(excluded per catalog item, the check: no excluded item in any list nor fallback list)."""
+    t = ix.t
+    ex_rows = _in_excluded(t["item_id"], excluded)
+    fb_rows = _in_excluded(fallback["item_id"], excluded) if fallback is not None else np.zeros(0, bool)
+    ex_cat = _in_excluded(pd.Series(catalog), excluded)
+    bad = list(pd.unique(t.loc[ex_rows, "item_id"]))
+    if fallback is not None:
+        bad += list(pd.unique(fallback.loc[fb_rows, "item_id"]))
+    return ex_cat, check_result(
+        "no_excluded_items", severity=ERROR, success=not (ex_rows.any() or fb_rows.any()),
+        observed=int(ex_rows.sum() + fb_rows.sum()), bounds={"max": 0},
+        message=f"{int(ex_rows.sum()):,} row(s) and {int(fb_rows.sum()):,} fallback row(s) recommend "
+        f"items the business rules exclude, e.g. {_sample(bad)}",
+    )
+
+
+def _seen_check(ix: _Indexed, su: np.ndarray, si: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """(the sorted distinct seen keys of the table's users, the no_seen_items check);
+    ``su`` / ``si``: each seen pair's table user (-1: no list) and catalog item."""
     ok = su >= 0
-    keys = np.where(outside, -1, u.astype(np.int64) * n_cat + i)
+    keys, outside, t = ix.keys, ix.outside, ix.t
     # distinct seen pairs by sorting (numpy's vectorised sort of 17M int64 keys: ~0.3 s; a hash
     # pd.unique + isin over them took ~3.5 s), then a binary search per table row
-    seen_keys = su[ok].astype(np.int64) * n_cat + si[ok]
+    seen_keys = su[ok].astype(np.int64) * ix.n_cat + si[ok]
     seen_keys.sort()
     if len(seen_keys):
         seen_keys = seen_keys[np.r_[True, seen_keys[1:] != seen_keys[:-1]]]
@@ -198,31 +210,37 @@ def set_checks(
         is_seen = (seen_keys[pos] == keys) & ~outside
     else:
         is_seen = np.zeros(len(keys), dtype=bool)
-    results.append(check_result(
+    return seen_keys, check_result(
         "no_seen_items", severity=ERROR, success=not is_seen.any(), observed=int(is_seen.sum()),
         bounds={"max": 0},
         message=f"{int(is_seen.sum()):,} row(s) recommend an item the user already interacted with, "
         f"e.g. {list(zip(_sample(t.loc[is_seen, 'user_id']), _sample(t.loc[is_seen, 'item_id'])))}",
-    ))
+    )
 
+
+def _count_rank_score_checks(
+    ix: _Indexed, seen_keys: np.ndarray, ex_cat: np.ndarray, top_n: int
+) -> list[dict[str, Any]]:
+    """distinct_items, items_per_user, ranks_contiguous, scores_non_increasing."""
+    t, u, users, outside, n_cat, count = ix.t, ix.u, ix.users, ix.outside, ix.n_cat, ix.count
+    out = []
     # distinct items per user
-    dup = pd.Series(keys).duplicated().to_numpy() & ~outside
+    dup = pd.Series(ix.keys).duplicated().to_numpy() & ~outside
     if outside.any():  # rows outside the catalog share key -1: compare their ids
         dup |= t.duplicated(["user_id", "item_id"]).to_numpy() & outside
-    results.append(check_result(
+    out.append(check_result(
         "distinct_items", severity=ERROR, success=not dup.any(), observed=int(dup.sum()),
         bounds={"max": 0},
         message=f"{int(dup.sum()):,} repeated (user, item) row(s), e.g. users {_sample(pd.unique(t.loc[dup, 'user_id']))}",
     ))
 
     # exactly N rows per user, N = min(top_n, catalog - seen)
-    count = np.bincount(u, minlength=len(users))
     # (with rules: allowed catalog items minus the user's allowed seen items)
     allowed_seen = seen_keys[~ex_cat[seen_keys % max(n_cat, 1)]] if n_cat else seen_keys
     seen_per_user = np.bincount(allowed_seen // max(n_cat, 1), minlength=len(users)) if n_cat else np.zeros(len(users), int)
     expected = np.minimum(top_n, np.maximum(n_cat - int(ex_cat.sum()) - seen_per_user, 0))
     wrong = count != expected
-    results.append(check_result(
+    out.append(check_result(
         "items_per_user", severity=ERROR, success=not wrong.any(), observed=int(wrong.sum()),
         bounds={"top_n": top_n, "rule": "min(top_n, |allowed catalog| - |allowed seen|)"},
         message=f"{int(wrong.sum()):,} user(s) do not have exactly min({top_n}, catalog - seen) items, e.g. "
@@ -234,7 +252,7 @@ def set_checks(
     position = np.arange(len(t)) - np.repeat(starts, count) + 1
     bad_rank = t["rank"].to_numpy() != position
     bad_users = pd.unique(t.loc[bad_rank, "user_id"])
-    results.append(check_result(
+    out.append(check_result(
         "ranks_contiguous", severity=ERROR, success=len(bad_users) == 0, observed=len(bad_users),
         bounds={"rule": "ranks are 1..N per user"},
         message=f"{len(bad_users):,} user(s) with ranks that are not exactly 1..N (gap or repeat), "
@@ -246,86 +264,84 @@ def set_checks(
     same_user = np.r_[False, u[1:] == u[:-1]]
     rises = same_user & (np.r_[np.inf, np.diff(score)] > _SCORE_TOL * np.maximum(1.0, np.abs(score)))
     rise_users = pd.unique(t.loc[rises, "user_id"])
-    results.append(check_result(
+    out.append(check_result(
         "scores_non_increasing", severity=ERROR, success=len(rise_users) == 0, observed=len(rise_users),
         bounds={"tolerance": _SCORE_TOL},
         message=f"{len(rise_users):,} user(s) whose score rises with rank, e.g. {_sample(rise_users)}",
     ))
+    return out
 
-    # coverage of the snapshot's users
-    if isinstance(seen, SeenPairs):
-        covered = user_lookup >= 0  # one entry per distinct snapshot user
-    else:
-        active = _unique(seen["user_id"])
-        covered = np.asarray(active.isin(users), dtype=bool)
-    coverage = float(covered.mean()) if len(covered) else 1.0
-    spec = out["min_user_coverage"]
-    results.append(check_result(
+
+def _coverage_check(covered: np.ndarray, coverage: float, spec: dict[str, Any]) -> dict[str, Any]:
+    """Share of the snapshot's users with a list, above a bound."""
+    return check_result(
         "user_coverage", severity=spec.get("severity", ERROR), success=coverage >= spec["min"],
         observed=coverage, bounds={"min": spec["min"]},
         message=f"user coverage {coverage:.4f} ({int(covered.sum()):,} of {len(covered):,} "
         f"snapshot users have a list) < bound {spec['min']}",
-    ))
+    )
 
-    figures: dict[str, Any] = {"users": len(users), "rows": len(t), "user_coverage": coverage}
-    # day-over-day: mean Jaccard vs CURRENT over common users
+
+def _with_extra(codes: np.ndarray, extra: np.ndarray, known: pd.Index) -> tuple[np.ndarray, int]:
+    """Codes into ``extra`` -> codes into ``known`` followed by the ids of ``extra`` it lacks
+    (numbered in their order); returns (codes, number of ids)."""
+    look = known.get_indexer(pd.Index(extra))
+    new = look < 0
+    look[new] = len(known) + np.arange(int(new.sum()))
+    return np.append(look, -1)[codes], len(known) + int(new.sum())
+
+
+def _jaccard_vs_current(
+    ix: _Indexed, current: pd.DataFrame | None, out: dict[str, Any], top_n: int, figures: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Day-over-day: mean Jaccard of the top-N item sets vs CURRENT over common users, inside
+    bounds (skipped with a note before the first publish or without common users)."""
     lo, hi = out["min_mean_jaccard"], out["max_mean_jaccard"]
     if current is None:
-        notes.append("jaccard_vs_current: no CURRENT table (first publish); day-over-day check skipped")
-        results.append(check_result(
+        return [check_result(
             "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
             bounds={"min": lo["min"], "max": hi["max"]}, note="no CURRENT table",
-        ))
-    else:
-        # codes as pd.factorize of the concatenated (table, CURRENT) ids would give -- the
-        # table's ids in order of appearance, then CURRENT-only ids in theirs -- but each
-        # string hashed once per table, CURRENT's distinct ids looked up in the table's
-        def _extend(codes: np.ndarray, extra: np.ndarray, known: pd.Index) -> tuple[np.ndarray, int]:
-            look = known.get_indexer(pd.Index(extra))
-            new = look < 0
-            look[new] = len(known) + np.arange(int(new.sum()))
-            return np.append(look, -1)[codes], len(known) + int(new.sum())
-
-        cu, cu_uniq = pd.factorize(current["user_id"])
-        ci, ci_uniq = pd.factorize(current["item_id"])
-        cur_u, _ = _extend(cu, cu_uniq, users)
-        cur_i, n_items_all = _extend(ci, ci_uniq, pd.Index(t_items))
-        ucode = np.concatenate([u, cur_u])
-        icode = np.concatenate([np.asarray(t_item_codes, dtype=np.int64), cur_i])
-        iuniq = range(n_items_all)  # only its length is used
-        n_new = len(t)
-        k_all = ucode.astype(np.int64) * max(len(iuniq), 1) + icode
-        k_new = pd.unique(k_all[:n_new])
-        k_cur = pd.unique(k_all[n_new:])
-        n_users_all = int(ucode.max()) + 1 if len(ucode) else 0
-        size_new = np.bincount(k_new // max(len(iuniq), 1), minlength=n_users_all)
-        size_cur = np.bincount(k_cur // max(len(iuniq), 1), minlength=n_users_all)
-        inter = np.bincount(
-            k_new[pd.Series(k_new).isin(k_cur).to_numpy()] // max(len(iuniq), 1), minlength=n_users_all
-        )
-        common = (size_new > 0) & (size_cur > 0)
-        union = size_new + size_cur - inter
-        jacc = inter[common] / union[common]
-        mean = float(jacc.mean()) if common.any() else None
-        figures["mean_jaccard_vs_current"] = mean
-        figures["common_users_vs_current"] = int(common.sum())
-        if mean is None:
-            notes.append("jaccard_vs_current: no user in common with CURRENT; check skipped")
-            results.append(check_result(
-                "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
-                bounds={"min": lo["min"], "max": hi["max"]}, note="no common users",
-            ))
-        else:
-            label = f"mean Jaccard of top-{top_n} lists vs CURRENT {mean:.4f} over {int(common.sum()):,} common users"
-            results.append(check_result(
-                "jaccard_vs_current_min", severity=lo.get("severity", ERROR), success=mean >= lo["min"],
-                observed=mean, bounds={"min": lo["min"]}, message=f"{label} < bound {lo['min']}",
-            ))
-            results.append(check_result(
-                "jaccard_vs_current_max", severity=hi.get("severity", ERROR), success=mean <= hi["max"],
-                observed=mean, bounds={"max": hi["max"]}, message=f"{label} > bound {hi['max']}",
-            ))
-    return results, notes, figures
+        )], ["jaccard_vs_current: no CURRENT table (first publish); day-over-day check skipped"]
+    # codes as pd.factorize of the concatenated (table, CURRENT) ids would give -- the table's
+    # ids in order of appearance, then CURRENT-only ids in theirs -- but each string hashed once
+    # per table, CURRENT's distinct ids looked up in the table's
+    cu, cu_uniq = pd.factorize(current["user_id"])
+    ci, ci_uniq = pd.factorize(current["item_id"])
+    cur_u, _ = _with_extra(cu, cu_uniq, ix.users)
+    cur_i, n_items_all = _with_extra(ci, ci_uniq, ix.t_items)
+    ucode = np.concatenate([ix.u, cur_u])
+    icode = np.concatenate([np.asarray(ix.t_item_codes, dtype=np.int64), cur_i])
+    width = max(n_items_all, 1)
+    n_new = len(ix.t)
+    k_all = ucode.astype(np.int64) * width + icode
+    k_new = pd.unique(k_all[:n_new])
+    k_cur = pd.unique(k_all[n_new:])
+    n_users_all = int(ucode.max()) + 1 if len(ucode) else 0
+    size_new = np.bincount(k_new // width, minlength=n_users_all)
+    size_cur = np.bincount(k_cur // width, minlength=n_users_all)
+    inter = np.bincount(k_new[pd.Series(k_new).isin(k_cur).to_numpy()] // width, minlength=n_users_all)
+    common = (size_new > 0) & (size_cur > 0)
+    union = size_new + size_cur - inter
+    jacc = inter[common] / union[common]
+    mean = float(jacc.mean()) if common.any() else None
+    figures["mean_jaccard_vs_current"] = mean
+    figures["common_users_vs_current"] = int(common.sum())
+    if mean is None:
+        return [check_result(
+            "jaccard_vs_current", severity=lo.get("severity", ERROR), success=True, observed=None,
+            bounds={"min": lo["min"], "max": hi["max"]}, note="no common users",
+        )], ["jaccard_vs_current: no user in common with CURRENT; check skipped"]
+    label = f"mean Jaccard of top-{top_n} lists vs CURRENT {mean:.4f} over {int(common.sum()):,} common users"
+    return [
+        check_result(
+            "jaccard_vs_current_min", severity=lo.get("severity", ERROR), success=mean >= lo["min"],
+            observed=mean, bounds={"min": lo["min"]}, message=f"{label} < bound {lo['min']}",
+        ),
+        check_result(
+            "jaccard_vs_current_max", severity=hi.get("severity", ERROR), success=mean <= hi["max"],
+            observed=mean, bounds={"max": hi["max"]}, message=f"{label} > bound {hi['max']}",
+        ),
+    ], []
 
 
 def variant_checks(table: pd.DataFrame, variants: dict[str, Any]) -> list[dict[str, Any]]:
@@ -373,7 +389,7 @@ def validate_table(
     table: pd.DataFrame,
     *,
     top_n: int,
-    seen: pd.DataFrame | SeenPairs,
+    seen: SeenPairs,
     current: pd.DataFrame | None = None,
     excluded: pd.Index | None = None,
     fallback: pd.DataFrame | None = None,
@@ -390,10 +406,8 @@ def validate_table(
     Args:
         table: ``user_id, rank, item_id, score, source`` (+ model columns).
         top_n: The configured N.
-        seen: The snapshot interactions (``user_id``, ``item_id``): seen pairs, the catalog
-            (its items) and the active users (its users); string or categorical columns
-            (categorical ones are looked up per category: far less memory on 20M pairs), or
-            the same pairs as integer codes (:class:`SeenPairs`).
+        seen: The snapshot interactions as integer codes (:class:`SeenPairs`): seen pairs, the
+            catalog (its items) and the active users (its users).
         current: The CURRENT table (``user_id``, ``item_id``) or None before the first publish.
         excluded: Item ids excluded by the business rules (None: no rules configured).
         fallback: The version's fallback lists (``item_id``), checked against ``excluded``.

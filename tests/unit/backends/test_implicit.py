@@ -19,6 +19,7 @@ import pytest
 
 from include.recsys.backends.implicit import train
 from include.recsys.config.settings import load_config
+from include.recsys.core.ids import encode
 from include.recsys.scoring.recommend import recommend
 
 N_USERS, N_ITEMS = 40, 20
@@ -46,6 +47,12 @@ def _checkerboard() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "weight"])
 
 
+def _fit(df: pd.DataFrame, cfg, *args, **kw):
+    """Train on a frame of string ids: codes into its own sorted maps first (:func:`encode`)."""
+    coded, users, items = encode(df)
+    return train(coded, cfg, *args, id_maps=(users, items), **kw)
+
+
 def _cfg(tmp_path, **extra):
     return load_config(
         {"factors": 4, "iterations": 20, "regularization": 1.0, "data_dir": tmp_path, **extra}
@@ -55,7 +62,7 @@ def _cfg(tmp_path, **extra):
 @pytest.mark.parametrize("seed", [0, 1, 23])
 def test_checkerboard_withheld_item_ranked_first(tmp_path, seed: int) -> None:
     df = _checkerboard()
-    bundle, stats = train(df, _cfg(tmp_path, seed=seed))
+    bundle, stats = _fit(df, _cfg(tmp_path, seed=seed))
     assert (stats.users, stats.items, stats.nnz) == (N_USERS, N_ITEMS, len(df))
     assert bundle.user_factors.shape == (N_USERS, 4)
     assert bundle.item_factors.shape == (N_ITEMS, 4)
@@ -78,18 +85,18 @@ def test_checkerboard_withheld_item_ranked_first(tmp_path, seed: int) -> None:
 
 def test_training_is_deterministic_for_a_seed(tmp_path) -> None:
     df = _checkerboard()
-    a, _ = train(df, _cfg(tmp_path, seed=7))
-    b, _ = train(df, _cfg(tmp_path, seed=7))
+    a, _ = _fit(df, _cfg(tmp_path, seed=7))
+    b, _ = _fit(df, _cfg(tmp_path, seed=7))
     assert np.array_equal(a.user_factors, b.user_factors)
     assert np.array_equal(a.item_factors, b.item_factors)
-    c, _ = train(df, _cfg(tmp_path, seed=8))
+    c, _ = _fit(df, _cfg(tmp_path, seed=8))
     assert not np.array_equal(a.user_factors, c.user_factors)
 
 
 def test_training_is_deterministic_single_thread(tmp_path) -> None:
     df = _checkerboard()
-    a, _ = train(df, _cfg(tmp_path, seed=3, num_threads=1))
-    b, _ = train(df, _cfg(tmp_path, seed=3, num_threads=1))
+    a, _ = _fit(df, _cfg(tmp_path, seed=3, num_threads=1))
+    b, _ = _fit(df, _cfg(tmp_path, seed=3, num_threads=1))
     assert np.array_equal(a.user_factors, b.user_factors)
     assert np.array_equal(a.item_factors, b.item_factors)
 
@@ -102,7 +109,7 @@ def test_popularity_counts_distinct_users_and_seen_sums_weights(tmp_path) -> Non
             "weight": [1.0, 2.0, 3.0, 1.0, 5.0, 1.0],
         }
     )
-    bundle, stats = train(df, _cfg(tmp_path, factors=2, iterations=2))
+    bundle, stats = _fit(df, _cfg(tmp_path, factors=2, iterations=2))
     assert bundle.user_ids.tolist() == ["a", "b", "c"]
     assert bundle.item_ids.tolist() == ["x", "y", "z"]
     assert bundle.item_popularity.tolist() == [3, 1, 1]  # x: a (twice), b, c -> 3 users
@@ -132,9 +139,9 @@ def test_same_seed_same_factors_and_top_n_with_threads(tmp_path, extra) -> None:
     """implicit's CPU ALS solves rows independently: 2 threads are as deterministic as 1."""
     df = _random_events()
     cfg = _cfg(tmp_path, seed=11, num_threads=2, factors=8, iterations=5, **extra)
-    a, _ = train(df, cfg)
-    b, _ = train(df, cfg)
-    one, _ = train(df, cfg.with_overrides({"num_threads": 1}))
+    a, _ = _fit(df, cfg)
+    b, _ = _fit(df, cfg)
+    one, _ = _fit(df, cfg.with_overrides({"num_threads": 1}))
     for other in (b, one):
         assert np.array_equal(a.user_factors, other.user_factors)
         assert np.array_equal(a.item_factors, other.item_factors)
@@ -148,7 +155,7 @@ def test_duplicate_pairs_reach_training_once_whatever_the_weighting(tmp_path) ->
     pairs = df[["user_id", "item_id"]].drop_duplicates()
     assert len(pairs) < len(df)  # the fixture has repeated pairs
     for extra in ({}, {"weighting": "tfidf"}, {"recency_half_life_days": 3.0}):
-        _, stats = train(df, _cfg(tmp_path, factors=4, iterations=2, **extra))
+        _, stats = _fit(df, _cfg(tmp_path, factors=4, iterations=2, **extra))
         assert stats.nnz == len(pairs), extra
 
 
@@ -158,8 +165,8 @@ def test_no_event_at_or_after_the_cutoff_reaches_training(tmp_path) -> None:
     df = _random_events()
     cutoff = df["event_ts"].max()  # the newest event is AT the cutoff: refused
     with pytest.raises(TrainingError, match="at or after the cutoff"):
-        train(df, _cfg(tmp_path, factors=4, iterations=2), cutoff=cutoff)
-    train(df.loc[df["event_ts"] < cutoff], _cfg(tmp_path, factors=4, iterations=2), cutoff=cutoff)
+        _fit(df, _cfg(tmp_path, factors=4, iterations=2), cutoff=cutoff)
+    _fit(df.loc[df["event_ts"] < cutoff], _cfg(tmp_path, factors=4, iterations=2), cutoff=cutoff)
 
 
 def test_non_finite_factors_fail_clearly(tmp_path, monkeypatch) -> None:
@@ -175,7 +182,7 @@ def test_non_finite_factors_fail_clearly(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr("include.recsys.backends.implicit.fit_als", poisoned)
     with pytest.raises(errors.TrainingError, match="non-finite item factor"):
-        train(_checkerboard(), _cfg(tmp_path))
+        _fit(_checkerboard(), _cfg(tmp_path))
 
 
 def test_bundle_cannot_be_scored_with_another_runs_id_maps(tmp_path) -> None:
@@ -186,10 +193,10 @@ def test_bundle_cannot_be_scored_with_another_runs_id_maps(tmp_path) -> None:
     from include.recsys.scoring.bundle import ModelBundle
 
     df = _checkerboard()
-    a, _ = train(df, _cfg(tmp_path))
+    a, _ = _fit(df, _cfg(tmp_path))
     # another run: same shapes, other ids (e.g. users renumbered)
     other = df.assign(user_id=df["user_id"].str.replace("u", "v"))
-    b, _ = train(other, _cfg(tmp_path))
+    b, _ = _fit(other, _cfg(tmp_path))
     assert a.id_maps_hash != b.id_maps_hash
     # in memory: factors of run a with the id maps of run b
     mixed = dataclasses.replace(a, user_ids=b.user_ids)

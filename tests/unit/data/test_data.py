@@ -13,7 +13,7 @@ import pytest
 
 from include.recsys.config.settings import load_config
 from include.recsys.core.ids import IdMap, interaction_matrix
-from include.recsys.data.snapshot import build_snapshot
+from include.recsys.data.snapshot import build_indexed_snapshot
 from include.recsys.data.source import Window, read_source
 from include.recsys.data.synth import PRESETS, generate, land_partitioned
 from include.recsys.errors import EmptyWindowError, SourceError
@@ -167,7 +167,7 @@ def test_movielens_reader_on_the_real_file(tmp_path) -> None:
     assert set(df["user_id"]) == set(expected["userId"])
     assert df["event_ts"].max() < window.end
 
-    snap, stats = build_snapshot(cfg, window)
+    snap, stats = _plain_snapshot(cfg, window)
     assert stats.rows_read == len(expected)
     assert stats.duplicates_dropped == 0  # one rating per (user, movie)
     assert stats.rows == len(snap) > 0 and stats.users == snap["user_id"].nunique()
@@ -181,7 +181,14 @@ def test_movielens_reader_rejects_other_csv(tmp_path) -> None:
         read_source(cfg, Window.ending_at(datetime(2018, 9, 25), 30))
 
 
-# --- build_snapshot -------------------------------------------------------------------------
+# --- build_indexed_snapshot -----------------------------------------------------------------
+
+
+def _plain_snapshot(cfg, window: Window) -> tuple[pd.DataFrame, object]:
+    """The snapshot frame as written (plain string ids, no codes) and its stats."""
+    snap = build_indexed_snapshot(cfg, window)
+    return snap.plain_frame(), snap.stats
+
 
 END = "2024-01-31"
 
@@ -216,7 +223,7 @@ def _snapshot_source(tmp_path) -> Path:
     return path
 
 
-def test_build_snapshot_drops_duplicates_and_inactive_users(tmp_path) -> None:
+def test_snapshot_drops_duplicates_and_inactive_users(tmp_path) -> None:
     path = _snapshot_source(tmp_path)
     cfg = load_config(
         {
@@ -229,7 +236,7 @@ def test_build_snapshot_drops_duplicates_and_inactive_users(tmp_path) -> None:
         }
     )
     window = Window.ending_at(datetime(2024, 1, 31), 30)
-    df, stats = build_snapshot(cfg, window)
+    df, stats = _plain_snapshot(cfg, window)
     assert stats.rows_read == 14
     assert stats.duplicates_dropped == 2
     assert stats.inactive_rows_dropped == 5 + 1  # b's 5 rows, c's remaining row
@@ -247,19 +254,19 @@ def test_build_snapshot_drops_duplicates_and_inactive_users(tmp_path) -> None:
     ]
 
 
-def test_build_snapshot_no_active_user_is_an_empty_window(tmp_path) -> None:
+def test_snapshot_no_active_user_is_an_empty_window(tmp_path) -> None:
     path = _snapshot_source(tmp_path)
     cfg = load_config(
         {"data_dir": tmp_path, "source_path": str(path), "source_format": "csv", "active_min_events": 50}
     )
     with pytest.raises(EmptyWindowError, match=">= 50 events"):
-        build_snapshot(cfg, Window.ending_at(datetime(2024, 1, 31), 30))
+        _plain_snapshot(cfg, Window.ending_at(datetime(2024, 1, 31), 30))
 
 
-def test_build_snapshot_on_synthetic_lake_counts_duplicates(tmp_path, lake, tiny_events) -> None:
+def test_snapshot_on_synthetic_lake_counts_duplicates(tmp_path, lake, tiny_events) -> None:
     cfg = load_config({"data_dir": tmp_path, "source_path": str(lake), "window_days": 40})
     window = Window.ending_at(datetime(2024, 4, 1), 40)
-    df, stats = build_snapshot(cfg, window)
+    df, stats = _plain_snapshot(cfg, window)
     assert stats.rows_read == len(tiny_events)
     assert stats.duplicates_dropped == int(tiny_events.duplicated().sum()) > 0
     assert not df.duplicated().any()
@@ -304,8 +311,6 @@ def test_idmap_round_trip(tmp_path) -> None:
 
 
 def test_indexed_snapshot_codes_index_the_sorted_id_maps(tmp_path, lake, tiny_events) -> None:
-    from include.recsys.data.snapshot import build_indexed_snapshot
-
     cfg = load_config({"data_dir": tmp_path, "source_path": str(lake), "window_days": 40})
     window = Window.ending_at(datetime(2024, 4, 1), 40)
     snap = build_indexed_snapshot(cfg, window)
@@ -313,7 +318,7 @@ def test_indexed_snapshot_codes_index_the_sorted_id_maps(tmp_path, lake, tiny_ev
     assert df["user_idx"].dtype == np.int32 and df["item_idx"].dtype == np.int32
     # ids read from Parquet are categoricals here (written back as plain strings)
     assert isinstance(df["user_id"].dtype, pd.CategoricalDtype)
-    plain, stats = build_snapshot(cfg, window)
+    plain, stats = _plain_snapshot(cfg, window)
     assert plain["user_id"].dtype == tiny_events["user_id"].dtype  # the plain strings again
     # the maps are exactly the sorted distinct ids of the kept rows (what from_values gives)
     assert snap.users.ids.equals(IdMap.from_values(plain["user_id"]).ids)
@@ -344,8 +349,6 @@ def test_snapshot_order_is_time_then_user_with_source_order_for_ties(tmp_path) -
     pd.DataFrame(rows, columns=["user_id", "item_id", "event_ts", "event_type"]).to_csv(path, index=False)
     cfg = load_config({"data_dir": tmp_path, "source_path": str(path), "source_format": "csv",
                        "active_days": 7, "active_min_events": 1})
-    from include.recsys.data.snapshot import build_indexed_snapshot
-
     window = Window.ending_at(datetime(2024, 1, 31), 30)
     snap = build_indexed_snapshot(cfg, window)
     got = list(zip(snap.frame["user_id"], snap.frame["item_id"], snap.frame["event_type"]))

@@ -8,6 +8,7 @@ import pandas as pd
 
 from include.recsys.backends.implicit import train
 from include.recsys.config.settings import load_config
+from include.recsys.core.ids import encode
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import recommend
 from include.recsys.tables.current import point_current
@@ -26,7 +27,8 @@ SEGMENTS = pd.Series({**{f"a{u}": "north" for u in range(3)}, **{f"b{u}": "south
 
 def _bundle(tmp_path) -> ModelBundle:
     cfg = load_config({"data_dir": tmp_path, "factors": 2, "iterations": 2})
-    bundle, _ = train(EVENTS, cfg, SEGMENTS)
+    coded, users, items = encode(EVENTS)
+    bundle, _ = train(coded, cfg, SEGMENTS, id_maps=(users, items))
     return bundle
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -87,11 +88,11 @@ def test_nothing_after_cutoff_gives_empty_holdout() -> None:
 
 
 def test_file_split_matches_frame_split(tmp_path) -> None:
-    """time_split_file (row groups, dictionary codes) writes exactly time_split's frames."""
+    """time_split_file (row groups, integer codes) writes exactly time_split's frames, and the
+    holdout keeps each row's codes."""
     from dataclasses import asdict
 
-    import numpy as np
-
+    from include.recsys.core.ids import IdMap
     from include.recsys.data.split import time_split_file
 
     rng = np.random.default_rng(0)
@@ -104,21 +105,41 @@ def test_file_split_matches_frame_split(tmp_path) -> None:
         "event_type": "view",
         "weight": rng.random(n).astype("float32"),
     })
-    df.loc[[5, 17, 2500], "user_id"] = None  # missing ids get their own key, as in time_split
+    df.loc[[5, 17, 2500], "user_id"] = None  # missing ids (code -1) get their own key, as in time_split
     df.loc[[9, 2999], "item_id"] = None
+    for name in ("user", "item"):  # codes into sorted maps of the present ids, as the snapshot writes
+        ids = IdMap.from_values(df[f"{name}_id"].dropna())
+        df[f"{name}_idx"] = ids.index_of(df[f"{name}_id"]).astype(np.int32)
+    assert (df["user_idx"] == -1).sum() == 3
     src = tmp_path / "snap.parquet"
     df.to_parquet(src, index=False, row_group_size=700)  # several row groups
     train, holdout, stats = time_split(df, CUTOFF)
     got = time_split_file(src, CUTOFF, tmp_path / "train.parquet", tmp_path / "holdout.parquet")
     assert asdict(got) == asdict(stats)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "train.parquet"), train)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "holdout.parquet"), holdout)
+    written = pd.read_parquet(tmp_path / "holdout.parquet")
+    assert list(written.columns) == ["user_id", "item_id", "event_ts", "user_idx", "item_idx"]
+    pd.testing.assert_frame_equal(written[["user_id", "item_id", "event_ts"]], holdout)
+    codes = df.set_index(["user_id", "item_id"])[["user_idx", "item_idx"]]
+    codes = codes[~codes.index.duplicated()].reindex(pd.MultiIndex.from_frame(holdout[["user_id", "item_id"]]))
+    np.testing.assert_array_equal(written["user_idx"], codes["user_idx"])
+    np.testing.assert_array_equal(written["item_idx"], codes["item_idx"])
+
+
+def test_file_split_refuses_a_snapshot_without_codes(tmp_path) -> None:
+    from include.recsys.data.split import time_split_file
+    from include.recsys.errors import IdRouteError
+
+    src = tmp_path / "snap.parquet"
+    _events(ROWS).to_parquet(src, index=False)
+    with pytest.raises(IdRouteError, match="snap.parquet has no user_idx/item_idx codes.*rerun the snapshot stage"):
+        time_split_file(src, CUTOFF, tmp_path / "t.parquet", tmp_path / "h.parquet")
 
 
 def test_file_split_without_training_rows_raises(tmp_path) -> None:
     from include.recsys.data.split import time_split_file
 
     src = tmp_path / "snap.parquet"
-    _events([("a", "x", "2024-01-11")]).to_parquet(src, index=False)
+    _events([("a", "x", "2024-01-11")]).assign(user_idx=np.int32(0), item_idx=np.int32(0)).to_parquet(src, index=False)
     with pytest.raises(ValueError, match="no training events"):
         time_split_file(src, CUTOFF, tmp_path / "t.parquet", tmp_path / "h.parquet")

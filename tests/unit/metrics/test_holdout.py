@@ -1,10 +1,11 @@
-"""The evaluate stage's inputs from the split files' integer codes equal the string-id route.
+"""The evaluate stage's inputs from the split files' integer codes.
 
 A small synthetic split (cold holdout users, holdout-only items, repeated events, a recent
-window, a champion with a different item set) is written twice: with ``user_idx`` /
-``item_idx`` into sorted id maps (what ``pipeline.split`` writes) and without them. Both
-:func:`holdout_inputs` routes, and the whole ``pipeline.evaluate`` stage (MLflow stubbed),
-must give the same inputs, the same report and the same per-user Parquet.
+window, a champion with a different item set) is written with ``user_idx`` / ``item_idx`` into
+sorted id maps (what the split stage writes). :func:`holdout_inputs` must give the inputs
+computed here by hand from the string ids, and the whole evaluate stage (MLflow stubbed) the
+report and per-user Parquet recorded from the string-id route it replaced
+(``expected/holdout_*``). Files without codes or maps are refused.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ import pytest
 from include.recsys.config.settings import load_config
 from include.recsys.core.ids import IdMap
 from include.recsys.core.run import RunContext
+from include.recsys.errors import IdRouteError
 from include.recsys.metrics.holdout import holdout_inputs
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import ranked_filtered
 from include.recsys.stages.evaluate import evaluate
 
 CUTOFF = pd.Timestamp("2026-11-14", tz="UTC")
+
+EXPECTED = Path(__file__).parent / "expected"
 
 
 def _events(rng: np.random.Generator, naive: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -92,77 +96,113 @@ def world(tmp_path: Path, request) -> dict:
         "tmp": tmp_path,
         "coded": coded,
         "plain": plain,
+        "train": train,
+        "holdout": holdout,
         "candidate": candidate,
         "champion": champion,
     }
 
 
-def _inputs(world: dict, coded: bool, maps: bool = True):
-    folder = world["coded"] if coded else world["plain"]
+def _inputs(world: dict, maps: bool = True):
+    folder = world["coded"]
     return holdout_inputs(
         folder / "train.parquet",
         folder / "holdout.parquet",
         world["candidate"],
         recent_days=7,
         cutoff=CUTOFF,
-        users_map=world["coded"] / "users.parquet" if maps else None,
-        items_map=world["coded"] / "items.parquet" if maps else None,
+        users_map=folder / "users.parquet" if maps else None,
+        items_map=folder / "items.parquet" if maps else None,
     )
 
 
-def _same_csr(a, b) -> None:
-    assert a.shape == b.shape
-    a, b = a.tocsr(), b.tocsr()
-    a.sort_indices()
-    b.sort_indices()
-    np.testing.assert_array_equal(a.indptr, b.indptr)
-    np.testing.assert_array_equal(a.indices, b.indices)
-    np.testing.assert_array_equal(a.data, b.data)
+def _dense(pairs: pd.DataFrame, rows: pd.Index, cols: pd.Index, width: int | None = None) -> np.ndarray:
+    """Count of each (user_id, item_id) pair in a (rows x cols) array; other ids dropped."""
+    out = np.zeros((len(rows), width or len(cols)), np.float32)
+    r, c = rows.get_indexer(pairs["user_id"]), cols.get_indexer(pairs["item_id"])
+    ok = (r >= 0) & (c >= 0)
+    np.add.at(out, (r[ok], c[ok]), 1.0)
+    return out
 
 
 @pytest.mark.parametrize("world", ["utc", "naive"], indirect=True)
-def test_codes_and_strings_give_the_same_inputs(world: dict) -> None:
-    codes, strings = _inputs(world, coded=True), _inputs(world, coded=False)
-    assert (codes.source, strings.source) == ("codes", "strings")
-    assert codes.users.equals(strings.users)
-    assert codes.eval_items.equals(strings.eval_items)
-    assert len(codes.eval_items) > len(world["candidate"].item_ids)  # holdout-only items
-    np.testing.assert_array_equal(codes.warm, strings.warm)
-    assert not codes.warm.all()  # cold holdout users
-    _same_csr(codes.relevant, strings.relevant)
-    _same_csr(codes.seen, strings.seen)
-    np.testing.assert_array_equal(codes.recent, strings.recent)
-    assert codes.recent.sum() > 0
-    np.testing.assert_array_equal(np.sort(codes.train_counts), np.sort(strings.train_counts))
-    np.testing.assert_array_equal(codes.user_counts, strings.user_counts)
-    pd.testing.assert_series_equal(codes.first_ts, strings.first_ts, check_names=False)
-    assert codes.cutoff == strings.cutoff
-    champ = world["champion"]
-    _same_csr(codes.seen_for(champ), strings.seen_for(champ))
-    # the seen filter drops the same items from the popularity list either way
-    order = world["candidate"].popular_order
-    np.testing.assert_array_equal(
-        ranked_filtered(order, codes.seen, 10), ranked_filtered(order, strings.seen, 10)
-    )
+def test_inputs_from_codes_are_the_figures_of_the_string_ids(world: dict) -> None:
+    got = _inputs(world)
+    train, holdout, cand, champ = world["train"], world["holdout"], world["candidate"], world["champion"]
+    users = pd.Index(sorted(holdout["user_id"].unique()))
+    assert got.users.equals(users)
+    np.testing.assert_array_equal(got.warm, users.isin(cand.user_ids))
+    assert not got.warm.all()  # cold holdout users
+    eval_items = cand.item_ids.append(pd.Index(sorted(set(holdout["item_id"]) - set(cand.item_ids))))
+    assert got.eval_items.equals(eval_items)
+    assert len(got.eval_items) > len(cand.item_ids)  # holdout-only items
+    # relevant: event counts (repeated events counted), one never-relevant dummy column
+    np.testing.assert_array_equal(got.relevant.toarray(), _dense(holdout, users, eval_items, len(eval_items) + 1))
+    # seen: each holdout user's training pairs (event counts), in the candidate's and the
+    # champion's item space
+    for model, seen in ((cand, got.seen), (champ, got.seen_for(champ))):
+        assert seen.has_canonical_format
+        np.testing.assert_array_equal(seen.toarray(), _dense(train, users, model.item_ids))
+    # recent: distinct users per candidate item in [cutoff - 7 days, cutoff)
+    distinct = train[["user_id", "item_id"]].drop_duplicates()
+    ts = pd.to_datetime(train["event_ts"], utc=True)
+    window = train.loc[((ts >= CUTOFF - pd.Timedelta(days=7)) & (ts < CUTOFF)).to_numpy()]
+    recent = window[["user_id", "item_id"]].drop_duplicates()["item_id"].value_counts()
+    np.testing.assert_array_equal(got.recent, recent.reindex(cand.item_ids, fill_value=0).to_numpy())
+    assert got.recent.sum() > 0
+    per_user = distinct.groupby("user_id").size()
+    np.testing.assert_array_equal(np.sort(got.train_counts), np.sort(per_user.to_numpy()))
+    np.testing.assert_array_equal(got.user_counts, per_user.reindex(users, fill_value=0).to_numpy())
+    first = train.groupby("user_id")["event_ts"].min().reindex(users).reset_index(drop=True)
+    pd.testing.assert_series_equal(got.first_ts, first, check_names=False)
+    assert got.cutoff == CUTOFF
     items = np.array([[0, 1, -1], [len(champ.item_ids) - 1, 2, 3]])
-    np.testing.assert_array_equal(
-        codes.to_eval_space(items, champ.item_ids), strings.to_eval_space(items, champ.item_ids)
-    )
+    pos = eval_items.get_indexer(champ.item_ids[np.maximum(items, 0).ravel()]).reshape(items.shape)
+    want = np.where(items < 0, -1, np.where(pos < 0, len(eval_items), pos))  # unknown: the dummy column
+    np.testing.assert_array_equal(got.to_eval_space(items, champ.item_ids), want)
+    assert (want == len(eval_items)).any()
 
 
-def test_falls_back_to_strings_without_codes_or_maps(world: dict) -> None:
-    assert _inputs(world, coded=True, maps=False).source == "strings"
-    assert _inputs(world, coded=False, maps=True).source == "strings"  # no code columns
-    # a missing code (-1) is left to the string route and its semantics
+def test_no_codes_or_maps_is_an_id_route_error(world: dict) -> None:
+    with pytest.raises(IdRouteError, match="no user id map .*rerun the snapshot stage"):
+        _inputs(world, maps=False)
+    plain = world["plain"]
+    with pytest.raises(IdRouteError, match="has no user_idx/item_idx codes"):
+        holdout_inputs(plain / "train.parquet", plain / "holdout.parquet", world["candidate"], recent_days=7,
+                       cutoff=CUTOFF, users_map=world["coded"] / "users.parquet",
+                       items_map=world["coded"] / "items.parquet")
     path = world["coded"] / "holdout.parquet"
     df = pd.read_parquet(path)
-    df.loc[0, "item_idx"] = -1
+    df.loc[0, "item_idx"] = -1  # a missing id
     df.to_parquet(path, index=False)
-    assert _inputs(world, coded=True).source == "strings"
+    with pytest.raises(IdRouteError, match=r"holdout.parquet: item_idx outside \[0, 40\)"):
+        _inputs(world)
+    df.loc[0, "item_idx"] = 40  # beyond the map
+    df.to_parquet(path, index=False)
+    with pytest.raises(IdRouteError, match="item_idx outside"):
+        _inputs(world)
 
 
-def test_evaluate_stage_report_is_the_same_from_codes(world: dict, monkeypatch, caplog) -> None:
-    caplog.set_level("INFO", logger="include.recsys.metrics.ranking")
+def _same(got, want, where: str) -> None:
+    """Equal JSON values, floats to rel 1e-9 (the recorded figures came from another process)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for k in want:
+            _same(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for k, (g, w) in enumerate(zip(got, want)):
+            _same(g, w, f"{where}[{k}]")
+    elif isinstance(want, float) and not isinstance(got, bool):
+        assert got == pytest.approx(want, rel=1e-9, nan_ok=True), where
+    else:
+        assert got == want, where
+
+
+def test_evaluate_stage_report_is_the_recorded_one(world: dict, monkeypatch, caplog) -> None:
+    """The stage on the coded split gives the report and per-user table the string-id route
+    gave on the same data (recorded before it was deleted)."""
+    caplog.set_level("INFO", logger="include.recsys.metrics.holdout")
     cfg = load_config({"data_dir": world["tmp"] / "data"})
     champion = world["champion"]
     monkeypatch.setattr("include.recsys.tracking.registry.download_bundle", lambda cfg, alias, dst: ("7", champion))
@@ -172,31 +212,27 @@ def test_evaluate_stage_report_is_the_same_from_codes(world: dict, monkeypatch, 
     monkeypatch.setattr(lineage, "log_holdout", lambda *a, **k: None)
     bundle_dir = world["candidate"].save(world["tmp"] / "bundle")
     model = {"bundle": str(bundle_dir), "mlflow_run_id": "none"}
-    stats = {"cutoff": CUTOFF.isoformat()}
-    outputs = {}
-    for label, folder, maps in (
-        ("codes", world["coded"], True),
-        ("strings", world["plain"], False),
-    ):
-        parts = {"train": str(folder / "train.parquet"), "holdout": str(folder / "holdout.parquet"), "stats": stats}
-        if maps:
-            parts.update(users=str(folder / "users.parquet"), items=str(folder / "items.parquet"))
-        rc = RunContext(
-            "recsys_nightly_retrain", f"manual__{label}", datetime(2026, 11, 20, tzinfo=timezone.utc),
-            datetime(2026, 11, 21, tzinfo=timezone.utc),
-        )
-        caplog.clear()
-        out = evaluate(cfg, rc, parts, model)
-        assert f"evaluation inputs from {label}" in caplog.text
-        report = json.loads(Path(out["report"]).read_text())
-        outputs[label] = (report, pq.read_table(report["per_user"]))
-    (rep_c, table_c), (rep_s, table_s) = outputs["codes"], outputs["strings"]
-    assert rep_c["champion_version"] == "7" and "candidate_vs_champion" in rep_c["paired"]
-    for key in set(rep_c) | set(rep_s):
-        if key not in ("seconds", "per_user"):
-            assert rep_c[key] == rep_s[key], key
-    assert table_c.equals(table_s)
-    assert table_c.num_rows > 0
+    folder = world["coded"]
+    parts = {"train": str(folder / "train.parquet"), "holdout": str(folder / "holdout.parquet"),
+             "stats": {"cutoff": CUTOFF.isoformat()},
+             "users": str(folder / "users.parquet"), "items": str(folder / "items.parquet")}
+    rc = RunContext(
+        "recsys_nightly_retrain", "manual__codes", datetime(2026, 11, 20, tzinfo=timezone.utc),
+        datetime(2026, 11, 21, tzinfo=timezone.utc),
+    )
+    out = evaluate(cfg, rc, parts, model)
+    assert "evaluation inputs from the split's codes" in caplog.text
+    report = json.loads(Path(out["report"]).read_text())
+    expected = json.loads((EXPECTED / "holdout_report.json").read_text())
+    assert report["champion_version"] == "7" and "candidate_vs_champion" in report["paired"]
+    # the definitions are prose about where things live, not figures
+    assert set(report) - {"seconds", "per_user"} == set(expected)
+    for key in set(expected) - {"definitions"}:
+        _same(report[key], expected[key], key)
+    table = pq.read_table(report["per_user"])
+    want = pq.read_table(EXPECTED / "holdout_per_user.parquet")
+    assert table.num_rows == want.num_rows > 0
+    pd.testing.assert_frame_equal(table.to_pandas(), want.to_pandas(), rtol=1e-9)
 
 
 def test_ranked_filtered_matches_a_plain_loop() -> None:

@@ -15,7 +15,6 @@ from include.recsys.metrics.ranking import ranking_metrics
 from include.recsys.metrics.slices import (
     head_item_mask,
     heavy_threshold,
-    recent_item_popularity,
     restrict_relevant,
     user_slice_labels,
 )
@@ -87,29 +86,10 @@ def test_restrict_relevant() -> None:
     assert rel.nnz == 4  # input untouched
 
 
-# --- recent popularity -------------------------------------------------------------------
-def test_recent_item_popularity_and_order() -> None:
-    items = pd.Index(["a", "b", "c", "d"])
-    events = pd.DataFrame(
-        {
-            "user_id": ["u1", "u1", "u2", "u3", "u3", "u4", "u5"],
-            "item_id": ["c", "c", "c", "b", "a", "a", "zz"],
-            "event_ts": pd.to_datetime(
-                [
-                    "2026-11-13 00:00",  # in the last 7 days
-                    "2026-11-12 00:00",  # the same user again: counted once
-                    "2026-11-07 00:00",  # exactly cutoff - 7 days: included
-                    "2026-11-06 23:59",  # just before the window: excluded
-                    "2026-11-14 00:00",  # at the cutoff: holdout time, excluded
-                    "2026-11-10 00:00",
-                    "2026-11-10 00:00",  # unknown item: ignored
-                ],
-                utc=True,
-            ),
-        }
-    )
-    recent = recent_item_popularity(events, items, CUTOFF, 7)
-    assert recent.tolist() == [1, 0, 2, 0]
+# --- recent popularity order ---------------------------------------------------------------
+# (the recent counts themselves come from the split's codes: tests/unit/metrics/test_holdout.py)
+def test_recent_popularity_order() -> None:
+    recent = np.array([1, 0, 2, 0])  # distinct recent users per item a, b, c, d
     global_pop = np.array([1, 5, 2, 3])
     # recent first (c, a), then the rest by global popularity (b, d)
     order = popularity_order(recent, global_pop)
@@ -118,8 +98,6 @@ def test_recent_item_popularity_and_order() -> None:
     # the baseline list with the same seen filter as every model
     seen = _csr([[2], []], 4)
     assert ranked_filtered(order, seen, 3).tolist() == [[0, 1, 3], [2, 0, 1]]
-    with pytest.raises(ValueError, match="column"):
-        recent_item_popularity(events.drop(columns="event_ts"), items, CUTOFF, 7)
 
 
 # --- evaluate_models ----------------------------------------------------------------------

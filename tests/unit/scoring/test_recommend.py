@@ -38,7 +38,7 @@ def _random_seen(rng: np.random.Generator, n_users: int, n_items: int, p: float)
 
 def _brute_topn(uf: np.ndarray, vf: np.ndarray, seen: sp.csr_matrix, n: int):
     """Full sort per user: score desc, item index asc; seen excluded; -1 / -inf padding."""
-    n_users, n_items = uf.shape[0], vf.shape[0]
+    n_users = uf.shape[0]
     scores = uf.astype(np.float64) @ vf.astype(np.float64).T
     dense_seen = seen.toarray() != 0
     items = np.full((n_users, n), -1, dtype=np.int64)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from include.recsys.core.ids import encode
 from include.recsys.errors import RulesError
 from include.recsys.scoring.bundle import ModelBundle
 from include.recsys.scoring.recommend import recommend, topn_dense
@@ -18,7 +19,7 @@ from include.recsys.scoring.rules import load_for_run, read_resolved, save_resol
 from include.recsys.tables.current import history, point_current, read_current
 from include.recsys.tables.versions import write_version
 from include.recsys.validation.history import load_bounds
-from include.recsys.validation.output import set_checks
+from include.recsys.validation.output import SeenPairs, set_checks
 
 AS_OF = "2026-12-01T00:00:00+00:00"
 
@@ -91,7 +92,8 @@ def test_rules_excluding_ten_percent_fill_every_list(tmp_path) -> None:
     assert len(fb) == n and not fb["item_id"].isin(excluded).any()
     # output validation: passes, and counts lists against the allowed catalog
     cat = pd.DataFrame({"user_id": "zz", "item_id": b.item_ids})  # every item in the catalog
-    snap = pd.concat([seen, cat], ignore_index=True)
+    coded, users, items = encode(pd.concat([seen, cat], ignore_index=True))
+    snap = SeenPairs.from_codes(users.ids, items.ids, coded["user_idx"].to_numpy(), coded["item_idx"].to_numpy())
     res, _, _ = set_checks(table, top_n=n, seen=snap, current=None, bounds=load_bounds(),
                            excluded=rules.excluded, fallback=fb)
     by = {r["check"]: r for r in res}

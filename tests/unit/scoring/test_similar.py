@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.recsys.core.uri import similar_root
 from include.recsys.errors import OutputValidationError
 from include.recsys.scoring import similar as sim
 from include.recsys.stages.similar import write_table
@@ -81,7 +82,7 @@ def _published(tmp_path, allowed=None):
     vf = rng.standard_normal((25, 5)).astype(np.float32)
     items, scores = sim.exact(vf, 4, allowed)
     fb = sim.fallback_frame(ids, np.arange(25)[::-1], 4, allowed)
-    root = sim.similar_root(tmp_path / "data" / "recommendations")
+    root = similar_root(tmp_path / "data" / "recommendations")
     write_table(root, "v1", ids, items, scores, fb, {"data_window": {"end": "2026-12-01"}})
     return root, ids, items, fb
 

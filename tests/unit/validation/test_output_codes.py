@@ -1,14 +1,17 @@
-"""The validation fast paths give exactly the results of the string paths: snapshot statistics
-from integer codes, the output set checks from :class:`SeenPairs`, and GX's batch fingerprint
-limit."""
+"""The validation of the id codes: snapshot statistics from integer codes, the output set checks
+over :class:`SeenPairs` (against results worked out by hand below), the coded snapshot pairs
+of the validate_output stage, and GX's batch fingerprint limit."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.core.ids import IdMap
+from include.recsys.core.ids import IdMap, encode
+from include.recsys.errors import IdRouteError
 from include.recsys.validation.history import (
     load_bounds,
     read_snapshot,
@@ -16,16 +19,16 @@ from include.recsys.validation.history import (
 )
 from include.recsys.validation.output import SeenPairs, set_checks
 
-
-def _seen(rng: np.random.Generator, n: int = 300) -> pd.DataFrame:
-    return pd.DataFrame({
-        "user_id": pd.Series([f"{u}" for u in rng.choice(list("abcez"), n)], dtype="str"),
-        "item_id": pd.Series([f"i{k}" for k in rng.integers(0, 12, n)], dtype="str"),
-        "event_ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10 * 86400, n), unit="s"),
-    })
+# the snapshot's pairs (duplicates included); user e has no list, catalog = i0 i1 i2 i5 i6 i7 i8
+SEEN = pd.DataFrame(
+    [("a", "i1"), ("a", "i7"), ("a", "i8"), ("a", "i7"), ("b", "i0"), ("b", "i6"), ("c", "i0"),
+     ("e", "i2"), ("e", "i5"), ("e", "i2")],
+    columns=["user_id", "item_id"],
+).astype("str")
 
 
 def _table() -> pd.DataFrame:
+    # a: i1 i2 i3, b: i2 i3 i4, c: i3 i4 i5 (ranks 1..3)
     rows = [(u, r, f"i{(k + r) % 9}", 1.0 - r / 10) for k, u in enumerate(["a", "b", "c"]) for r in (1, 2, 3)]
     rows.append(("d", 1, "i_unknown", 0.5))  # an item outside the catalog
     rows.append(("b", 3, "i1", 0.1))  # a repeated rank
@@ -33,44 +36,97 @@ def _table() -> pd.DataFrame:
     return t.astype({"user_id": "str", "item_id": "str", "rank": "int32", "score": "float32"})
 
 
-def _coded(seen: pd.DataFrame, wider: bool = False) -> SeenPairs:
-    users, u = IdMap.factorize(seen["user_id"])
-    items, i = IdMap.factorize(seen["item_id"])
-    uid, iid = users.ids, items.ids
+#: check -> (success, observed) of set_checks(_table(), top_n=3, seen=SEEN)
+EXPECTED = {
+    "items_in_catalog": (False, 6),  # a-i3, b-i3, b-i4, c-i3, c-i4, d-i_unknown
+    "no_seen_items": (False, 1),  # a-i1
+    "distinct_items": (True, 0),
+    "items_per_user": (False, 2),  # b has 4 rows, d 1 row; min(3, 7 - seen) = 3 for all
+    "ranks_contiguous": (False, 1),  # b: 1, 2, 3, 3
+    "scores_non_increasing": (True, 0),
+    "user_coverage": (False, 0.75),  # a, b, c of a, b, c, e
+}
+
+
+def _pairs(seen: pd.DataFrame, wider: bool = False) -> SeenPairs:
+    coded, users, items = encode(seen)
+    uid, iid, u = users.ids, items.ids, coded["user_idx"].to_numpy()
     if wider:  # maps holding ids no row uses: they are not seen ids nor catalog items
         uid = pd.Index(["0zz", *uid], dtype="str")
         iid = pd.Index([*iid, "zz"], dtype="str")
         u = u + 1
-    return SeenPairs.from_codes(uid, iid, u.astype(np.int32), i.astype(np.int32))
+    return SeenPairs.from_codes(uid, iid, u, coded["item_idx"].to_numpy())
+
+
+def _by_check(results: list[dict]) -> dict[str, tuple]:
+    return {r["check"]: (r["success"], r["observed_value"]) for r in results}
 
 
 @pytest.mark.parametrize("wider", [False, True])
 @pytest.mark.parametrize("with_current", [False, True])
-def test_seen_pairs_give_the_same_checks(wider: bool, with_current: bool) -> None:
-    seen = _seen(np.random.default_rng(3))
+def test_set_checks_over_seen_pairs(wider: bool, with_current: bool) -> None:
     current = None
     if with_current:
         current = pd.DataFrame({"user_id": ["a", "a", "c", "q"], "item_id": ["i2", "i9", "i3", "i1"]}).astype("str")
-    plain = set_checks(_table(), top_n=3, seen=seen[["user_id", "item_id"]], current=current, bounds=load_bounds())
-    coded = set_checks(_table(), top_n=3, seen=_coded(seen, wider), current=current, bounds=load_bounds())
-    assert coded == plain
-    assert any(not r["success"] for r in plain[0])
+    results, notes, figures = set_checks(_table(), top_n=3, seen=_pairs(SEEN, wider), current=current,
+                                         bounds=load_bounds())
+    got = _by_check(results)
+    assert {k: got[k] for k in EXPECTED} == EXPECTED
+    by = {r["check"]: r for r in results}
+    assert "('a', 'i1')" in by["no_seen_items"]["message"]
+    assert "b has 4 (expected 3)" in by["items_per_user"]["message"] and "d has 1 (expected 3)" in by["items_per_user"]["message"]
+    assert figures["users"] == 4 and figures["rows"] == 11
+    if not with_current:
+        assert got["jaccard_vs_current"] == (True, None) and "no CURRENT table" in notes[0]
+    else:  # common users a ({i1 i2 i3} vs {i2 i9}: 1/4) and c ({i3 i4 i5} vs {i3}: 1/3)
+        mean = (1 / 4 + 1 / 3) / 2
+        assert got["jaccard_vs_current_min"][1] == pytest.approx(mean)
+        assert got["jaccard_vs_current_min"][0] and got["jaccard_vs_current_max"][0]
+        assert figures["common_users_vs_current"] == 2
+
+
+def test_set_checks_need_the_coded_pairs() -> None:
+    with pytest.raises(TypeError, match="SeenPairs"):
+        set_checks(_table(), top_n=3, seen=SEEN, current=None, bounds=load_bounds())
 
 
 def test_seen_pairs_reject_codes_outside_the_maps() -> None:
     with pytest.raises(ValueError, match="user codes outside"):
         SeenPairs.from_codes(pd.Index(["a"]), pd.Index(["i"]), np.array([1]), np.array([0]))
+    with pytest.raises(ValueError, match="item codes outside"):
+        SeenPairs.from_codes(pd.Index(["a"]), pd.Index(["i"]), np.array([0]), np.array([-1]))
+
+
+def _seen(rng: np.random.Generator, n: int = 300) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": pd.Series([f"{u}" for u in rng.choice(list("abcez"), n)], dtype="str"),
+        "item_id": pd.Series([f"i{k}" for k in rng.integers(0, 120, n)], dtype="str"),
+        "event_ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 10 * 86400, n), unit="s"),
+    })
 
 
 @pytest.mark.parametrize("previous_end", [None, "2026-01-05"])
 def test_snapshot_statistics_from_codes(previous_end: str | None) -> None:
     seen = _seen(np.random.default_rng(5))
     prev = pd.Timestamp(previous_end, tz="UTC") if previous_end else None
-    _, u = IdMap.factorize(seen["user_id"])
-    _, i = IdMap.factorize(seen["item_id"])
-    assert snapshot_statistics(seen, prev, (u.astype(np.int32), i.astype(np.int32))) == snapshot_statistics(seen, prev)
+    coded, _, _ = encode(seen)
+    u, i = coded["user_idx"].to_numpy(), coded["item_idx"].to_numpy()
+    per_user, per_item = seen["user_id"].value_counts(), seen["item_id"].value_counts()
+    k = math.ceil(0.01 * len(per_item))
+    want = {
+        "rows": 300, "users": 5, "items": seen["item_id"].nunique(),
+        "top_user_share": per_user.max() / 300,
+        "top1pct_item_share": per_item.nlargest(k).sum() / 300,
+        "new_user_share": None, "new_item_share": None,
+    }
+    if prev is not None:
+        for name in ("user", "item"):
+            first = seen.groupby(f"{name}_id")["event_ts"].min()
+            want[f"new_{name}_share"] = float((first >= prev).mean())
+        assert 0 < want["new_item_share"] < 1
+    assert snapshot_statistics(seen, prev, (u, i)) == pytest.approx(want)
     wider = (u + 2, i)  # codes into a map with two unused ids
-    assert snapshot_statistics(seen, prev, wider) == snapshot_statistics(seen, prev)
+    assert snapshot_statistics(seen, prev, wider) == pytest.approx(want)
 
 
 def test_read_snapshot_splits_off_the_codes(tmp_path) -> None:
@@ -78,11 +134,11 @@ def test_read_snapshot_splits_off_the_codes(tmp_path) -> None:
     path = tmp_path / "snap.parquet"
     seen.assign(user_idx=np.arange(len(seen), dtype=np.int32), item_idx=np.zeros(len(seen), np.int32)).to_parquet(path)
     df, codes = read_snapshot(path)
-    assert list(df.columns) == list(seen.columns) and codes is not None
+    assert list(df.columns) == list(seen.columns)
     assert (codes[0] == np.arange(len(seen))).all() and (codes[1] == 0).all()
     seen.to_parquet(path)
-    df, codes = read_snapshot(path)
-    assert codes is None and list(df.columns) == list(seen.columns)
+    with pytest.raises(IdRouteError, match="snap.parquet has no user_idx/item_idx codes.*rerun the snapshot stage"):
+        read_snapshot(path)
 
 
 def test_gx_fingerprint_limit_is_temporary() -> None:
@@ -97,10 +153,21 @@ def test_gx_fingerprint_limit_is_temporary() -> None:
     assert engine.HASH_THRESHOLD == before
 
 
+def _coded_snapshot(tmp_path, seen: pd.DataFrame) -> dict[str, str]:
+    coded, users, items = encode(seen)
+    snap = {"snapshot": str(tmp_path / "s.parquet"), "users": str(tmp_path / "u.parquet"),
+            "items": str(tmp_path / "i.parquet")}
+    coded.to_parquet(snap["snapshot"])
+    users.to_frame("user").to_parquet(snap["users"])
+    items.to_frame("item").to_parquet(snap["items"])
+    return snap
+
+
 @pytest.mark.parametrize("pseudonymize", [False, True])
-def test_privacy_seen_from_codes_matches_the_string_pairs(tmp_path, monkeypatch, pseudonymize: bool) -> None:
-    """pipeline._privacy_seen on a coded snapshot (codes + id maps) checks like the string pairs."""
-    from include.recsys.core.privacy import pseudonymize_table
+def test_privacy_seen_gives_the_coded_pairs_with_the_tables_user_ids(tmp_path, monkeypatch, pseudonymize: bool) -> None:
+    """The validate_output stage's snapshot pairs: user ids tokenised as the table's are (per
+    distinct id), and the same check results as the plain pairs above."""
+    from include.recsys.core.privacy import load_key, pseudonymize_ids, pseudonymize_table
     from include.recsys.stages.validate_output import _privacy_seen
 
     if pseudonymize:
@@ -108,16 +175,27 @@ def test_privacy_seen_from_codes_matches_the_string_pairs(tmp_path, monkeypatch,
         monkeypatch.setenv("RECSYS_PSEUDONYMIZE_KEY", "k" * 32)
     else:
         monkeypatch.delenv("RECSYS_PSEUDONYMIZE_USER_IDS", raising=False)
-    seen = _seen(np.random.default_rng(11))
-    users, u = IdMap.factorize(seen["user_id"])
-    items, i = IdMap.factorize(seen["item_id"])
-    snap = {"snapshot": str(tmp_path / "s.parquet"), "users": str(tmp_path / "u.parquet"), "items": str(tmp_path / "i.parquet")}
-    seen.assign(user_idx=u.astype(np.int32), item_idx=i.astype(np.int32)).to_parquet(snap["snapshot"])
-    users.to_frame("user").to_parquet(snap["users"])
-    items.to_frame("item").to_parquet(snap["items"])
-    pairs = _privacy_seen(snap)
+    pairs = _privacy_seen(_coded_snapshot(tmp_path, SEEN))
     assert isinstance(pairs, SeenPairs)
-    table = pseudonymize_table(_table())
-    expected_seen = pseudonymize_table(seen[["user_id", "item_id"]])
-    plain = set_checks(table, top_n=3, seen=expected_seen, current=None, bounds=load_bounds())
-    assert set_checks(table, top_n=3, seen=pairs, current=None, bounds=load_bounds()) == plain
+    users = pd.Index(pseudonymize_ids(SEEN["user_id"], load_key())) if pseudonymize else SEEN["user_id"]
+    np.testing.assert_array_equal(pairs.users[pairs.user_codes], np.asarray(users))
+    np.testing.assert_array_equal(pairs.items[pairs.item_codes], SEEN["item_id"].to_numpy())
+    results, _, _ = set_checks(pseudonymize_table(_table()), top_n=3, seen=pairs, current=None, bounds=load_bounds())
+    got = _by_check(results)
+    assert {k: got[k] for k in EXPECTED} == EXPECTED
+
+
+def test_privacy_seen_refuses_a_snapshot_without_maps_or_with_missing_ids(tmp_path) -> None:
+    from include.recsys.stages.validate_output import _privacy_seen
+
+    snap = _coded_snapshot(tmp_path, SEEN)
+    with pytest.raises(IdRouteError, match="no item id map"):
+        _privacy_seen({**snap, "items": None})
+    df = pd.read_parquet(snap["snapshot"])
+    df.loc[3, "item_idx"] = -1  # a missing item id: the input suite fails such a run first
+    df.to_parquet(snap["snapshot"])
+    with pytest.raises(IdRouteError, match=r"item_idx outside \[0, 7\)"):
+        _privacy_seen(snap)
+    IdMap(pd.Index(["a"])).to_frame("user").to_parquet(snap["users"])  # another snapshot's map
+    with pytest.raises(IdRouteError, match="user_idx outside"):
+        _privacy_seen(snap)
