@@ -31,6 +31,7 @@ import numpy as np
 def item_factors(preset: str, factors: int, iterations: int) -> tuple[np.ndarray, dict]:
     from include.recsys.backends.implicit import train
     from include.recsys.config.settings import load_config
+    from include.recsys.core.ids import encode
     from include.recsys.data.synth import PRESETS, generate
 
     t0 = time.perf_counter()
@@ -38,9 +39,10 @@ def item_factors(preset: str, factors: int, iterations: int) -> tuple[np.ndarray
     gen_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config({"data_dir": tmp, "factors": factors, "iterations": iterations})
-        # the snapshot's confidence weight per event (as pipeline.snapshot derives it)
+        # the snapshot's confidence weight per event (as the snapshot stage derives it)
         df["weight"] = df["event_type"].astype(str).map(cfg.event_weights).fillna(1.0).astype(np.float32)
-        bundle, stats = train(df, cfg)
+        coded, users, items = encode(df)
+        bundle, stats = train(coded, cfg, id_maps=(users, items))
     return bundle.item_factors, {"events": len(df), "items": int(bundle.item_factors.shape[0]),
                                  "users": int(bundle.user_factors.shape[0]), "generate_s": round(gen_s, 1),
                                  "fit_s": round(stats.fit_seconds, 1)}

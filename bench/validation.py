@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from include.recsys.backends.implicit import train
     from include.recsys.config.settings import PipelineConfig
+    from include.recsys.core.ids import encode
     from include.recsys.data import synth
     from include.recsys.data.source import add_weights
     from include.recsys.validation.history import snapshot_statistics
@@ -56,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             parameters={"event_types": sorted(cfg.event_weights) + ["event", "rating"]},
             docs_dir=docs if args.docs else None,
         )
-    stats = snapshot_statistics(df, end - pd.Timedelta(days=1))
+    coded, users, items = encode(df)  # what the snapshot stage writes beside the rows
+    stats = snapshot_statistics(df, end - pd.Timedelta(days=1), (coded["user_idx"].to_numpy(), coded["item_idx"].to_numpy()))
     validation_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    _, train_stats = train(df, cfg)
+    _, train_stats = train(coded, cfg, id_maps=(users, items))
     train_s = time.perf_counter() - t0
     print(json.dumps({
         "preset": args.preset, "rows": len(df), "users": stats["users"], "items": stats["items"],

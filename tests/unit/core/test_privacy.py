@@ -95,8 +95,10 @@ def test_published_table_carries_pseudonyms_when_enabled(tmp_path, monkeypatch):
     rc = RunContext("d", "r1", pd.Timestamp("2026-11-20", tz="UTC"), pd.Timestamp("2026-11-21", tz="UTC"))
     snap = snapshot(cfg, rc)
     from include.recsys.backends.implicit import train
+    from include.recsys.core.ids import read_id_maps
 
-    bundle, _ = train(pd.read_parquet(snap["snapshot"]), cfg)
+    maps = read_id_maps(snap["users"], snap["items"], snap["snapshot"])
+    bundle, _ = train(pd.read_parquet(snap["snapshot"]), cfg, id_maps=maps)
     model = {"bundle": str(bundle.save(tmp_path / "bundle"))}
     shard = plan_shards(cfg, rc, snap)[0]
     score_shard(cfg, rc, snap, model, {"model_name": "m", "model_version": "1"}, shard)
