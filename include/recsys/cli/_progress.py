@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from include.recsys.cli._console import STYLES, Out
+from include.recsys.core.fmt import fmt_num
 
 TAIL_LINES = 8
 MARKS = {"success": "ok", "failed": "FAILED", "skipped": "skipped", "upstream_failed": "not run",
@@ -124,27 +125,19 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _num(x: Any) -> str:
-    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else str(x)
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
 def figures(task_id: str, value: Any) -> str:
     """What a stage's XCom says it did, in a few words ('' when it says nothing countable)."""
     v = value if isinstance(value, dict) else {}
     st = v.get("stats") or {}
     counts = v.get("counts") or {}
     if task_id == "snapshot" and st:
-        return (f"{_num(st.get('rows_read'))} rows in -> {_num(st.get('rows'))} rows out "
-                f"({_num(st.get('users'))} users, {_num(st.get('items'))} items)")
+        return (f"{fmt_num(st.get('rows_read'), 'int')} rows in -> {fmt_num(st.get('rows'), 'int')} rows out "
+                f"({fmt_num(st.get('users'), 'int')} users, {fmt_num(st.get('items'), 'int')} items)")
     if task_id in ("validate_input", "validate_output") and counts:
         warned = f", {counts.get('warned')} warnings" if counts.get("warned") else ""
         return f"{counts.get('passed')}/{counts.get('checks')} checks passed{warned}"
     if task_id == "split" and st:
-        return f"{_num(st.get('train_rows'))} train / {_num(st.get('holdout_rows'))} holdout rows"
+        return f"{fmt_num(st.get('train_rows'), 'int')} train / {fmt_num(st.get('holdout_rows'), 'int')} holdout rows"
     if task_id == "plan_trials" and isinstance(value, list):
         return f"{len(value)} trials" if value else "no tuning tonight"
     if task_id == "select_best" and v:
@@ -152,12 +145,12 @@ def figures(task_id: str, value: Any) -> str:
     if task_id == "should_publish" and isinstance(value, bool):
         return "go on: register and publish" if value else "dry run: nothing is registered or published"
     if task_id == "train" and st:
-        return (f"{_num(st.get('users'))} users x {_num(st.get('items'))} items, "
-                f"{_num(st.get('nnz'))} interactions")
+        return (f"{fmt_num(st.get('users'), 'int')} users x {fmt_num(st.get('items'), 'int')} items, "
+                f"{fmt_num(st.get('nnz'), 'int')} interactions")
     if task_id == "evaluate" and v.get("metrics"):
         models = v["metrics"]
         key = next((k for k in models.get("candidate", {}) if k.startswith("ndcg@")), None)
-        return f"{key}: " + ", ".join(f"{m} {_fmt(models[m].get(key))}" for m in models) if key else ""
+        return f"{key}: " + ", ".join(f"{m} {fmt_num(models[m].get(key))}" for m in models) if key else ""
     if task_id == "gate" and v:
         return f"{v.get('verdict')} on {v.get('metric')}" + (" (FORCED)" if v.get("forced") else "")
     if task_id == "register" and v:
@@ -173,7 +166,8 @@ def figures(task_id: str, value: Any) -> str:
     if task_id == "publish" and v:
         return f"CURRENT -> {v.get('version')}" if v.get("moved") else f"{v.get('version')} already served"
     if "rows" in v:
-        out = f"{_num(v['rows'])} rows out" + (f" ({_num(v['users'])} users)" if "users" in v else "")
+        out = f"{fmt_num(v['rows'], 'int')} rows out"
+        out += f" ({fmt_num(v['users'], 'int')} users)" if "users" in v else ""
         return out + (f" -> version {v['version']}" if v.get("version") else "")
     return ""
 

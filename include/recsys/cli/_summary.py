@@ -12,22 +12,21 @@ from typing import Any
 
 from include.recsys.cli._console import STYLES, Out
 from include.recsys.cli._progress import Failure
+from include.recsys.core.fmt import fmt_num
+from include.recsys.core.metric_key import parse_metric
+from include.recsys.core.paths import RunPaths
 
 METRICS = ("precision", "recall", "ndcg", "map", "coverage")
 
 
-def _num(x: Any) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
-def _gate_k(gate: dict[str, Any], metrics: dict[str, Any]) -> str:
-    metric = str(gate.get("metric") or "")
-    if "@" in metric:
-        return metric.split("@", 1)[1]
-    keys = [k for k in metrics.get("candidate", {}) if "@" in k]
-    return keys[0].split("@", 1)[1] if keys else "10"
+def _gate_k(gate: dict[str, Any], metrics: dict[str, Any]) -> int:
+    """The gate metric's k, else the first k of the candidate's metrics (an older summary)."""
+    for key in (gate.get("metric"), *metrics.get("candidate", {})):
+        try:
+            return parse_metric(key)[1]
+        except ValueError:
+            continue
+    return 10
 
 
 def render_metrics(out: Out, summary: dict[str, Any]) -> None:
@@ -57,8 +56,8 @@ def render_gate(out: Out, gate: dict[str, Any]) -> None:
     for rule, res in zip(rules, results):
         if res == "FAIL":
             note = str(rule.get("note") or "")
-            out.line(f"    FAIL {rule.get('name')}: observed {_num(rule.get('observed'))}, "
-                     f"bound {_num(rule.get('bound'))}. {note[:100]}".rstrip(), STYLES["FAIL"])
+            out.line(f"    FAIL {rule.get('name')}: observed {fmt_num(rule.get('observed'))}, "
+                     f"bound {fmt_num(rule.get('bound'))}. {note[:100]}".rstrip(), STYLES["FAIL"])
 
 
 def render_summary(
@@ -102,7 +101,7 @@ def render_where(out: Out, summary: dict[str, Any], work_dir: Path, log_path: Pa
     out.line("Where to look", "bold")
     if summary.get("run_card"):
         out.line(f"  run card   : {summary['run_card']}")
-    docs = [work_dir / "validation" / "data_docs" / s / "index.html" for s in ("input", "output")]
+    docs = [RunPaths(work_dir).data_docs / s / "index.html" for s in ("input", "output")]
     docs = [d for d in docs if d.exists()]
     if docs:
         out.line(f"  Data Docs  : {docs[0]}")

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""The gate spec's schema: pydantic models of every rule kind, reading and validating the YAML.
+
+What the rules mean is :mod:`include.recsys.validation.gate`'s docstring; this module only makes
+sure a spec names known metrics, slices and baselines (a bad key is refused with its path)."""
 
 from __future__ import annotations
 
@@ -16,12 +19,11 @@ from pydantic import (
     model_validator,
 )
 
+from include.recsys.core.metric_key import parse_metric
 from include.recsys.errors import GateSpecError
 
 #: Metric names a rule may name (``<name>@<k>``).
 METRIC_NAMES = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "coverage", "gini", "novelty", "ild")
-
-_METRIC_RE = re.compile(rf"^({'|'.join(METRIC_NAMES)})@[1-9][0-9]*$")
 
 _SLICE_RE = re.compile(r"^[a-z_]+=[A-Za-z0-9_.-]+$")
 
@@ -29,7 +31,13 @@ BASELINES = ("popularity", "recent_popularity")
 
 
 def _check_metric(v: str | None) -> str | None:
-    if v is not None and not _METRIC_RE.match(v):
+    if v is None:
+        return v
+    try:
+        name, _ = parse_metric(v)
+    except ValueError:
+        name = ""
+    if name not in METRIC_NAMES:
         raise ValueError(f"{v!r} is not '<metric>@<k>' with metric one of {', '.join(METRIC_NAMES)}")
     return v
 

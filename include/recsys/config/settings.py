@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from include.recsys.core.metric_key import parse_metric
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 #: The fields a person may override when triggering a run by hand (the DAG's Param form).
@@ -313,8 +315,11 @@ class PipelineConfig(BaseSettings):
                 f"holdout_days ({self.holdout_days}) must be smaller than window_days "
                 f"({self.window_days})"
             )
-        metric = self.gate_metric.split("@")
-        if len(metric) != 2 or not metric[1].isdigit() or int(metric[1]) not in self.ks:
+        try:
+            k = parse_metric(self.gate_metric)[1]
+        except ValueError:
+            k = None
+        if k not in self.ks:
             raise ValueError(f"gate_metric {self.gate_metric!r} must be '<metric>@k' with k in ks {self.ks}")
         return self
 

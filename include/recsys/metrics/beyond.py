@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Beyond-accuracy building blocks: Gini of exposure, the popularity-bias curve, novelty's
+self-information and intra-list diversity (definitions: the package docstring)."""
 
 from __future__ import annotations
 

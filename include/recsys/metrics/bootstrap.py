@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Paired bootstrap intervals of ``mean(candidate - other)`` over the same users; one set of
+resamples serves every comparison of an evaluation (definition: the package docstring)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from include.recsys.core.fmt import fmt_num
+from include.recsys.core.paths import RunPaths
+
 log = logging.getLogger(__name__)
 
 
@@ -31,12 +34,6 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _num(x: Any) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
 def _md(text: Any) -> str:
     """A table cell: pipes and newlines would break the Markdown table."""
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -49,7 +46,7 @@ def gate_table(gate: dict[str, Any]) -> list[str]:
         res = r.get("result") or ("PASS" if r.get("passed") else "FAIL")
         note = str(r.get("note") or "")
         note = note if len(note) <= 120 else note[:117] + "..."
-        lines.append(f"| {_md(r.get('name'))} | {res} | {_num(r.get('observed'))} | {_num(r.get('bound'))} | {_md(note)} |")
+        lines.append(f"| {_md(r.get('name'))} | {res} | {fmt_num(r.get('observed'))} | {fmt_num(r.get('bound'))} | {_md(note)} |")
     return lines
 
 
@@ -63,7 +60,7 @@ def metrics_table(report: dict[str, Any], gate_metric: str | None) -> list[str]:
     head = "| metric | " + " | ".join(models) + (" | vs champion |" if "champion" in models else " |")
     lines = [head, "|---" * (len(models) + 1 + ("champion" in models)) + "|"]
     for k in keys:
-        row = [_num(metrics[m].get(k)) for m in models]
+        row = [fmt_num(metrics[m].get(k)) for m in models]
         if "champion" in models:
             cand, champ = metrics["candidate"].get(k), metrics["champion"].get(k)
             delta = f"{(cand - champ) / champ:+.1%}" if isinstance(cand, float) and isinstance(champ, float) and champ else "n/a"
@@ -76,14 +73,14 @@ def approval_request(
     work_dir: Path | str, version: str, current: str | None, *, run_id: str, mlflow_url: str | None = None
 ) -> tuple[str, str]:
     """(subject, Markdown body) for the approval of ``version`` built by the run in ``work_dir``."""
-    work = Path(work_dir)
-    gate = _read(work / "gate.json")
-    report = _read(work / "eval" / "report.json")
+    paths = RunPaths(Path(work_dir))
+    gate = _read(paths.gate)
+    report = _read(paths.eval_report)
     verdict = gate.get("verdict", "unknown")
     forced = bool(gate.get("forced"))
     subject = f"Publish recommendations {version}? Gate {verdict}" + (" (FORCED by force_publish)" if forced else "")
     champion = report.get("champion_version")
-    card = work / "run_card.html"
+    card = paths.run_card
     body = [
         f"**Run** `{run_id}` built table version `{version}`; CURRENT serves `{current or 'nothing yet'}`.",
         f"Approve: it goes live now and `champion` moves to this model. Reject, or no answer in time: "

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Slack Block Kit payloads (``{"text": <fallback>, "blocks": [...]}``) for a failed task, a gate
+verdict, a stale table and a run's success; pure functions (no Airflow), every text redacted and
+cut to Slack's limits."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from include.recsys.core.fmt import fmt_num
 from include.recsys.notify.slack import _redact, _truncate
 
 log = logging.getLogger(__name__)
@@ -43,19 +46,6 @@ def _fmt_date(value: Any) -> str:
         return "n/a"
     if isinstance(value, datetime | date):
         return value.isoformat()
-    return str(value)
-
-
-def _fmt_value(value: Any) -> str:
-    """Render an observed value / bound compactly for the gate table."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return f"[{_fmt_value(value[0])}, {_fmt_value(value[1])}]"
     return str(value)
 
 
@@ -181,8 +171,8 @@ def gate_blocks(
         rows.append(
             (
                 str(r.get("rule", "?")),
-                _fmt_value(r.get("observed")),
-                _fmt_value(r.get("bound")),
+                fmt_num(r.get("observed"), "compact"),
+                fmt_num(r.get("bound"), "compact"),
                 str(r.get("result") or ("PASS" if r.get("passed", False) else "FAIL")),
             )
         )
@@ -280,7 +270,7 @@ def success_blocks(
         _field("Logical date", _fmt_date(logical_date)),
         _field("Published", published or "nothing"),
     ]
-    fields += [_field(k, _fmt_value(v)) for k, v in list(details.items())[:6]]
+    fields += [_field(k, fmt_num(v, "compact")) for k, v in list(details.items())[:6]]
     blocks: list[dict[str, Any]] = [_header(f"{icon} {dag_id} succeeded")]
     if notice:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _truncate(

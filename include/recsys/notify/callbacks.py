@@ -1,45 +1,6 @@
-"""Slack alerting for the recsys retraining pipeline.
-
-Public API
-----------
-* :func:`failure_blocks` / :func:`gate_blocks` -- pure functions that build Slack
-  Block Kit payloads (``{"text": <fallback>, "blocks": [...]}``).  They import
-  nothing from Airflow and can be unit-tested in isolation.
-* :func:`send_slack` -- post a payload through an Airflow connection.  Never raises,
-  never blocks longer than about ``timeout`` seconds; returns ``True`` on HTTP 200.
-* :func:`task_failure_callback` -- ``on_failure_callback`` for ``default_args``.
-
-Connection
-----------
-The webhook URL lives only in an Airflow connection (conn type ``slackwebhook``),
-never in code.  The conn id is read from ``RECSYS_SLACK_CONN_ID`` (default
-``slack_alerts``).  How ``SlackWebhookHook`` (provider 9.11.1) builds the URL:
-
-* ``password`` is **required** (a connection with only ``host`` is rejected with
-  "does not contain password (Slack Webhook Token)").
-* If ``password`` contains ``://`` it is used verbatim as the full webhook URL.
-* Otherwise URL = ``<base>/<password>`` where ``<base>`` is ``host`` when it
-  contains ``://``, else ``"{schema or 'https'}://{host or 'hooks.slack.com/services'}"``.
-  ``port`` is ignored, so a non-default port must be written inside ``host``.
-* ``timeout`` / ``proxy`` may be given in ``extra``; the ``timeout`` argument of
-  :func:`send_slack` takes precedence.
-
-Examples::
-
-    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "password": "https://hooks.slack.com/services/T000/B000/XXXX"}'
-    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "host": "https://hooks.slack.com/services", "password": "T000/B000/XXXX"}'
-    # local fake server in tests
-    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "host": "http://127.0.0.1:PORT/services", "password": "T/B/X"}'
-
-Bot token (``chat.postMessage``)
--------------------------------
-A connection of conn type ``slack`` (the provider's ``SlackHook``) holds a bot token
-(``xoxb-...``) as password; the channel is its extra ``channel`` (or ``$RECSYS_SLACK_CHANNEL``)
-and extra ``base_url`` may point at another API root (the tests' fake server)::
-
-    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slack", "password": "xoxb-<token>", "extra": {"channel": "#recsys-alerts"}}'
-
-Same guarantees as the webhook: no retries, a hard deadline, token never logged.
+"""Airflow callbacks that post to Slack: a task failed for good, a gate verdict worth a warning,
+a DAG run succeeded (opt-in); each builds its payload with :mod:`.blocks` and posts it with
+:func:`~include.recsys.notify.slack.send_slack` (never raises, never blocks for long).
 
 What is posted
 --------------
@@ -52,26 +13,7 @@ What is posted
 * gate SKIPPED, or a FAIL / SKIPPED published anyway by ``force_publish`` (a warning):
   :func:`send_gate_verdict` from the gate task (nothing fails, so no callback);
 * DAG run succeeded: :func:`dag_success_callback`, only if ``$RECSYS_SLACK_NOTIFY_SUCCESS``;
-* stale / missing table: ``include.recsys.tables.freshness`` (the hourly check DAG).
-
-Design decision: hook, not notifier
------------------------------------
-We wrap the provider's ``SlackWebhookHook`` rather than ``SlackWebhookNotifier``:
-
-* ``BaseNotifier.__call__`` re-raises every exception from ``notify()`` (it only
-  logs first); a dead server or missing connection would surface as a
-  "Failed to run task callback" traceback in the task log.
-* The notifier Jinja-renders ``text`` and ``blocks`` (they are template fields);
-  an error message containing ``{{`` would be rendered or break rendering.
-* It keeps slack_sdk's default retry handler, which retries connection errors
-  once and logs ``"Going to retry the same request: POST <full webhook URL>"`` at
-  INFO level -- i.e. it would leak the secret URL into task logs.
-
-So :func:`send_slack` uses the hook with ``retry_handlers=[]``, a private
-slack_sdk logger that is silenced (the SDK logs the URL at DEBUG and in some
-error messages), a socket timeout, and a hard wall-clock deadline enforced by
-running the request in a daemon thread.  All errors are logged (with the URL
-and token redacted) and turned into ``False``.
+* stale / missing table: ``include.recsys.stages.freshness_check`` (the hourly check DAG).
 
 Retries vs failures
 -------------------
@@ -100,7 +42,6 @@ from include.recsys.notify.blocks import (
     success_blocks,
 )
 from include.recsys.notify.slack import (
-    _SDK_LOGGER,
     _conn_id,
     _redact,
     _truncate,
@@ -115,10 +56,6 @@ MLFLOW_UI_ENV = "RECSYS_MLFLOW_UI_URL"
 
 #: ``true`` posts a summary when a DAG run succeeds (default ``false``: success is quiet).
 NOTIFY_SUCCESS_ENV = "RECSYS_SLACK_NOTIFY_SUCCESS"
-
-_SDK_LOGGER.setLevel(logging.CRITICAL + 10)
-
-_SDK_LOGGER.addHandler(logging.NullHandler())
 
 
 def _get(obj: Any, attr: str) -> Any:

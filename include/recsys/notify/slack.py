@@ -1,4 +1,57 @@
-"""TODO docstring."""
+"""Posting to Slack through an Airflow connection (webhook or bot token): never raises, never
+blocks past its timeout, never logs a URL or token (:func:`_redact` masks them in every message).
+
+Connection
+----------
+The webhook URL lives only in an Airflow connection (conn type ``slackwebhook``),
+never in code.  The conn id is read from ``RECSYS_SLACK_CONN_ID`` (default
+``slack_alerts``).  How ``SlackWebhookHook`` (provider 9.11.1) builds the URL:
+
+* ``password`` is **required** (a connection with only ``host`` is rejected with
+  "does not contain password (Slack Webhook Token)").
+* If ``password`` contains ``://`` it is used verbatim as the full webhook URL.
+* Otherwise URL = ``<base>/<password>`` where ``<base>`` is ``host`` when it
+  contains ``://``, else ``"{schema or 'https'}://{host or 'hooks.slack.com/services'}"``.
+  ``port`` is ignored, so a non-default port must be written inside ``host``.
+* ``timeout`` / ``proxy`` may be given in ``extra``; the ``timeout`` argument of
+  :func:`send_slack` takes precedence.
+
+Examples::
+
+    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "password": "https://hooks.slack.com/services/T000/B000/XXXX"}'
+    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "host": "https://hooks.slack.com/services", "password": "T000/B000/XXXX"}'
+    # local fake server in tests
+    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slackwebhook", "host": "http://127.0.0.1:PORT/services", "password": "T/B/X"}'
+
+Bot token (``chat.postMessage``)
+-------------------------------
+A connection of conn type ``slack`` (the provider's ``SlackHook``) holds a bot token
+(``xoxb-...``) as password; the channel is its extra ``channel`` (or ``$RECSYS_SLACK_CHANNEL``)
+and extra ``base_url`` may point at another API root (the tests' fake server)::
+
+    AIRFLOW_CONN_SLACK_ALERTS='{"conn_type": "slack", "password": "xoxb-<token>", "extra": {"channel": "#recsys-alerts"}}'
+
+Same guarantees as the webhook: no retries, a hard deadline, token never logged.
+
+Design decision: hook, not notifier
+-----------------------------------
+We wrap the provider's ``SlackWebhookHook`` rather than ``SlackWebhookNotifier``:
+
+* ``BaseNotifier.__call__`` re-raises every exception from ``notify()`` (it only
+  logs first); a dead server or missing connection would surface as a
+  "Failed to run task callback" traceback in the task log.
+* The notifier Jinja-renders ``text`` and ``blocks`` (they are template fields);
+  an error message containing ``{{`` would be rendered or break rendering.
+* It keeps slack_sdk's default retry handler, which retries connection errors
+  once and logs ``"Going to retry the same request: POST <full webhook URL>"`` at
+  INFO level -- i.e. it would leak the secret URL into task logs.
+
+So :func:`send_slack` uses the hook with ``retry_handlers=[]``, a private
+slack_sdk logger that is silenced (the SDK logs the URL at DEBUG and in some
+error messages), a socket timeout, and a hard wall-clock deadline enforced by
+running the request in a daemon thread.  All errors are logged (with the URL
+and token redacted) and turned into ``False``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +59,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -27,6 +80,10 @@ CHANNEL_ENV = "RECSYS_SLACK_CHANNEL"
 _SDK_LOGGER = logging.getLogger(f"{__name__}.slack_sdk")
 
 _SDK_LOGGER.propagate = False
+
+_SDK_LOGGER.setLevel(logging.CRITICAL + 10)
+
+_SDK_LOGGER.addHandler(logging.NullHandler())
 
 _SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Slack webhook URLs (path is the secret).
@@ -96,98 +153,16 @@ def send_slack(payload: dict[str, Any], conn_id: str, timeout: float = 5.0) -> b
     :return: ``True`` if Slack accepted the message.
     """
     text = _payload_text(payload)
-    try:
-        from airflow.providers.common.compat.sdk import AirflowNotFoundException
-        from airflow.providers.slack.hooks.slack import SlackHook
-        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-    except Exception as exc:  # pragma: no cover - provider is a pinned dependency
-        log.warning("Slack provider unavailable (%s); alert not sent: %s", type(exc).__name__, text)
+    conn = _resolve_connection(conn_id, text)
+    if conn is None:
         return False
-
-    try:
-        conn = SlackWebhookHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        log.warning("Slack connection '%s' not configured; alert not sent: %s", conn_id, text)
-        return False
-    except Exception as exc:
-        log.warning(
-            "Slack connection '%s' could not be read (%s); alert not sent: %s",
-            conn_id,
-            type(exc).__name__,
-            text,
-        )
-        return False
-
     # Everything that could identify the webhook / token, for redaction of error messages.
     secrets = [s for s in (getattr(conn, "password", None), getattr(conn, "host", None)) if s]
-    bot = (getattr(conn, "conn_type", None) or "").lower() == "slack"
-    outcome: dict[str, Any] = {}
-
-    try:
-        if bot:
-            try:
-                extra = dict(conn.extra_dejson or {})
-            except Exception:
-                extra = {}
-            if extra.get("base_url"):
-                secrets.append(str(extra["base_url"]))
-            channel = extra.get("channel") or os.environ.get(CHANNEL_ENV)
-            if not channel:
-                log.warning(
-                    "Slack connection '%s' (bot token) names no channel (extra 'channel' or $%s); "
-                    "alert not sent: %s",
-                    conn_id,
-                    CHANNEL_ENV,
-                    text,
-                )
-                return False
-            hook: Any = SlackHook(
-                slack_conn_id=conn_id,
-                timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
-                retry_handlers=[],
-                logger=_SDK_LOGGER,
-            )
-            client = hook.get_conn()  # WebClient, built here (see below)
-
-            def _send() -> Any:
-                # raises SlackApiError on "ok": false or a non-200 answer
-                return client.chat_postMessage(channel=channel, **dict(payload))
-        else:
-            hook = SlackWebhookHook(
-                slack_webhook_conn_id=conn_id,
-                timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
-                retry_handlers=[],
-                logger=_SDK_LOGGER,
-            )
-            # Resolve the connection and build the client in the calling thread: inside a
-            # task, connection look-ups go through the supervisor channel, which must not
-            # be used from a thread we may abandon.
-            hook.get_conn()
-
-            def _send() -> Any:
-                return hook.send_dict(payload)  # raises unless HTTP 200
-    except Exception as exc:
-        log.warning(
-            "Slack connection '%s' is invalid (%s: %s); alert not sent: %s",
-            conn_id,
-            type(exc).__name__,
-            _truncate(_redact(str(exc), secrets), 300),
-            text,
-        )
+    send = _sender(conn, conn_id, payload, timeout, secrets, text)
+    if send is None:
         return False
-
-    def _post() -> None:
-        try:
-            resp = _send()
-            outcome["status"] = getattr(resp, "status_code", None)
-        except BaseException as exc:  # noqa: BLE001 - must never escape the thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=_post, name=f"slack-alert-{conn_id}", daemon=True)
-    worker.start()
-    worker.join(timeout + 1.0)
-
-    if worker.is_alive():
+    outcome = _post_with_timeout(send, conn_id, timeout)
+    if outcome is None:
         log.warning(
             "Slack alert via connection '%s' timed out after %.1fs; alert not sent: %s",
             conn_id,
@@ -196,18 +171,119 @@ def send_slack(payload: dict[str, Any], conn_id: str, timeout: float = 5.0) -> b
         )
         return False
     if "error" in outcome:
-        exc = outcome["error"]
-        detail = _truncate(_redact(str(exc), secrets), 300)
-        log.warning(
-            "Slack alert via connection '%s' failed (%s: %s); alert not sent: %s",
-            conn_id,
-            type(exc).__name__,
-            detail,
-            text,
-        )
+        _report_failure(conn_id, outcome["error"], secrets, text)
         return False
     log.info("Slack alert sent via connection '%s': %s", conn_id, text)
     return True
+
+
+def _resolve_connection(conn_id: str, text: str) -> Any | None:
+    """The Airflow connection ``conn_id``; None (logged) without the provider or the connection."""
+    try:
+        from airflow.providers.common.compat.sdk import AirflowNotFoundException
+        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    except Exception as exc:  # pragma: no cover - provider is a pinned dependency
+        log.warning("Slack provider unavailable (%s); alert not sent: %s", type(exc).__name__, text)
+        return None
+
+    try:
+        return SlackWebhookHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        log.warning("Slack connection '%s' not configured; alert not sent: %s", conn_id, text)
+        return None
+    except Exception as exc:
+        log.warning(
+            "Slack connection '%s' could not be read (%s); alert not sent: %s",
+            conn_id,
+            type(exc).__name__,
+            text,
+        )
+        return None
+
+
+def _sender(
+    conn: Any, conn_id: str, payload: dict[str, Any], timeout: float, secrets: list[str], text: str
+) -> Callable[[], Any] | None:
+    """A call that posts ``payload`` (raising unless Slack accepted it), built in the calling
+    thread: inside a task, connection look-ups go through the supervisor channel, which must
+    not be used from a thread we may abandon. None (logged) when the connection is unusable;
+    a bot connection's ``base_url`` joins ``secrets``."""
+    try:
+        from airflow.providers.slack.hooks.slack import SlackHook
+        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+        if (getattr(conn, "conn_type", None) or "").lower() != "slack":
+            webhook = SlackWebhookHook(
+                slack_webhook_conn_id=conn_id,
+                timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
+                retry_handlers=[],
+                logger=_SDK_LOGGER,
+            )
+            webhook.get_conn()
+            return lambda: webhook.send_dict(payload)  # raises unless HTTP 200
+        try:
+            extra = dict(conn.extra_dejson or {})
+        except Exception:
+            extra = {}
+        if extra.get("base_url"):
+            secrets.append(str(extra["base_url"]))
+        channel = extra.get("channel") or os.environ.get(CHANNEL_ENV)
+        if not channel:
+            log.warning(
+                "Slack connection '%s' (bot token) names no channel (extra 'channel' or $%s); "
+                "alert not sent: %s",
+                conn_id,
+                CHANNEL_ENV,
+                text,
+            )
+            return None
+        client = SlackHook(
+            slack_conn_id=conn_id,
+            timeout=timeout,  # type: ignore[arg-type]  # float is fine for urllib
+            retry_handlers=[],
+            logger=_SDK_LOGGER,
+        ).get_conn()  # WebClient
+        # raises SlackApiError on "ok": false or a non-200 answer
+        return lambda: client.chat_postMessage(channel=channel, **dict(payload))
+    except Exception as exc:
+        log.warning(
+            "Slack connection '%s' is invalid (%s: %s); alert not sent: %s",
+            conn_id,
+            type(exc).__name__,
+            _truncate(_redact(str(exc), secrets), 300),
+            text,
+        )
+        return None
+
+
+def _post_with_timeout(send: Callable[[], Any], conn_id: str, timeout: float) -> dict[str, Any] | None:
+    """Run ``send`` on a daemon thread for at most ``timeout + 1`` s: ``{"status": ...}`` or
+    ``{"error": exc}``, None when it is still running (the thread is abandoned)."""
+    outcome: dict[str, Any] = {}
+
+    def _post() -> None:
+        try:
+            resp = send()
+            outcome["status"] = getattr(resp, "status_code", None)
+        except BaseException as exc:  # noqa: BLE001 - must never escape the thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=_post, name=f"slack-alert-{conn_id}", daemon=True)
+    worker.start()
+    worker.join(timeout + 1.0)
+    return None if worker.is_alive() else outcome
+
+
+def _report_failure(conn_id: str, exc: BaseException, secrets: list[str], text: str) -> None:
+    """Log a refused or failed post, with every secret of the connection masked."""
+    detail = _truncate(_redact(str(exc), secrets), 300)
+    log.warning(
+        "Slack alert via connection '%s' failed (%s: %s); alert not sent: %s",
+        conn_id,
+        type(exc).__name__,
+        detail,
+        text,
+    )
 
 
 def _conn_id() -> str:

@@ -1,31 +1,24 @@
-"""TODO docstring."""
+"""The run card's data (``run_card.json``): what a run left in its work folder, gathered once.
+
+:func:`collect` reads the work folder (through :class:`~include.recsys.core.paths.RunPaths`),
+the stage outputs it is given and the previous card of the same run; :func:`load_history`
+reads earlier runs' cards for the history plot. Rendering is :mod:`.card_html`'s business."""
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
+from include.recsys.core.fmt import as_number
 from include.recsys.core.io import read_json_or_none
-
-_MODEL_ORDER = ("candidate", "champion", "popularity", "recent_popularity")
-
-
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) or math.isinf(v) else v
-
+from include.recsys.core.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
+_MODEL_ORDER = ("candidate", "champion", "popularity", "recent_popularity")
 
-DATA_NAME = "run_card.json"
+DATA_NAME = RunPaths(Path()).run_card_data.name  # run_card.json, also what load_history globs
 
 SCHEMA = 1
 
@@ -84,8 +77,8 @@ def collect(
 ) -> dict[str, Any]:
     """The card's data from the work folder, the given stage outputs and the previous
     ``run_card.json`` of this run (so a refresh after publish keeps what the gate stage knew)."""
-    work = Path(work)
-    old = read_json_or_none(work / DATA_NAME) or {}
+    paths = RunPaths(Path(work))
+    old = read_json_or_none(paths.run_card_data) or {}
     data: dict[str, Any] = {
         "schema": SCHEMA,
         "dag_id": dag_id,
@@ -93,66 +86,89 @@ def collect(
         "interval_start": str(interval_start) if interval_start is not None else old.get("interval_start"),
         "interval_end": str(interval_end) if interval_end is not None else old.get("interval_end"),
     }
-    # snapshot: the stage's dict, else the previous card, else the files themselves
+    snapshot = _snapshot_part(paths, snap, old)
+    if snapshot is not None:
+        data["snapshot"] = snapshot
+    split = _split_part(paths, parts, old)
+    if split is not None:
+        data["split"] = split
+    data["validation"] = {
+        "input": _validation_summary(read_json_or_none(paths.input_report)),
+        "output": _validation_summary(read_json_or_none(paths.output_report)),
+    }
+    ev = read_json_or_none(paths.eval_report)
+    if ev is not None:
+        ev = {k: v for k, v in ev.items() if k != "per_user"}
+    data["evaluation"] = ev
+    data["gate"] = read_json_or_none(paths.gate)
+    data.update(_model_part(old, ev, mlflow_run_id, mlflow_experiment, model_name, model_version))
+    data["published"] = published or old.get("published")
+    data["code_version"] = code_version or old.get("code_version")
+    data["history_point"] = _history_point(data)
+    return data
+
+
+def _snapshot_part(paths: RunPaths, snap: dict[str, Any] | None, old: dict[str, Any]) -> dict[str, Any] | None:
+    """The snapshot stage's dict, else the previous card's, else read back from the files."""
     if snap:
-        data["snapshot"] = {
+        return {
             "window_start": snap.get("window_start"),
             "window_end": snap.get("window_end"),
             "sha256": snap.get("sha256"),
             "stats": snap.get("stats") or {},
         }
-    elif old.get("snapshot"):
-        data["snapshot"] = old["snapshot"]
-    else:
-        path = work / "snapshot" / "interactions.parquet"
-        if path.exists():
-            from include.recsys.core.io import file_sha256
+    if old.get("snapshot"):
+        return old["snapshot"]
+    if not paths.snapshot.exists():
+        return None
+    from include.recsys.core.io import file_sha256
 
-            inp = read_json_or_none(work / "validation" / "input_report.json") or {}
-            data["snapshot"] = {
-                "window_start": inp.get("window_start"),
-                "window_end": inp.get("window_end"),
-                "sha256": file_sha256(path),
-                "stats": {
-                    "rows": _parquet_rows(path),
-                    "users": _parquet_rows(work / "snapshot" / "users.parquet"),
-                    "items": _parquet_rows(work / "snapshot" / "items.parquet"),
-                },
-            }
+    inp = read_json_or_none(paths.input_report) or {}
+    return {
+        "window_start": inp.get("window_start"),
+        "window_end": inp.get("window_end"),
+        "sha256": file_sha256(paths.snapshot),
+        "stats": {
+            "rows": _parquet_rows(paths.snapshot),
+            "users": _parquet_rows(paths.snapshot_users),
+            "items": _parquet_rows(paths.snapshot_items),
+        },
+    }
+
+
+def _split_part(paths: RunPaths, parts: dict[str, Any] | None, old: dict[str, Any]) -> dict[str, Any] | None:
+    """The split stage's stats, else the previous card's, else the row counts of the files."""
     if parts:
-        data["split"] = {"stats": parts.get("stats") or {}}
-    elif old.get("split"):
-        data["split"] = old["split"]
-    elif (work / "split" / "train.parquet").exists():
-        data["split"] = {
-            "stats": {
-                "train_rows": _parquet_rows(work / "split" / "train.parquet"),
-                "holdout_rows": _parquet_rows(work / "split" / "holdout.parquet"),
-            }
+        return {"stats": parts.get("stats") or {}}
+    if old.get("split"):
+        return old["split"]
+    if not paths.split_train.exists():
+        return None
+    return {
+        "stats": {
+            "train_rows": _parquet_rows(paths.split_train),
+            "holdout_rows": _parquet_rows(paths.split_holdout),
         }
-    data["validation"] = {
-        kind: _validation_summary(read_json_or_none(work / "validation" / f"{kind}_report.json"))
-        for kind in ("input", "output")
     }
-    ev = read_json_or_none(work / "eval" / "report.json")
-    if ev is not None:
-        ev = {k: v for k, v in ev.items() if k != "per_user"}
-    data["evaluation"] = ev
-    data["gate"] = read_json_or_none(work / "gate.json")
-    data["mlflow"] = {
-        "run_id": mlflow_run_id or (old.get("mlflow") or {}).get("run_id"),
-        "experiment": mlflow_experiment or (old.get("mlflow") or {}).get("experiment"),
+
+
+def _model_part(
+    old: dict[str, Any], ev: dict[str, Any] | None, mlflow_run_id: str | None, mlflow_experiment: str | None,
+    model_name: str | None, model_version: str | None,
+) -> dict[str, Any]:
+    """``mlflow`` and ``model``: what was given, else what the previous card knew."""
+    old_mlflow, old_model = old.get("mlflow") or {}, old.get("model") or {}
+    return {
+        "mlflow": {
+            "run_id": mlflow_run_id or old_mlflow.get("run_id"),
+            "experiment": mlflow_experiment or old_mlflow.get("experiment"),
+        },
+        "model": {
+            "name": model_name or old_model.get("name"),
+            "version": str(model_version) if model_version is not None else old_model.get("version"),
+            "champion_version_evaluated": (ev or {}).get("champion_version"),
+        },
     }
-    old_model = old.get("model") or {}
-    data["model"] = {
-        "name": model_name or old_model.get("name"),
-        "version": str(model_version) if model_version is not None else old_model.get("version"),
-        "champion_version_evaluated": (ev or {}).get("champion_version"),
-    }
-    data["published"] = published or old.get("published")
-    data["code_version"] = code_version or old.get("code_version")
-    data["history_point"] = _history_point(data)
-    return data
 
 
 def _history_point(data: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +181,7 @@ def _history_point(data: dict[str, Any]) -> dict[str, Any]:
         "verdict": gate.get("verdict"),
         "forced": bool(gate.get("forced")),
         "metric": metric,
-        **{name: _num((metrics.get(name) or {}).get(metric)) for name in _MODEL_ORDER if metric},
+        **{name: as_number((metrics.get(name) or {}).get(metric), finite=True) for name in _MODEL_ORDER if metric},
         "published_version": (data.get("published") or {}).get("version"),
     }
 

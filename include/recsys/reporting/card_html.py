@@ -27,21 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.recsys.core.io import write_json
-from include.recsys.reporting.card_data import (
-    _MODEL_ORDER,
-    DATA_NAME,
-    _num,
-    collect,
-    load_history,
-)
+from include.recsys.core.fmt import as_number, fmt_num
+from include.recsys.core.io import atomic_write, write_json
+from include.recsys.core.metric_key import metric_key_order
+from include.recsys.core.paths import RunPaths
+from include.recsys.reporting.card_data import _MODEL_ORDER, collect, load_history
 
 log = logging.getLogger(__name__)
 
 
-HTML_NAME = "run_card.html"
-
-_METRIC_ORDER = ("ndcg", "precision", "recall", "map", "mrr", "hit_rate", "coverage", "gini", "novelty", "ild")
+HTML_NAME = RunPaths(Path()).run_card.name  # run_card.html, also its MLflow artifact name
 
 
 _COLORS = {"candidate": "#1f77b4", "champion": "#2ca02c", "popularity": "#ff7f0e", "recent_popularity": "#9467bd"}
@@ -65,22 +60,9 @@ def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x))
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
-    v = _num(x)
-    if v is None:
-        return "&ndash;" if x is None else _e(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    return f"{v:.{digits}f}"
-
-
-def _metric_key_order(keys: list[str]) -> list[str]:
-    def key(k: str) -> tuple[int, int, str]:
-        name, _, at = k.partition("@")
-        rank = _METRIC_ORDER.index(name) if name in _METRIC_ORDER else len(_METRIC_ORDER)
-        return (rank, int(at) if at.isdigit() else 0, k)
-
-    return sorted((k for k in keys if "@" in k), key=key)
+def _counts(*values: Any) -> str:
+    """Numbers that share a table cell, ``a / b / c`` (the run card's number style)."""
+    return " / ".join(fmt_num(v, "html") for v in values)
 
 
 def _models(metrics: dict[str, Any]) -> list[str]:
@@ -113,7 +95,7 @@ def plot_metric_curves(ev: dict[str, Any]) -> str | None:
     axes = fig.subplots(1, len(families), squeeze=False)[0]
     for ax, fam in zip(axes, families):
         for name in _models(metrics):
-            ys = [_num(metrics[name].get(f"{fam}@{k}")) for k in ks]
+            ys = [as_number(metrics[name].get(f"{fam}@{k}"), finite=True) for k in ks]
             if all(y is None for y in ys):
                 continue
             ax.plot(ks, [float("nan") if y is None else y for y in ys], marker="o", label=name,
@@ -160,12 +142,12 @@ def plot_history(points: list[dict[str, Any]], metric: str | None) -> str | None
     ax = fig.subplots()
     xs = list(range(len(points)))
     for name in ("candidate", "champion", "popularity"):
-        ys = [_num(p.get(name)) for p in points]
+        ys = [as_number(p.get(name), finite=True) for p in points]
         if all(y is None for y in ys):
             continue
         ax.plot(xs, [float("nan") if y is None else y for y in ys], label=name, color=_COLORS.get(name),
                 linestyle="-" if name == "candidate" else "--", linewidth=1.2)
-    cand = [_num(p.get("candidate")) for p in points]
+    cand = [as_number(p.get("candidate"), finite=True) for p in points]
     for x, y, p in zip(xs, cand, points):
         if y is not None:
             ax.scatter([x], [y], color=_VERDICT_COLORS.get(str(p.get("verdict")), "#000"), zorder=3, s=22,
@@ -206,14 +188,14 @@ def _table(
 
 
 def _delta(cand: Any, other: Any, ci: dict[str, Any] | None) -> str:
-    c, o = _num(cand), _num(other)
+    c, o = as_number(cand, finite=True), as_number(other, finite=True)
     if c is None or o is None:
         return "&ndash;"
     d = c - o
     rel = f" ({d / o:+.1%})" if o else ""
     cls = "pos" if d > 0 else ("neg" if d < 0 else "")
     text = f'<span class="{cls}">{d:+.4f}{rel}</span>'
-    if ci and _num(ci.get("lo")) is not None and _num(ci.get("hi")) is not None:
+    if ci and all(as_number(ci.get(end), finite=True) is not None for end in ("lo", "hi")):
         text += f' <span class="muted">[{ci["lo"]:+.4f}, {ci["hi"]:+.4f}]</span>'
     return text
 
@@ -226,15 +208,15 @@ def _section_data(d: dict[str, Any]) -> str:
     cand = (ev.get("metrics") or {}).get("candidate") or {}
     rows = [
         ["data window", f"{_e(snap.get('window_start'))} &rarr; {_e(snap.get('window_end'))}"],
-        ["snapshot rows / users / items", f"{_fmt(st.get('rows'))} / {_fmt(st.get('users'))} / {_fmt(st.get('items'))}"],
+        ["snapshot rows / users / items", _counts(st.get("rows"), st.get("users"), st.get("items"))],
         ["rows read / duplicates dropped / inactive dropped",
-         f"{_fmt(st.get('rows_read'))} / {_fmt(st.get('duplicates_dropped'))} / {_fmt(st.get('inactive_rows_dropped'))}"],
+         _counts(st.get("rows_read"), st.get("duplicates_dropped"), st.get("inactive_rows_dropped"))],
         ["split cutoff", _e(sp.get("cutoff"))],
-        ["train rows / holdout rows", f"{_fmt(sp.get('train_rows'))} / {_fmt(sp.get('holdout_rows'))}"],
-        ["holdout users warm / cold (not scored)", f"{_fmt(sp.get('holdout_users_warm'))} / {_fmt(sp.get('holdout_users_cold'))}"],
+        ["train rows / holdout rows", _counts(sp.get("train_rows"), sp.get("holdout_rows"))],
+        ["holdout users warm / cold (not scored)", _counts(sp.get("holdout_users_warm"), sp.get("holdout_users_cold"))],
         ["users evaluated / without holdout / without recs",
-         f"{_fmt(cand.get('n_users_evaluated'))} / {_fmt(cand.get('n_users_no_holdout'))} / {_fmt(cand.get('n_users_no_recs'))}"],
-        ["catalog (items the model knows)", _fmt(ev.get("n_catalog"))],
+         _counts(cand.get("n_users_evaluated"), cand.get("n_users_no_holdout"), cand.get("n_users_no_recs"))],
+        ["catalog (items the model knows)", fmt_num(ev.get("n_catalog"), "html")],
     ]
     return '<h2 id="data">Data</h2>' + _table(None, rows, left=2, table_id="data-table")
 
@@ -273,21 +255,21 @@ def _section_metrics(d: dict[str, Any]) -> str:
     models = _models(metrics)
     paired = ev.get("paired") or {}
     others = [m for m in ("champion", "popularity", "recent_popularity") if m in metrics]
-    keys = _metric_key_order(list((metrics.get("candidate") or {}).keys()))
+    keys = metric_key_order(metrics.get("candidate") or {})
     rows = []
     for k in keys:
-        row = [_e(k)] + [_fmt((metrics[m] or {}).get(k)) for m in models]
+        row = [_e(k)] + [fmt_num((metrics[m] or {}).get(k), "html") for m in models]
         for o in others:
             ci = (paired.get(f"candidate_vs_{o}") or {}).get(k)
             row.append(_delta(metrics["candidate"].get(k), metrics[o].get(k), ci))
         rows.append(row)
     for k in ("n_users_evaluated", "n_users_no_holdout", "n_users_no_recs"):
-        rows.append([_e(k)] + [_fmt((metrics[m] or {}).get(k)) for m in models] + [""] * len(others))
+        rows.append([_e(k)] + [fmt_num((metrics[m] or {}).get(k), "html") for m in models] + [""] * len(others))
     header = ["metric"] + [_e(m) for m in models] + [f"&Delta; vs {_e(o)}" for o in others]
     conf = next((ci.get("confidence") for p in paired.values() for ci in p.values() if isinstance(ci, dict)), None)
     note = (
         f'<p class="note">&Delta; = candidate &minus; other (relative change); [lo, hi]: paired bootstrap '
-        f"{_fmt(conf, 2) if conf else ''} interval over the same users.</p>"
+        f"{fmt_num(conf, 'html', digits=2) if conf else ''} interval over the same users.</p>"
         if paired else '<p class="note">&Delta; = candidate &minus; other; no paired bootstrap intervals in this report.</p>'
     )
     champ = ev.get("champion_version")
@@ -305,8 +287,8 @@ def _section_slices(d: dict[str, Any]) -> str:
     keys = sorted({s for m in models for s in (slices[m] or {})})
     rows = []
     for s in keys:
-        cells = [_e(s), _fmt(((slices.get("candidate") or {}).get(s) or {}).get("n_users"))]
-        cells += [_fmt(((slices[m] or {}).get(s) or {}).get(metric)) for m in models]
+        cells = [_e(s), fmt_num(((slices.get("candidate") or {}).get(s) or {}).get("n_users"), "html")]
+        cells += [fmt_num(((slices[m] or {}).get(s) or {}).get(metric), "html") for m in models]
         c = ((slices.get("candidate") or {}).get(s) or {}).get(metric)
         ch = ((slices.get("champion") or {}).get(s) or {}).get(metric)
         cells.append(_delta(c, ch, None) if "champion" in slices else "&ndash;")
@@ -322,7 +304,8 @@ def _section_gate(d: dict[str, Any]) -> str:
     rows, classes = [], []
     for r in g.get("rules", []):
         res = r.get("result") or ("PASS" if r.get("passed") else "FAIL")
-        rows.append([_e(r.get("name")), _e(r.get("kind")), _fmt(r.get("observed")), _fmt(r.get("bound")),
+        observed, bound = (fmt_num(r.get(x), "html") for x in ("observed", "bound"))
+        rows.append([_e(r.get("name")), _e(r.get("kind")), observed, bound,
                      f'<span class="badge {res}">{_e(res)}</span>', _e(r.get("note"))])
         classes.append(f"row-{res}")
     out = [f'<h2 id="gate">Gate</h2><p>verdict <span class="badge {_e(g.get("verdict"))}">{_e(g.get("verdict"))}</span> '
@@ -357,7 +340,7 @@ def _section_lineage(d: dict[str, Any]) -> str:
     if pub.get("not_served"):
         rows.append(["not served", f"{_e(pub['not_served'])} (version {_e(pub.get('unserved_version'))} kept unserved)"])
     if pub.get("rows") is not None:
-        rows.append(["table rows / users", f"{_fmt(pub.get('rows'))} / {_fmt(pub.get('users'))}"])
+        rows.append(["table rows / users", _counts(pub.get("rows"), pub.get("users"))])
     if pub.get("path"):
         rows.append(["table path", f"<code>{_e(pub.get('path'))}</code>"])
     rows.append(["code version", f"<code>{_e(d.get('code_version') or 'unknown')}</code>"])
@@ -415,15 +398,11 @@ def write_run_card(work: Path, runs_root: Path, **kwargs: Any) -> Path:
     """Collect the data (see :func:`collect`), read the history, write ``run_card.json`` and
     ``run_card.html`` into ``work``; returns the HTML path."""
     t0 = time.perf_counter()
-    work = Path(work)
-    data = collect(work, **kwargs)
+    paths = RunPaths(Path(work))
+    data = collect(paths.work, **kwargs)
     metric = data["history_point"].get("metric")
     history = load_history(runs_root, data["dag_id"], data["run_id"], metric)
-    write_json(work / DATA_NAME, data)
-    page = render(data, history)
-    path = work / HTML_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    write_json(paths.run_card_data, data)
+    path = atomic_write(paths.run_card, render(data, history))
     log.info("run card %s (%d history points) written in %.2f s", path, len(history), time.perf_counter() - t0)
     return path

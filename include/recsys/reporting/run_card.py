@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The stages' door to the run card: (re)write it for a run, best effort, after the gate and
+again once publish decided (:mod:`.card_html` renders it, :mod:`.card_data` gathers it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from include.recsys.core.run import RunContext
 log = logging.getLogger(__name__)
 
 
-RUN_CARD = "run_card.html"  # in the run's work folder (include/recsys/reporting/card_html.py)
+RUN_CARD = "run_card.html"  # RunPaths.run_card's name, and the card's MLflow artifact name
 
 
 def write_run_card(

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""What one run did, read back from its work folder: the summary the demo and the CLI show,
+and the publish stage's outcome (``publish.json``: served, or why not) that alerts quote."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ from typing import Any
 
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import read_json, write_json
+from include.recsys.core.paths import PUBLISH_OUTCOME
 from include.recsys.core.run import RunContext
-from include.recsys.reporting.run_card import RUN_CARD
 
 log = logging.getLogger(__name__)
-
-
-PUBLISH_OUTCOME = "publish.json"  # in the run's work folder: served, or why not
 
 
 def publish_outcome(cfg: PipelineConfig, run_id: str) -> dict[str, Any] | None:
@@ -31,28 +29,28 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
     from include.recsys.tracking.registry import CHAMPION, alias_version
     from include.recsys.tracking.runs import get_or_create_run
 
-    work = rc.work_dir(cfg)
+    paths = rc.paths(cfg)
     summary: dict[str, Any] = {"run_id": rc.run_id, "interval_end": rc.end.isoformat()}
-    if (work / "validation" / "input_report.json").exists():
-        rep = read_json(work / "validation" / "input_report.json")
+    if paths.input_report.exists():
+        rep = read_json(paths.input_report)
         summary["validation"] = {
             "success": rep.get("success"),
             "warnings": len([r for r in rep.get("results", []) if not r.get("success") and r.get("severity") == "warning"]),
             "status": "FAILED" if not rep.get("success") else "PASSED",
         }
-    if (work / "validation" / "output_report.json").exists():
-        rep = read_json(work / "validation" / "output_report.json")
+    if paths.output_report.exists():
+        rep = read_json(paths.output_report)
         summary["output_validation"] = {"success": rep.get("success"), "counts": rep.get("counts")}
-    if (work / "eval" / "report.json").exists():
-        summary["evaluation"] = read_json(work / "eval" / "report.json")
-    if (work / "gate.json").exists():
-        summary["gate"] = read_json(work / "gate.json")
-    if (work / RUN_CARD).exists():
-        summary["run_card"] = str(work / RUN_CARD)
+    if paths.eval_report.exists():
+        summary["evaluation"] = read_json(paths.eval_report)
+    if paths.gate.exists():
+        summary["gate"] = read_json(paths.gate)
+    if paths.run_card.exists():
+        summary["run_card"] = str(paths.run_card)
     root = cfg.recommendations_root
     if read_current(root) == rc.version:
         summary["published"] = {"version": rc.version, "path": str(version_dir(root, rc.version))}
-    outcome = read_json(work / PUBLISH_OUTCOME) if (work / PUBLISH_OUTCOME).exists() else {}
+    outcome = read_json(paths.publish_outcome) if paths.publish_outcome.exists() else {}
     if outcome and not outcome.get("served"):
         summary["not_served"] = outcome.get("reason")  # "stale: serving data up to X, ..."
     elif outcome.get("older_data"):
@@ -62,5 +60,5 @@ def collect_summary(cfg: PipelineConfig, rc: RunContext) -> dict[str, Any]:
         summary["champion_version"] = alias_version(cfg, CHAMPION)
     except Exception as exc:  # summary must not fail because MLflow is unreachable
         summary["mlflow_run_id"] = f"unavailable ({exc})"
-    write_json(work / "summary.json", summary)
+    write_json(paths.summary, summary)
     return summary

@@ -1,30 +1,24 @@
-"""TODO docstring."""
+"""The evaluate stage: every model's lists on the frozen holdout -> ``eval/report.json``,
+the per-user table and the MLflow metrics of the run (the metrics themselves: :mod:`include.recsys.metrics`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.io import write_json
+from include.recsys.core.metric_key import metric_k
 from include.recsys.core.run import RunContext
-from include.recsys.stages._shared import _gate_k
+
+if TYPE_CHECKING:
+    from include.recsys.metrics.holdout import HoldoutInputs
+    from include.recsys.scoring.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
-
-
-EVAL_DEFINITIONS = (
-    "Definitions: include/recsys/metrics/ranking.py (module docstring) and README 'Offline metrics'. "
-    "metrics/* are over warm holdout users (training events, known to the candidate), as "
-    "before slices existed; cold holdout users get each model's fallback list and are scored "
-    "only in slices[*]['activity=cold']. Users without holdout items are excluded; users with "
-    "holdout items but no recommendations score 0. precision@k divides by k; map@k and the "
-    "ideal DCG use min(k, |relevant|); coverage/gini/popularity_curve are over the top-k "
-    "exposure of the whole catalog; novelty uses the share of training users who know an "
-    "item; paired = percentile bootstrap CI of mean(candidate - other) per user."
-)
 
 
 def _eval_mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -71,143 +65,66 @@ def evaluate(
 
     Headline metrics are over warm holdout users (as before); cold holdout users get each
     model's fallback list and are scored in the ``activity=cold`` slice. See
-    :mod:`include.recsys.metrics.ranking` for every definition. The holdout, seen and training
-    figures come from the split files' integer codes when they carry them
-    (:func:`include.recsys.metrics.holdout.holdout_inputs`; string ids otherwise).
+    :mod:`include.recsys.metrics` for every definition. The holdout, seen and training
+    figures come from the split files' integer codes
+    (:func:`include.recsys.metrics.holdout.holdout_inputs`).
     """
     import time
 
     from include.recsys.core.memory import release_memory
     from include.recsys.core.privacy import pseudonymize_table
-    from include.recsys.data.source import read_segments
-    from include.recsys.metrics.evaluation import evaluate_models
+    from include.recsys.metrics.evaluation import evaluate_models, evaluation_report
     from include.recsys.metrics.holdout import holdout_inputs
     from include.recsys.metrics.slices import (
         head_item_mask,
         heavy_threshold,
         user_slice_labels,
     )
-    from include.recsys.scoring.baselines import popularity_order
     from include.recsys.scoring.bundle import ModelBundle
-    from include.recsys.scoring.recommend import ranked_filtered, recommend
-    from include.recsys.tracking.registry import CHAMPION, download_bundle
-    from include.recsys.tracking.runs import log_to_run
 
     release_memory()  # what earlier stages of this process left behind
     t0 = time.perf_counter()
     candidate_bundle = ModelBundle.load(model["bundle"])
     stats_cutoff = (parts.get("stats") or {}).get("cutoff")
     inputs = holdout_inputs(
-        parts["train"],
-        parts["holdout"],
-        candidate_bundle,
-        recent_days=cfg.recent_days,
+        parts["train"], parts["holdout"], candidate_bundle, recent_days=cfg.recent_days,
         cutoff=pd.Timestamp(stats_cutoff) if stats_cutoff else None,
-        users_map=parts.get("users"),
-        items_map=parts.get("items"),
+        users_map=parts.get("users"), items_map=parts.get("items"),
     )
     users, warm, relevant, cutoff = inputs.users, inputs.warm, inputs.relevant, inputs.cutoff
     t_inputs = time.perf_counter() - t0
-    n = cfg.max_k
     n_catalog = len(candidate_bundle.item_ids)
-    segments = read_segments(cfg)
-
-    # every list in the eval item space, where the candidate's item indices come first (its
-    # lists need no mapping); one seen matrix serves the candidate and both baselines
-    lists = {
-        "candidate": recommend(
-            candidate_bundle, users, inputs.seen, n, user_segments=segments
-        ).items,
-        "popularity": ranked_filtered(candidate_bundle.popular_order, inputs.seen, n),
-        "recent_popularity": ranked_filtered(
-            popularity_order(inputs.recent, candidate_bundle.item_popularity), inputs.seen, n
-        ),
-    }
-    champion_version = None
-    got = download_bundle(cfg, CHAMPION, rc.work_dir(cfg) / "champion")
-    if got is not None:
-        champion_version, champion_bundle = got
-        champion = recommend(
-            champion_bundle, users, inputs.seen_for(champion_bundle), n, user_segments=segments
-        )
-        lists["champion"] = inputs.to_eval_space(champion.items, champion_bundle.item_ids)
+    lists, champion_version = _lists(cfg, rc, inputs, candidate_bundle)
     t_lists = time.perf_counter() - t0
 
     heavy_min = heavy_threshold(inputs.train_counts, cfg.eval_heavy_quantile)
     labels = user_slice_labels(
-        inputs.user_counts,
-        inputs.first_ts,
-        cutoff,
-        heavy_min=heavy_min,
-        new_user_days=cfg.eval_new_user_days,
+        inputs.user_counts, inputs.first_ts, cutoff, heavy_min=heavy_min, new_user_days=cfg.eval_new_user_days
     )
     del inputs
     head = head_item_mask(candidate_bundle.item_popularity, cfg.eval_head_share, n_items=relevant.shape[1])
     ev = evaluate_models(
-        lists,
-        relevant,
-        cfg.ks,
-        warm=warm,
-        labels=labels,
-        head_items=head,
-        user_ids=users,
-        n_catalog=n_catalog,
-        item_popularity=candidate_bundle.item_popularity,
-        n_train_users=len(candidate_bundle.user_ids),
-        curve_k=_gate_k(cfg),
-        reference="candidate",
-        n_boot=cfg.bootstrap_samples,
-        confidence=cfg.bootstrap_confidence,
-        seed=cfg.seed,
+        lists, relevant, cfg.ks, warm=warm, labels=labels, head_items=head, user_ids=users, n_catalog=n_catalog,
+        item_popularity=candidate_bundle.item_popularity, n_train_users=len(candidate_bundle.user_ids),
+        curve_k=metric_k(cfg.gate_metric, cfg.ks), reference="candidate", n_boot=cfg.bootstrap_samples,
+        confidence=cfg.bootstrap_confidence, seed=cfg.seed,
     )
 
-    out = rc.work_dir(cfg) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    per_user_path = out / "per_user_metrics.parquet"
+    paths = rc.paths(cfg)
+    paths.eval_dir.mkdir(parents=True, exist_ok=True)
+    per_user_path = paths.eval_dir / "per_user_metrics.parquet"
     # user ids leave the pipeline here (MLflow artifact): tokens when pseudonymization is on
     pseudonymize_table(ev.per_user.drop(columns=["user_index"])).to_parquet(
         per_user_path, index=False
     )
     seconds = time.perf_counter() - t0
-    report = {
-        "ks": cfg.ks,
-        "n_users": int(warm.sum()),
-        "n_users_cold": int((~warm).sum()),
-        "n_catalog": n_catalog,
-        "champion_version": champion_version,
-        "champion_comparison": _champion_comparison(cfg, champion_version, cutoff),
-        "metrics": ev.metrics,
-        "popularity_curve": ev.curves,
-        "slices": ev.slices,
-        "paired": ev.paired,
-        "per_user": str(per_user_path),
-        "definitions": EVAL_DEFINITIONS,
-        "settings": {
-            "cutoff": cutoff.isoformat(),
-            "recent_days": cfg.recent_days,
-            "heavy_quantile": cfg.eval_heavy_quantile,
-            "heavy_min_items": heavy_min,
-            "new_user_days": cfg.eval_new_user_days,
-            "head_share": cfg.eval_head_share,
-            "n_head_items": int(head[:n_catalog].sum()),
-            "bootstrap_samples": cfg.bootstrap_samples,
-            "bootstrap_confidence": cfg.bootstrap_confidence,
-            "bootstrap_seed": cfg.seed,
-        },
-        "notes": ev.notes,
-        "seconds": round(seconds, 3),
-    }
-    write_json(out / "report.json", report)
-    log_to_run(
-        cfg,
-        model["mlflow_run_id"],
-        metrics=_eval_mlflow_metrics(report),
-        tags={"champion_version_evaluated": champion_version or "none"},
-        artifacts={"evaluation": out},
+    report = evaluation_report(
+        ev, ks=cfg.ks, warm=warm, n_catalog=n_catalog, champion_version=champion_version,
+        champion_comparison=_champion_comparison(cfg, champion_version, cutoff), per_user_path=str(per_user_path),
+        settings=_settings(cfg, cutoff, heavy_min, int(head[:n_catalog].sum())), seconds=seconds,
     )
-    from include.recsys.tracking import lineage
-
-    lineage.log_holdout(cfg, model["mlflow_run_id"], parts)
+    write_json(paths.eval_report, report)
+    _log_evaluation(cfg, model, parts, report, champion_version, paths.eval_dir)
     log.info(
         "evaluated %d models on %d holdout users (%d warm, %d cold) in %.2fs "
         "(inputs %.2fs, lists %.2fs, metrics + slices + bootstrap %.2fs): %s = %s",
@@ -217,4 +134,72 @@ def evaluate(
     )
     del ev, lists, relevant
     release_memory()
-    return {"report": str(out / "report.json"), "metrics": report["metrics"], "champion_version": champion_version}
+    return {"report": str(paths.eval_report), "metrics": report["metrics"], "champion_version": champion_version}
+
+
+def _lists(
+    cfg: PipelineConfig, rc: RunContext, inputs: HoldoutInputs, candidate_bundle: ModelBundle
+) -> tuple[dict[str, Any], str | None]:
+    """Every model's top-``max_k`` lists in the eval item space (the candidate's item indices
+    come first, so its lists need no mapping; one seen matrix serves the candidate and both
+    baselines) and the champion's version (None without a champion)."""
+    from include.recsys.data.source import read_segments
+    from include.recsys.scoring.baselines import popularity_order
+    from include.recsys.scoring.recommend import ranked_filtered, recommend
+    from include.recsys.tracking.registry import CHAMPION, download_bundle
+
+    n = cfg.max_k
+    segments = read_segments(cfg)
+    lists = {
+        "candidate": recommend(
+            candidate_bundle, inputs.users, inputs.seen, n, user_segments=segments
+        ).items,
+        "popularity": ranked_filtered(candidate_bundle.popular_order, inputs.seen, n),
+        "recent_popularity": ranked_filtered(
+            popularity_order(inputs.recent, candidate_bundle.item_popularity), inputs.seen, n
+        ),
+    }
+    got = download_bundle(cfg, CHAMPION, rc.paths(cfg).champion)
+    if got is None:
+        return lists, None
+    champion_version, champion_bundle = got
+    champion = recommend(
+        champion_bundle, inputs.users, inputs.seen_for(champion_bundle), n, user_segments=segments
+    )
+    lists["champion"] = inputs.to_eval_space(champion.items, champion_bundle.item_ids)
+    return lists, champion_version
+
+
+def _settings(cfg: PipelineConfig, cutoff: pd.Timestamp, heavy_min: int, n_head_items: int) -> dict[str, Any]:
+    """The report's ``settings``: what the slices and the bootstrap were computed with."""
+    return {
+        "cutoff": cutoff.isoformat(),
+        "recent_days": cfg.recent_days,
+        "heavy_quantile": cfg.eval_heavy_quantile,
+        "heavy_min_items": heavy_min,
+        "new_user_days": cfg.eval_new_user_days,
+        "head_share": cfg.eval_head_share,
+        "n_head_items": n_head_items,
+        "bootstrap_samples": cfg.bootstrap_samples,
+        "bootstrap_confidence": cfg.bootstrap_confidence,
+        "bootstrap_seed": cfg.seed,
+    }
+
+
+def _log_evaluation(
+    cfg: PipelineConfig, model: dict[str, Any], parts: dict[str, Any], report: dict[str, Any],
+    champion_version: str | None, eval_dir: Path,
+) -> None:
+    """The report's figures, the evaluation folder and the holdout's lineage into the run's
+    MLflow run."""
+    from include.recsys.tracking import lineage
+    from include.recsys.tracking.runs import log_to_run
+
+    log_to_run(
+        cfg,
+        model["mlflow_run_id"],
+        metrics=_eval_mlflow_metrics(report),
+        tags={"champion_version_evaluated": champion_version or "none"},
+        artifacts={"evaluation": eval_dir},
+    )
+    lineage.log_holdout(cfg, model["mlflow_run_id"], parts)

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The gate stage: the gate spec applied to the evaluation report -> ``gate.json``, the run card
+and MLflow tags; a FAIL stops the run unless ``force_publish`` (the rules: :mod:`include.recsys.validation.gate`)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def gate(
     from include.recsys.validation.gate import FAIL, PASS, decide, force, mlflow_tags
 
     spec = load_spec(cfg)
-    report_path = Path(ev.get("report") or rc.work_dir(cfg) / "eval" / "report.json")
+    paths = rc.paths(cfg)
+    report_path = Path(ev.get("report") or paths.eval_report)
     report = read_json(report_path) if report_path.exists() else {"metrics": ev["metrics"]}
     result = decide(spec, report)
     if cfg.force_publish and result.verdict != PASS:
@@ -46,7 +48,7 @@ def gate(
             result.verdict, result.metric, rc.run_id, [r.name for r in result.failed()] or "none",
         )
     path = write_json(
-        rc.work_dir(cfg) / "gate.json",
+        paths.gate,
         {**result.to_dict(), "spec_path": str(cfg.gate_spec_path), "spec_sha256": spec_sha256(cfg.gate_spec_path)},
     )
     card = write_run_card(cfg, rc, model.get("mlflow_run_id"), snap=snap, parts=parts, code_version=code_version())

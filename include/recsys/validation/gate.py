@@ -52,11 +52,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
 from include.recsys.config.gate_spec import GateSpec
+from include.recsys.core.fmt import as_number, fmt_num
+from include.recsys.core.metric_key import metric_key_order
 
 PASS, FAIL, SKIPPED = "PASS", "FAIL", "SKIPPED"
 
@@ -96,8 +96,8 @@ class GateResult:
         lines = [head + ":"]
         marks = {PASS: "ok  ", FAIL: "FAIL", SKIP: "skip"}
         for r in self.rules:
-            obs = "n/a" if r.observed is None else f"{r.observed:.4f}"
-            bound = "n/a" if r.bound is None else f"{r.bound:.4f}"
+            # as floats: an int observation (min_users) reads 20.0000 like every other figure
+            obs, bound = (fmt_num(None if x is None else float(x)) for x in (r.observed, r.bound))
             lines.append(f"  [{marks.get(r.result, r.result)}] {r.name}: observed {obs}, bound {bound}. {r.note}".rstrip())
         return "\n".join(lines)
 
@@ -121,28 +121,6 @@ def force(result: GateResult) -> GateResult:
     if result.verdict != PASS:
         result.forced = True
     return result
-
-
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _name(rule: Any, default: str) -> str:
-    return rule.name or default
-
-
-def _suffix(metric: str, primary: str) -> str:
-    return "" if metric == primary else f"[{metric}]"
 
 
 def champion_comparison(version: str, data: dict[str, Any], holdout_start: Any) -> dict[str, Any]:
@@ -184,72 +162,76 @@ def champion_comparison(version: str, data: dict[str, Any], holdout_start: Any) 
     return out
 
 
-def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
-    """Apply ``spec`` to an evaluation report (the ``eval/report.json`` dict).
+@dataclass
+class _Ctx:
+    """What every rule kind reads from one evaluation report (see :func:`decide`)."""
 
-    The report needs ``metrics.candidate`` (with ``n_users_evaluated`` and the primary metric);
-    ``metrics.popularity`` / ``recent_popularity`` / ``champion``, ``paired``, ``slices`` and
-    ``popularity_curve`` are used when present, and the rules that need a missing one are
-    SKIPs with a note. Raises ValueError when the candidate lacks the primary metric.
-    """
-    primary = spec.primary_metric
-    metrics = report.get("metrics") or {}
-    cand = metrics.get("candidate") or {}
-    if _num(cand.get(primary)) is None and int(cand.get("n_users_evaluated") or 0) > 0:
-        raise ValueError(
-            f"the report has no candidate value for the gate's primary metric {primary!r} "
-            f"(metrics: {sorted(k for k in cand if '@' in k)}); is its k in the config's ks?"
+    spec: GateSpec
+    report: dict[str, Any]
+    metrics: dict[str, Any]  # model -> metric -> value
+    cand: dict[str, Any]
+    champ: dict[str, Any] | None
+    unfair: str | None  # why the champion is not judged against (it trained on this holdout)
+    paired: dict[str, Any]
+    slices: dict[str, Any]
+    curves: dict[str, Any]
+
+    @classmethod
+    def of(cls, spec: GateSpec, report: dict[str, Any]) -> _Ctx:
+        metrics = report.get("metrics") or {}
+        champ = metrics.get("champion")
+        return cls(
+            spec=spec, report=report, metrics=metrics, cand=metrics.get("candidate") or {}, champ=champ,
+            unfair=(report.get("champion_comparison") or {}).get("reason") if champ is not None else None,
+            paired=report.get("paired") or {}, slices=report.get("slices") or {},
+            curves=report.get("popularity_curve") or {},
         )
-    champ = metrics.get("champion")
-    # a champion that trained on this holdout is not judged against (see champion_comparison)
-    unfair = (report.get("champion_comparison") or {}).get("reason") if champ is not None else None
-    paired = report.get("paired") or {}
-    slices = report.get("slices") or {}
-    curves = report.get("popularity_curve") or {}
-    spec_dict = spec.model_dump(mode="json")
 
-    n_users = int(cand.get("n_users_evaluated") or 0)
-    min_rule = Rule(
-        "min_users", n_users, spec.min_users, n_users >= spec.min_users,
-        f"{n_users} users evaluated", kind="min_users",
-    )
-    if not min_rule.passed:
-        min_rule.note += f"; fewer than {spec.min_users}: not judged"
-        return GateResult(SKIPPED, primary, [min_rule], n_users=n_users, spec=spec_dict)
-    rules = [min_rule]
+    def cand_value(self, metric: str) -> float | None:
+        return as_number(self.cand.get(metric))
 
-    def skip(name: str, kind: str, note: str, observed: float | None = None, bound: float | None = None) -> Rule:
-        return Rule(name, observed, bound, True, note, kind=kind, result=SKIP)
+    def name(self, rule: Any, default: str, metric: str | None = None) -> str:
+        """The rule's own name, else ``default`` with ``[metric]`` unless it is the primary one."""
+        suffix = "" if metric is None or metric == self.spec.primary_metric else f"[{metric}]"
+        return rule.name or default + suffix
 
-    def cand_value(metric: str) -> float | None:
-        return _num(cand.get(metric))
 
-    for r in spec.floors:
-        m = spec.metric_of(r)
-        name = _name(r, "floor" + _suffix(m, primary))
-        v = cand_value(m)
+def _skip(name: str, kind: str, note: str, observed: float | None = None, bound: float | None = None) -> Rule:
+    return Rule(name, observed, bound, True, note, kind=kind, result=SKIP)
+
+
+def _judge_floors(ctx: _Ctx) -> list[Rule]:
+    rules = []
+    for r in ctx.spec.floors:
+        m = ctx.spec.metric_of(r)
+        name = ctx.name(r, "floor", m)
+        v = ctx.cand_value(m)
         if v is None:
-            rules.append(skip(name, "floor", f"{m} not in the report", bound=r.min))
+            rules.append(_skip(name, "floor", f"{m} not in the report", bound=r.min))
             continue
         rules.append(Rule(name, v, r.min, v >= r.min, f"candidate {m} >= {r.min:g}", kind="floor"))
+    return rules
 
-    for r in spec.beat_baselines:
-        m = spec.metric_of(r)
-        name = _name(r, f"beats_{r.baseline}" + _suffix(m, primary))
-        base = _num((metrics.get(r.baseline) or {}).get(m))
-        v = cand_value(m)
+
+def _judge_beat_baselines(ctx: _Ctx) -> list[Rule]:
+    rules = []
+    for r in ctx.spec.beat_baselines:
+        m = ctx.spec.metric_of(r)
+        name = ctx.name(r, f"beats_{r.baseline}", m)
+        base = as_number((ctx.metrics.get(r.baseline) or {}).get(m))
+        v = ctx.cand_value(m)
         if base is None or v is None:
-            rules.append(skip(name, "beats_baseline", f"no {r.baseline} {m} in the report", observed=v))
+            rules.append(_skip(name, "beats_baseline", f"no {r.baseline} {m} in the report", observed=v))
             continue
         note = f"{r.baseline} {base:.4f}, required lift {r.min_lift:+.0%}"
-        ci = (paired.get(f"candidate_vs_{r.baseline}") or {}).get(m) or {}
-        lo = _num(ci.get("lo"))
+        ci = (ctx.paired.get(f"candidate_vs_{r.baseline}") or {}).get(m) or {}
+        lo = as_number(ci.get("lo"))
         if r.method == "bootstrap" and lo is not None:
             bound = r.min_lift * base
             rules.append(Rule(
                 name, lo, bound, lo > bound,
                 f"{note}; lower end of the {ci.get('confidence', 0.95):.0%} CI of candidate - "
-                f"{r.baseline} (diff {_f(_num(ci.get('mean_diff')))}) must exceed the bound",
+                f"{r.baseline} (diff {fmt_num(as_number(ci.get('mean_diff')))}) must exceed the bound",
                 kind="beats_baseline",
             ))
             continue
@@ -257,26 +239,30 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
             note += "; no paired interval in the report: point estimate"
         bound = base * (1 + r.min_lift)
         rules.append(Rule(name, v, bound, v > bound, note, kind="beats_baseline"))
+    return rules
 
-    for r in spec.no_regression:
-        m = spec.metric_of(r)
-        name = _name(r, "no_regression" + _suffix(m, primary))
-        v = cand_value(m)
-        if champ is None or unfair:
-            rules.append(skip(name, "no_regression", unfair or "no champion yet", observed=v))
+
+def _judge_no_regression(ctx: _Ctx) -> list[Rule]:
+    rules = []
+    for r in ctx.spec.no_regression:
+        m = ctx.spec.metric_of(r)
+        name = ctx.name(r, "no_regression", m)
+        v = ctx.cand_value(m)
+        if ctx.champ is None or ctx.unfair:
+            rules.append(_skip(name, "no_regression", ctx.unfair or "no champion yet", observed=v))
             continue
-        c = _num(champ.get(m))
+        c = as_number(ctx.champ.get(m))
         if c is None or v is None:
-            rules.append(skip(name, "no_regression", f"no champion {m} in the report", observed=v))
+            rules.append(_skip(name, "no_regression", f"no champion {m} in the report", observed=v))
             continue
         note = f"champion {c:.4f}, tolerance {r.tolerance:.0%}"
-        ci = (paired.get("candidate_vs_champion") or {}).get(m) or {}
-        lo, hi = _num(ci.get("lo")), _num(ci.get("hi"))
+        ci = (ctx.paired.get("candidate_vs_champion") or {}).get(m) or {}
+        lo, hi = as_number(ci.get("lo")), as_number(ci.get("hi"))
         if r.method == "bootstrap" and hi is not None and lo is not None:
             bound = -r.tolerance * c
             rules.append(Rule(
                 name, hi, bound, hi >= bound,
-                f"{note}; candidate - champion {_f(_num(ci.get('mean_diff')))}, "
+                f"{note}; candidate - champion {fmt_num(as_number(ci.get('mean_diff')))}, "
                 f"{ci.get('confidence', 0.95):.0%} CI [{lo:+.4f}, {hi:+.4f}] over "
                 f"{ci.get('n_users', '?')} users; FAIL when the upper end < -tolerance x champion",
                 kind="no_regression",
@@ -286,54 +272,62 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
             note += "; no paired interval in the report: point estimate"
         bound = c * (1 - r.tolerance)
         rules.append(Rule(name, v, bound, v >= bound, note, kind="no_regression"))
+    return rules
 
-    for r in spec.slices:
-        m = spec.metric_of(r)
+
+def _judge_slices(ctx: _Ctx) -> list[Rule]:
+    rules = []
+    for r in ctx.spec.slices:
+        m = ctx.spec.metric_of(r)
         kind = "slice_floor" if r.min is not None else "slice_drop"
-        name = _name(r, f"{kind}[{r.slice}]" + _suffix(m, primary))
-        cs = (slices.get("candidate") or {}).get(r.slice)
-        if not slices:
-            rules.append(skip(name, kind, "no slices in the report"))
+        name = ctx.name(r, f"{kind}[{r.slice}]", m)
+        cs = (ctx.slices.get("candidate") or {}).get(r.slice)
+        if not ctx.slices:
+            rules.append(_skip(name, kind, "no slices in the report"))
             continue
-        if not cs or _num(cs.get(m)) is None:
-            rules.append(skip(name, kind, f"slice {r.slice} ({m}) not in the report"))
+        if not cs or as_number(cs.get(m)) is None:
+            rules.append(_skip(name, kind, f"slice {r.slice} ({m}) not in the report"))
             continue
         v, n = float(cs[m]), int(cs.get("n_users") or 0)
         if n < r.min_users:
-            rules.append(skip(name, kind, f"slice {r.slice}: {n} users < {r.min_users}, not judged", observed=v))
+            rules.append(_skip(name, kind, f"slice {r.slice}: {n} users < {r.min_users}, not judged", observed=v))
             continue
         if r.min is not None:
             rules.append(Rule(name, v, r.min, v >= r.min, f"slice {r.slice} ({n} users) {m} >= {r.min:g}", kind=kind))
             continue
-        chs = (slices.get("champion") or {}).get(r.slice) or {}
-        c = _num(chs.get(m))
-        if unfair:
-            rules.append(skip(name, kind, unfair, observed=v))
+        c = as_number(((ctx.slices.get("champion") or {}).get(r.slice) or {}).get(m))
+        if ctx.unfair:
+            rules.append(_skip(name, kind, ctx.unfair, observed=v))
             continue
-        if champ is None or c is None:
-            rules.append(skip(name, kind, "no champion yet" if champ is None else f"no champion value for slice {r.slice}", observed=v))
+        if ctx.champ is None or c is None:
+            why = "no champion yet" if ctx.champ is None else f"no champion value for slice {r.slice}"
+            rules.append(_skip(name, kind, why, observed=v))
             continue
         bound = c * (1 - r.max_drop)  # type: ignore[operator]
         rules.append(Rule(
             name, v, bound, v >= bound,
             f"slice {r.slice} ({n} users): champion {c:.4f}, max drop {r.max_drop:.0%}", kind=kind,
         ))
+    return rules
 
-    for r in spec.guardrails:
+
+def _judge_guardrails(ctx: _Ctx) -> list[Rule]:
+    rules = []
+    for r in ctx.spec.guardrails:
         m = r.metric
-        name = _name(r, f"guardrail[{m}]")
-        v = cand_value(m)
+        name = ctx.name(r, f"guardrail[{m}]")
+        v = ctx.cand_value(m)
         if v is None:
-            rules.append(skip(name, "guardrail", f"{m} not in the report"))
+            rules.append(_skip(name, "guardrail", f"{m} not in the report"))
             continue
         lo, hi, ref_note = r.min, r.max, ""
-        if r.relative_to == "champion" and unfair:
-            rules.append(skip(name, "guardrail", unfair, observed=v))
+        if r.relative_to == "champion" and ctx.unfair:
+            rules.append(_skip(name, "guardrail", ctx.unfair, observed=v))
             continue
         if r.relative_to is not None:
-            ref = _num(((report.get("metrics") or {}).get(r.relative_to) or {}).get(m))
+            ref = as_number((ctx.metrics.get(r.relative_to) or {}).get(m))
             if ref is None:
-                rules.append(skip(name, "guardrail", f"no {r.relative_to} value of {m} in the report", observed=v))
+                rules.append(_skip(name, "guardrail", f"no {r.relative_to} value of {m} in the report", observed=v))
                 continue
             lo = None if r.min is None else r.min * ref
             hi = None if r.max is None else r.max * ref
@@ -346,21 +340,28 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
         rules.append(Rule(
             name, v, bound, ok_min and ok_max, f"candidate {m} {' and '.join(parts)}{ref_note}", kind="guardrail",
         ))
+    return rules
 
-    curve = curves.get("candidate") or {}
-    for r in spec.popularity_bias:
-        name = _name(r, f"popularity_bias[{r.share:g}]")
-        shares, items = curve.get("shares") or [], curve.get("items") or []
-        hit = [i for s, i in zip(shares, items) if abs(float(s) - r.share) < 1e-9]
+
+def _at_share(curve: dict[str, Any], share: float) -> list[Any]:
+    """The curve's item counts at ``share`` (empty when the curve was not read there)."""
+    return [i for s, i in zip(curve.get("shares") or [], curve.get("items") or []) if abs(float(s) - share) < 1e-9]
+
+
+def _judge_popularity_bias(ctx: _Ctx) -> list[Rule]:
+    rules = []
+    curve = ctx.curves.get("candidate") or {}
+    for r in ctx.spec.popularity_bias:
+        name = ctx.name(r, f"popularity_bias[{r.share:g}]")
+        hit = _at_share(curve, r.share)
         if not hit:
-            rules.append(skip(name, "popularity_bias", f"no popularity curve at share {r.share:g} in the report"))
+            rules.append(_skip(name, "popularity_bias", f"no popularity curve at share {r.share:g} in the report"))
             continue
-        n_catalog = int(report.get("n_catalog") or 0)
+        n_catalog = int(ctx.report.get("n_catalog") or 0)
         if r.min_ratio_to_popularity is not None:
-            pop = curves.get("popularity") or {}
-            ref = [i for s, i in zip(pop.get("shares") or [], pop.get("items") or []) if abs(float(s) - r.share) < 1e-9]
+            ref = _at_share(ctx.curves.get("popularity") or {}, r.share)
             if not ref:
-                rules.append(skip(name, "popularity_bias", f"no popularity-baseline curve at share {r.share:g}"))
+                rules.append(_skip(name, "popularity_bias", f"no popularity-baseline curve at share {r.share:g}"))
                 continue
             bound = float(r.min_ratio_to_popularity * float(ref[0]))
         elif r.min_items is not None:
@@ -368,7 +369,7 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
         elif n_catalog:
             bound = float(math.ceil(r.min_fraction * n_catalog))  # type: ignore[operator]
         else:
-            rules.append(skip(name, "popularity_bias", "catalog size unknown"))
+            rules.append(_skip(name, "popularity_bias", "catalog size unknown"))
             continue
         v = float(hit[0])
         rules.append(Rule(
@@ -377,7 +378,42 @@ def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
             f"recommendations (catalog {n_catalog})",
             kind="popularity_bias",
         ))
+    return rules
 
+
+_JUDGES = (
+    _judge_floors, _judge_beat_baselines, _judge_no_regression, _judge_slices, _judge_guardrails,
+    _judge_popularity_bias,
+)
+
+
+def decide(spec: GateSpec, report: dict[str, Any]) -> GateResult:
+    """Apply ``spec`` to an evaluation report (the ``eval/report.json`` dict).
+
+    The report needs ``metrics.candidate`` (with ``n_users_evaluated`` and the primary metric);
+    ``metrics.popularity`` / ``recent_popularity`` / ``champion``, ``paired``, ``slices`` and
+    ``popularity_curve`` are used when present, and the rules that need a missing one are
+    SKIPs with a note. Raises ValueError when the candidate lacks the primary metric.
+    """
+    primary = spec.primary_metric
+    ctx = _Ctx.of(spec, report)
+    n_users = int(ctx.cand.get("n_users_evaluated") or 0)
+    if ctx.cand_value(primary) is None and n_users > 0:
+        raise ValueError(
+            f"the report has no candidate value for the gate's primary metric {primary!r} "
+            f"(metrics: {metric_key_order(ctx.cand)}); is its k in the config's ks?"
+        )
+    spec_dict = spec.model_dump(mode="json")
+    min_rule = Rule(
+        "min_users", n_users, spec.min_users, n_users >= spec.min_users,
+        f"{n_users} users evaluated", kind="min_users",
+    )
+    if not min_rule.passed:
+        min_rule.note += f"; fewer than {spec.min_users}: not judged"
+        return GateResult(SKIPPED, primary, [min_rule], n_users=n_users, spec=spec_dict)
+    rules = [min_rule]
+    for judge in _JUDGES:
+        rules += judge(ctx)
     verdict = FAIL if any(r.result == FAIL for r in rules) else PASS
     return GateResult(verdict, primary, rules, n_users=n_users, spec=spec_dict)
 
@@ -393,5 +429,6 @@ def mlflow_tags(result: GateResult | dict[str, Any]) -> dict[str, str]:
     }
     for r in d.get("rules", []):
         key = "gate_rule." + re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", str(r["name"]))
-        tags[key] = f"{r.get('result') or ('PASS' if r['passed'] else 'FAIL')}: observed {_f(_num(r.get('observed')))}, bound {_f(_num(r.get('bound')))}"
+        observed, bound = (fmt_num(as_number(r.get(x))) for x in ("observed", "bound"))
+        tags[key] = f"{r.get('result') or ('PASS' if r['passed'] else 'FAIL')}: observed {observed}, bound {bound}"
     return tags

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Great Expectations 1.x plumbing shared by the suites: building a suite from JSON, a quiet
+ephemeral context with a local Data Docs site, and the frame GX sees (widened dtypes, no
+fingerprint of big frames). GX is imported lazily: importing it takes seconds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The input check of a run: the interactions snapshot against the ``interactions_snapshot``
+suite for the run's training window (the suite and how it runs: :mod:`.suite`)."""
 
 from __future__ import annotations
 
@@ -71,28 +72,16 @@ def validate_interactions(
     definition = load_suite_definition(suite_path)
     suite_name: str = definition["name"]
     meta: dict[str, Any] = definition.get("meta") or {}
-    params: dict[str, Any] = {**(meta.get("parameter_defaults") or {}), **(parameters or {})}
-    lag = int(params.pop("freshness_lag_days", 0) or 0)
-    params["window_start"] = ws.to_pydatetime()
-    params["window_end"] = we.to_pydatetime()
-    params["freshness_min"] = (we - pd.Timedelta(days=1 + lag)).to_pydatetime()
-
     results, gx_success, docs_index = run_suite(
         df,
         definition,
-        parameters=params,
+        parameters=_suite_parameters(meta, parameters, ws, we),
         run_name=f"{suite_name}__{ws.isoformat()}__{we.isoformat()}",
         run_time=we.to_pydatetime(),
         asset_name="interactions",
         docs_dir=docs_dir,
     )
-    known = set(meta.get("required_columns") or []) | set(meta.get("optional_columns") or [])
-    extra_columns = sorted(str(c) for c in df.columns if str(c) not in known)
-    all_notes = list(notes or [])
-    if extra_columns:
-        all_notes.append(f"unknown column(s) {extra_columns} present (allowed; not used)")
     results += list(extra_results or [])
-
     report = ValidationReport(
         success=not any(r["success"] is False and r["severity"] == ERROR for r in results),
         n_rows=len(df),
@@ -102,7 +91,29 @@ def validate_interactions(
         window_end=we.isoformat(),
         gx_success=gx_success,
         duration_s=time.perf_counter() - started,
-        notes=all_notes,
+        notes=[*(notes or []), *_unknown_columns(df, meta)],
         data_docs=docs_index,
     )
     return finish(report, report_path=report_path)
+
+
+def _suite_parameters(
+    meta: dict[str, Any], parameters: dict[str, Any] | None, ws: pd.Timestamp, we: pd.Timestamp
+) -> dict[str, Any]:
+    """The suite's parameter defaults, overridden by ``parameters``, plus the window bounds and
+    ``freshness_min`` (the newest day, ``freshness_lag_days`` before the window end, must have events)."""
+    import pandas as pd
+
+    params: dict[str, Any] = {**(meta.get("parameter_defaults") or {}), **(parameters or {})}
+    lag = int(params.pop("freshness_lag_days", 0) or 0)
+    params["window_start"] = ws.to_pydatetime()
+    params["window_end"] = we.to_pydatetime()
+    params["freshness_min"] = (we - pd.Timedelta(days=1 + lag)).to_pydatetime()
+    return params
+
+
+def _unknown_columns(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """A note naming the columns the suite does not know (allowed, never used), if any."""
+    known = set(meta.get("required_columns") or []) | set(meta.get("optional_columns") or [])
+    extra_columns = sorted(str(c) for c in df.columns if str(c) not in known)
+    return [f"unknown column(s) {extra_columns} present (allowed; not used)"] if extra_columns else []

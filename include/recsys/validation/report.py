@@ -1,22 +1,19 @@
-"""TODO docstring."""
+"""The validation report every check writes into (input, output, similar items): the result
+dict format (:func:`check_result` for Python checks), the :class:`ValidationReport`, its JSON
+and HTML files, and :func:`finish`, which raises on an error-severity failure."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import pandas as pd
+from include.recsys.core.io import atomic_write
 from include.recsys.errors import DataValidationError
-
-_FLOAT32_MAX = 3.4028234663852886e38
-
 
 logger = logging.getLogger(__name__)
 
@@ -114,38 +111,7 @@ class ValidationReport:
 
     def write_json(self, path: str | Path) -> Path:
         """Write the report as JSON to ``path`` (atomically; parents are created)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, target)
-        return target
-
-
-def _fmt_ts(ts: pd.Timestamp) -> str:
-    """Date only when the bound is midnight UTC, else full ISO format."""
-    return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.isoformat()
-
-
-def _fmt_pct(pct: float | None) -> str:
-    if pct is None:
-        return "n/a"
-    if pct == 0 or pct >= 0.01:
-        return f"{pct:.2f}%"
-    return f"{pct:.2g}%"
-
-
-def _fmt_bound(value: Any) -> str:
-    import pandas as pd
-
-    if isinstance(value, datetime):
-        ts = pd.Timestamp(value)
-        return _fmt_ts(ts.tz_convert("UTC") if ts.tzinfo else ts)
-    if isinstance(value, float):
-        if value >= _FLOAT32_MAX:
-            return "float32 max"
-        return f"{value:g}"
-    return str(value)
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+
+from include.recsys.core.fmt import fmt_num
 from include.recsys.validation.gx import (
     GX_FINGERPRINT_MAX_BYTES,
     _build_gx_suite,
@@ -70,8 +72,6 @@ from include.recsys.validation.report import (
     _SEVERITIES,
     ERROR,
     _empty_result,
-    _fmt_bound,
-    _fmt_pct,
     _jsonable,
 )
 
@@ -91,6 +91,8 @@ _DTYPE_KIND_LABELS = {
 }
 
 _MAX_SAMPLE_VALUES = 5
+
+_FLOAT32_MAX = 3.4028234663852886e38  # the upper bound a float32 column's range check names
 
 
 def load_suite_definition(path: str | Path | None = None) -> dict[str, Any]:
@@ -194,6 +196,23 @@ def _check_dtypes(
     return results, bad_columns
 
 
+def _fmt_bound(value: Any) -> str:
+    """A bound as a failure message names it: a timestamp as its UTC date when it is midnight
+    (else ISO), the float32 maximum by name, other floats with ``:g``. Not :func:`fmt_num`: these
+    are thresholds and dates of a check, not figures of a table."""
+    import pandas as pd
+
+    if isinstance(value, datetime):
+        ts = pd.Timestamp(value)
+        ts = ts.tz_convert("UTC") if ts.tzinfo else ts
+        return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.isoformat()
+    if isinstance(value, float):
+        if value >= _FLOAT32_MAX:
+            return "float32 max"
+        return f"{value:g}"
+    return str(value)
+
+
 def _interval(kwargs: dict[str, Any]) -> str:
     lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
     left = "(" if kwargs.get("strict_min") or lo is None else "["
@@ -225,7 +244,7 @@ def _failure_message(res: dict[str, Any], gx_result: dict[str, Any], missing: li
         return f"row count {res['observed_value']} outside {_interval(kwargs)}"
     count = res["unexpected_count"]
     total = res["element_count"]
-    pct = _fmt_pct(res["unexpected_percent"])
+    pct = fmt_num(res["unexpected_percent"], "pct")
     rule = res.get("_rule")
     suffix = f" ({rule})" if rule else ""
     if etype == "expect_column_values_to_not_be_null" and count is not None:
@@ -293,15 +312,29 @@ def run_suite(
         ``docs_dir``).
     """
     meta: dict[str, Any] = definition.get("meta") or {}
-    suite_name: str = definition["name"]
-    required = list(meta.get("required_columns") or [])
-    optional = set(meta.get("optional_columns") or [])
     present = {str(c) for c in df.columns}
-    missing_required = [c for c in required if c not in present]
+    missing_required = [c for c in meta.get("required_columns") or [] if c not in present]
 
     # 1) Python pre-checks: dtype contract; decide which column expectations can run.
     results, bad_dtype_columns = _check_dtypes(df, _dtype_contract(definition))
+    skip_reason = _plan_expectations(df, definition, parameters, bad_dtype_columns)
+    # 2) GX: ephemeral context -> datasource -> asset -> batch definition -> VD -> checkpoint.
+    gx_results, gx_success, docs_index = _run_gx(
+        df, definition, skip_reason, parameters=parameters, run_name=run_name, run_time=run_time,
+        asset_name=asset_name, docs_dir=docs_dir,
+    )
+    # 3) Convert to plain result dicts in suite order, with messages for failures.
+    results += _to_results(definition, skip_reason, gx_results, missing_required)
+    return results, gx_success, docs_index
 
+
+def _plan_expectations(
+    df: pd.DataFrame, definition: dict[str, Any], parameters: dict[str, Any], bad_dtype_columns: set[str]
+) -> dict[int, str]:
+    """Suite index -> why that expectation is skipped; the others run through GX."""
+    meta: dict[str, Any] = definition.get("meta") or {}
+    optional = set(meta.get("optional_columns") or [])
+    present = {str(c) for c in df.columns}
     skip_reason: dict[int, str] = {}
     for i, exp in enumerate(definition["expectations"]):
         exp_meta = exp.get("meta") or {}
@@ -322,64 +355,85 @@ def run_suite(
             skip_reason[i] = "table is empty"
         elif absent:
             skip_reason[i] = f"suite parameter(s) not supplied: {', '.join(absent)}"
+    return skip_reason
+
+
+def _run_gx(
+    df: pd.DataFrame,
+    definition: dict[str, Any],
+    skip_reason: dict[int, str],
+    *,
+    parameters: dict[str, Any],
+    run_name: str,
+    run_time: datetime,
+    asset_name: str,
+    docs_dir: str | Path | None,
+) -> tuple[dict[int, Any], bool | None, str | None]:
+    """The expectations not skipped, through one GX Checkpoint: (suite index -> GX result,
+    ``CheckpointResult.success``, Data Docs ``index.html``); nothing to run: ({}, None, None)."""
+    meta: dict[str, Any] = definition.get("meta") or {}
+    suite_name: str = definition["name"]
     to_run = [
         {**exp, "meta": {**(exp.get("meta") or {}), "_idx": i}}
         for i, exp in enumerate(definition["expectations"])
         if i not in skip_reason
     ]
+    if not to_run:
+        return {}, None, None
+    context = _gx_context(docs_dir)  # first: quietens GX logging before its (slow) import
 
-    # 2) GX: ephemeral context -> datasource -> asset -> batch definition -> VD -> checkpoint.
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    batch_definition = (
+        context.data_sources.add_pandas(name="recsys_pandas")
+        .add_dataframe_asset(name=asset_name)
+        .add_batch_definition_whole_dataframe(name="whole_frame")
+    )
+    suite = context.suites.add(_build_gx_suite(suite_name, to_run, meta))
+    if len(suite.expectations) != len(to_run):
+        raise RuntimeError(
+            f"GX built {len(suite.expectations)} of {len(to_run)} expectations "
+            f"of suite {suite_name}"
+        )
+    validation_definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{suite_name}_vd", data=batch_definition, suite=suite)
+    )
+    actions = [] if docs_dir is None else [UpdateDataDocsAction(name="data_docs", site_names=["local"])]
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{suite_name}_checkpoint",
+            validation_definitions=[validation_definition],
+            actions=actions,
+            result_format={"result_format": "BASIC"},
+        )
+    )
+    with _gx_fingerprint_limit(GX_FINGERPRINT_MAX_BYTES):
+        checkpoint_result = checkpoint.run(
+            batch_parameters={"dataframe": _gx_frame(df)},
+            expectation_parameters=parameters,
+            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
+        )
     gx_results: dict[int, Any] = {}
-    gx_success: bool | None = None
-    docs_index: str | None = None
-    if to_run:
-        context = _gx_context(docs_dir)  # first: quietens GX logging before its (slow) import
-
-        import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
-        from great_expectations.core.run_identifier import RunIdentifier
-
-        batch_definition = (
-            context.data_sources.add_pandas(name="recsys_pandas")
-            .add_dataframe_asset(name=asset_name)
-            .add_batch_definition_whole_dataframe(name="whole_frame")
+    for suite_result in checkpoint_result.run_results.values():
+        for exp_result in suite_result.results:
+            gx_results[int(exp_result.expectation_config.meta["_idx"])] = exp_result
+    if len(gx_results) != len(to_run):
+        raise RuntimeError(
+            f"GX returned {len(gx_results)} results for {len(to_run)} expectations"
         )
-        suite = context.suites.add(_build_gx_suite(suite_name, to_run, meta))
-        if len(suite.expectations) != len(to_run):
-            raise RuntimeError(
-                f"GX built {len(suite.expectations)} of {len(to_run)} expectations "
-                f"of suite {suite_name}"
-            )
-        validation_definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{suite_name}_vd", data=batch_definition, suite=suite)
-        )
-        actions = [] if docs_dir is None else [UpdateDataDocsAction(name="data_docs", site_names=["local"])]
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"{suite_name}_checkpoint",
-                validation_definitions=[validation_definition],
-                actions=actions,
-                result_format={"result_format": "BASIC"},
-            )
-        )
-        with _gx_fingerprint_limit(GX_FINGERPRINT_MAX_BYTES):
-            checkpoint_result = checkpoint.run(
-                batch_parameters={"dataframe": _gx_frame(df)},
-                expectation_parameters=parameters,
-                run_id=RunIdentifier(run_name=run_name, run_time=run_time),
-            )
-        gx_success = bool(checkpoint_result.success)
-        for suite_result in checkpoint_result.run_results.values():
-            for exp_result in suite_result.results:
-                gx_results[int(exp_result.expectation_config.meta["_idx"])] = exp_result
-        if len(gx_results) != len(to_run):
-            raise RuntimeError(
-                f"GX returned {len(gx_results)} results for {len(to_run)} expectations"
-            )
-        if docs_dir is not None and (Path(docs_dir) / "index.html").exists():
-            docs_index = str((Path(docs_dir) / "index.html").resolve())
+    docs_index = None
+    if docs_dir is not None and (Path(docs_dir) / "index.html").exists():
+        docs_index = str((Path(docs_dir) / "index.html").resolve())
+    return gx_results, bool(checkpoint_result.success), docs_index
 
-    # 3) Convert to plain result dicts in suite order, with messages for failures.
+
+def _to_results(
+    definition: dict[str, Any], skip_reason: dict[int, str], gx_results: dict[int, Any], missing_required: list[str]
+) -> list[dict[str, Any]]:
+    """One plain result dict per expectation, in suite order, with a message for each failure."""
+    results = []
     for i, exp in enumerate(definition["expectations"]):
         exp_meta = exp.get("meta") or {}
         res = _empty_result(
@@ -389,32 +443,35 @@ def run_suite(
         if i in skip_reason:
             res["skipped"] = True
             res["skip_reason"] = skip_reason[i]
-            results.append(res)
-            continue
-        exp_result = gx_results[i]
-        raw: dict[str, Any] = dict(exp_result.result or {})
-        info = exp_result.exception_info or {}
-        evaluated_kwargs = dict(exp_result.expectation_config.kwargs)
-        evaluated_kwargs.pop("batch_id", None)
-        res["kwargs"] = _jsonable(evaluated_kwargs)
-        res["success"] = bool(exp_result.success)
-        res["observed_value"] = _jsonable(raw.get("observed_value"))
-        res["element_count"] = raw.get("element_count")
-        res["unexpected_count"] = raw.get("unexpected_count")
-        if res["unexpected_count"] is not None and res["element_count"]:
-            res["unexpected_percent"] = 100.0 * res["unexpected_count"] / res["element_count"]
-        elif res["unexpected_count"] is not None:
-            res["unexpected_percent"] = 0.0
-        if raw.get("partial_unexpected_list"):
-            res["partial_unexpected_list"] = _jsonable(
-                raw["partial_unexpected_list"][:_MAX_SAMPLE_VALUES]
-            )
-        if info.get("raised_exception"):
-            res["exception"] = info.get("exception_message") or "unknown GX exception"
-        if not res["success"]:
-            res["_raw_kwargs"] = evaluated_kwargs
-            res["_rule"] = exp_meta.get("rule")
-            res["message"] = _failure_message(res, raw, missing_required)
-            del res["_raw_kwargs"], res["_rule"]
+        else:
+            _fill_from_gx(res, gx_results[i], exp_meta, missing_required)
         results.append(res)
-    return results, gx_success, docs_index
+    return results
+
+
+def _fill_from_gx(res: dict[str, Any], exp_result: Any, exp_meta: dict[str, Any], missing_required: list[str]) -> None:
+    """Copy what GX observed into ``res`` (JSON-safe; at most a few sample values)."""
+    raw: dict[str, Any] = dict(exp_result.result or {})
+    info = exp_result.exception_info or {}
+    evaluated_kwargs = dict(exp_result.expectation_config.kwargs)
+    evaluated_kwargs.pop("batch_id", None)
+    res["kwargs"] = _jsonable(evaluated_kwargs)
+    res["success"] = bool(exp_result.success)
+    res["observed_value"] = _jsonable(raw.get("observed_value"))
+    res["element_count"] = raw.get("element_count")
+    res["unexpected_count"] = raw.get("unexpected_count")
+    if res["unexpected_count"] is not None and res["element_count"]:
+        res["unexpected_percent"] = 100.0 * res["unexpected_count"] / res["element_count"]
+    elif res["unexpected_count"] is not None:
+        res["unexpected_percent"] = 0.0
+    if raw.get("partial_unexpected_list"):
+        res["partial_unexpected_list"] = _jsonable(
+            raw["partial_unexpected_list"][:_MAX_SAMPLE_VALUES]
+        )
+    if info.get("raised_exception"):
+        res["exception"] = info.get("exception_message") or "unknown GX exception"
+    if not res["success"]:
+        res["_raw_kwargs"] = evaluated_kwargs
+        res["_rule"] = exp_meta.get("rule")
+        res["message"] = _failure_message(res, raw, missing_required)
+        del res["_raw_kwargs"], res["_rule"]

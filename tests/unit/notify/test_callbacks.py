@@ -435,12 +435,12 @@ def test_dag_test_retry_then_failure_sends_one_message(airflow_env: dict[str, st
 
 
 def _outcome(data_dir: Path, run_id: str, outcome: dict) -> None:
+    from include.recsys.core.paths import RunPaths
     from include.recsys.core.run import RunContext
-    from include.recsys.reporting.summary import PUBLISH_OUTCOME
 
     work = data_dir / "runs" / "20261118T000000Z" / RunContext("d", run_id, datetime.now(), datetime.now()).run_key
     work.mkdir(parents=True)
-    (work / PUBLISH_OUTCOME).write_text(json.dumps(outcome))
+    RunPaths(work).publish_outcome.write_text(json.dumps(outcome))
 
 
 def test_success_callback_always_says_why_an_older_run_served_nothing(

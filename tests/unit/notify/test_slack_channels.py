@@ -24,6 +24,7 @@ from include.recsys.notify.callbacks import (
     task_retry_callback,
 )
 from include.recsys.notify.slack import CHANNEL_ENV, CONN_ID_ENV, send_slack
+from include.recsys.stages.freshness_check import run_check
 from include.recsys.tables import freshness
 from include.recsys.tables.current import point_current
 from include.recsys.tables.versions import write_version
@@ -234,19 +235,19 @@ def test_freshness_alert_once_then_realert(slack, hook_conn, tmp_path) -> None:
     _aged(root, "v1", hours=50)
     s = freshness.FreshnessSettings(max_age_hours=30, deadline_utc=None, realert_hours=6)
     now = datetime.now(timezone.utc)
-    assert freshness.run_check(root, s, now)["alerted"] is True
-    assert freshness.run_check(root, s, now + timedelta(hours=1))["alerted"] is False
-    assert freshness.run_check(root, s, now + timedelta(hours=7))["alerted"] is True
+    assert run_check(root, s, now)["alerted"] is True
+    assert run_check(root, s, now + timedelta(hours=1))["alerted"] is False
+    assert run_check(root, s, now + timedelta(hours=7))["alerted"] is True
     assert len(slack.requests) == 2
     assert "stale" in slack.requests[0].json["text"]
     h.publish(root, "v2")  # fresh again: state cleared, nothing posted
-    assert freshness.run_check(root, s)["ok"] is True
+    assert run_check(root, s)["ok"] is True
     assert len(slack.requests) == 2 and not (root / freshness.STATE_FILE).exists()
 
 
 def test_freshness_switch_off(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv(freshness.ENABLED_ENV, "false")
-    assert freshness.run_check(tmp_path / "nothing") == {"enabled": False}
+    assert run_check(tmp_path / "nothing") == {"enabled": False}
 
 
 def test_freshness_dag_is_switchable(monkeypatch) -> None:
