@@ -34,6 +34,7 @@ from include.recsys.core.ids import RERUN, IdMap, compact_codes, interaction_mat
 from include.recsys.data.split import check_no_leak
 from include.recsys.errors import IdRouteError, TrainingError
 from include.recsys.scoring.bundle import ModelBundle, id_maps_sha256
+from include.recsys.scoring.recommend import Recommendations, recommend
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +217,22 @@ def train(
 
 def _needs_own_matrix(spec: ConfidenceSpec) -> bool:
     return spec.weighting != "none" or spec.recency_half_life_days > 0
+
+
+class ImplicitBackend:
+    """The implicit (CPU ALS) backend: :func:`train` to fit, the blocked numpy/numba scorer of
+    :mod:`include.recsys.scoring.recommend` to score."""
+
+    name = "implicit"
+
+    @staticmethod
+    def fit(train_df: pd.DataFrame, cfg: PipelineConfig, segments: pd.Series | None = None, *,
+            id_maps: tuple[IdMap, IdMap], cutoff: pd.Timestamp | None = None) -> tuple[ModelBundle, TrainStats]:
+        return train(train_df, cfg, segments, id_maps=id_maps, cutoff=cutoff)
+
+    @staticmethod
+    def score(bundle: ModelBundle, users: pd.Index, seen, n: int, **kw) -> Recommendations:
+        return recommend(bundle, users, seen, n, **kw)
+
+
+BACKEND = ImplicitBackend()

@@ -98,6 +98,10 @@ class PipelineConfig(BaseSettings):
     )
 
     # --- model ---------------------------------------------------------------------------
+    backend: Literal["implicit"] = Field(
+        default="implicit",
+        description="Training and scoring engine (backends.base.BACKENDS): implicit (CPU ALS).",
+    )
     factors: PositiveInt = Field(default=32, le=1024, description="ALS latent factors.")
     regularization: float = Field(default=1.0, ge=0.0, le=100.0, description="ALS L2 penalty.")
     alpha: float = Field(

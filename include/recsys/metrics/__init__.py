@@ -126,8 +126,8 @@ percentile interval ``[q_{(1-c)/2}, q_{(1+c)/2}]`` (numpy's default linear inter
 of the resampled mean differences, ``mean_diff`` is the observed mean of ``d``. Pairs with
 a NaN on either side are dropped first (``n_users`` counts the pairs used).
 
-Baselines (:func:`popularity_topn`, :func:`popularity_order`, :func:`recent_item_popularity`)
-----------------------------------------------------------------------------------------------
+Baselines (``scoring.baselines``; recent counts from :func:`holdout.holdout_inputs`)
+----------------------------------------------------------------------------------
 ``popularity``: items by ``pop_i`` over the whole training period. ``recent_popularity``:
 items by the number of distinct users with a training event in the last ``recent_days``
 before the cutoff (config ``recent_days``), ties (including the items nobody touched

@@ -18,12 +18,6 @@ from include.recsys.core.run import RunContext
 log = logging.getLogger(__name__)
 
 
-def _gate_k(cfg: PipelineConfig) -> int:
-    """The k of the gate metric (``ndcg@10`` -> 10); the smallest k when it has none."""
-    tail = str(cfg.gate_metric).rsplit("@", 1)[-1]
-    return int(tail) if tail.isdigit() and int(tail) in cfg.ks else min(cfg.ks)
-
-
 def _already_served(cfg: PipelineConfig, rc: RunContext) -> bool:
     from include.recsys.tables.current import read_current
 

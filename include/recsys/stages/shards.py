@@ -95,7 +95,7 @@ def score_shard(
 ) -> dict[str, Any]:
     """Top-N for one shard of users (seen items filtered) -> one part file of the version."""
     from include.recsys.scoring.bundle import ModelBundle
-    from include.recsys.scoring.recommend import recommend
+    from include.recsys.backends.base import get as backend
     from include.recsys.tables.versions import write_part
 
     if _already_served(cfg, rc):
@@ -111,7 +111,7 @@ def score_shard(
     if plan is not None:  # A/B arms (issue 19): each scored by its own model, the holdout by popularity
         table, arm_users, by_model = _score_variants(cfg, rc, model, reg, plan, bundle, users, seen, rules)
     else:
-        recs = recommend(
+        recs = backend(cfg.backend).score(
             bundle, users, seen, cfg.top_n, block_size=cfg.score_block_size,
             user_segments=read_segments(cfg),
             allowed=rules.allowed_mask(bundle.item_ids) if rules is not None else None,

@@ -28,8 +28,8 @@ def train(
     ``best`` (from :func:`select_best`) sets the model fields, except the ones the run's form
     set explicitly (they win). Without it the run's config is used as is.
     """
+    from include.recsys.backends.base import get as backend
     from include.recsys.backends.implicit import model_config
-    from include.recsys.backends.implicit import train as fit
     from include.recsys.core.ids import read_id_maps
     from include.recsys.data.source import read_segments
     from include.recsys.data.split import read_training_events
@@ -50,7 +50,7 @@ def train(
     # only the columns training uses; the leak check runs while reading; event times are kept
     # only for a recency decay
     train_df = read_training_events(parts["train"], cutoff=cutoff, need_times=cfg.recency_half_life_days > 0)
-    bundle, stats = fit(train_df, cfg, read_segments(cfg), cutoff=cutoff, id_maps=id_maps)
+    bundle, stats = backend(cfg.backend).fit(train_df, cfg, read_segments(cfg), cutoff=cutoff, id_maps=id_maps)
     del train_df
     paths = rc.paths(cfg)
     bundle_dir = bundle.save(paths.model_bundle)
