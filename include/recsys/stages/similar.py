@@ -42,7 +42,7 @@ def similar_items(
     from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.tables.current import read_current
     from include.recsys.tables.layout import version_dir
-    from include.recsys.validation.output import validate_similar_table
+    from include.recsys.validation.similar import validate_similar_table
 
     root = cfg.similar_items_root
     if cfg.similar_items_k == 0:

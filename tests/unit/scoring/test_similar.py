@@ -18,7 +18,7 @@ from include.recsys.tables.layout import version_dir
 from include.recsys.tables.manifest import verify_version
 from include.recsys.tables.reader import SimilarItemsStore
 from include.recsys.tables.versions import read_version_table
-from include.recsys.validation.output import validate_similar_table
+from include.recsys.validation.similar import validate_similar_table
 
 
 def _brute(vf: np.ndarray, k: int, allowed: np.ndarray | None = None):
