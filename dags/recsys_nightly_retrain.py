@@ -103,7 +103,7 @@ def _run(fn: Any, ctx: dict[str, Any], *args: Any) -> Any:
 
     A :class:`~include.recsys.errors.PermanentError` (bad input, a failed check or gate, a broken
     contract or config) fails the task at once; anything else, transient errors included, is
-    retried with backoff. The stage's memory is handed back to the OS before and after it runs.
+    retried with backoff. The stage's freed memory is handed back to the OS when it ends.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
