@@ -6,7 +6,7 @@ One lake and registry, in order:
 
 1. day D-3 publishes (nothing newer is served yet);
 2. day D publishes, judged against the D-3 champion (a fair comparison: trained before D's holdout);
-3. the publish stage of run 1 run again through the DAG's ``_stage`` with run 1's context and
+3. the publish stage of run 1 run again through the DAG's ``_run`` with run 1's context and
    XComs from the metadata DB (a clear / retry after D published): refused, nothing moves;
 4. day D-3 again, with ``force_publish`` (``dag.test`` of an older interval after the newer
    one; it replaces run 1, Airflow keeps one run per logical date): judged against the D
@@ -85,7 +85,7 @@ def test_the_newer_day_publishes_and_is_judged_fairly(env):
 
 
 def test_retried_publish_of_the_older_run_after_the_newer_one_moves_nothing(env):
-    """Run 1's publish again (a clear / retry after D published): the DAG's own ``_stage`` with
+    """Run 1's publish again (a clear / retry after D published): the DAG's own ``_run`` with
     run 1's context (its run id, data interval, conf) and its XComs read from the metadata DB."""
     old = env["runs"]["old"]
     served, champ = current(env), champion(env)
@@ -109,7 +109,8 @@ def test_retried_publish_of_the_older_run_after_the_newer_one_moves_nothing(env)
         "    pre, reg, model = pull('assemble_version'), pull('register'), pull('train')\n"
         "    ctx = {'params': dict(dr.conf or {}), 'run_id': RUN, 'dag_run': dr,\n"
         "           'data_interval_start': dr.data_interval_start, 'data_interval_end': dr.data_interval_end}\n"
-        "    print('RESULT', json.dumps(m._stage('publish', ctx, pre, reg, model)))\n"
+        "    from include.recsys.stages.publish import publish\n"
+        "    print('RESULT', json.dumps(m._run(publish, ctx, pre, reg, model)))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env["env"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     out = proc.stdout + proc.stderr
