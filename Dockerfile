@@ -16,6 +16,14 @@ ENV PYTHONPATH=/opt/airflow \
     GX_ANALYTICS_ENABLED=false \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# backend=spark: a Java runtime for pyspark (the default JRE: 17 on bookworm, 21 on trixie; Spark
+# 4.2 runs on both) and an optimized BLAS for MLlib's ALS (else it falls back to Java BLAS)
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends default-jre-headless libopenblas0 \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+ENV JAVA_HOME=/usr/lib/jvm/default-java
+
 USER airflow
 COPY --chown=airflow:0 requirements.txt constraints.txt /opt/airflow/project/
 # apache-airflow is pinned again so that pip can never swap the image's Airflow for another one

@@ -78,13 +78,34 @@ default_args = {
 }
 
 
+def _spark_connection(cfg: Any) -> Any:
+    """``backend=spark`` without ``spark_master``: the cluster of the Spark provider's connection
+    (``RECSYS_SPARK_CONN_ID``, default ``spark_default``) -- its host (``local[*]``,
+    ``spark://host`` + port, ``k8s://https://...``) as the master and its extra's ``conf`` dict
+    under the config's own ``spark_conf``. No such connection: ``local[*]``."""
+    if cfg.backend != "spark" or cfg.spark_master:
+        return cfg
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(os.environ.get("RECSYS_SPARK_CONN_ID", "spark_default"))
+    except AirflowNotFoundException:
+        return cfg
+    master = conn.host or "local[*]"
+    if conn.port:
+        master = f"{master}:{conn.port}"
+    conf = {str(k): str(v) for k, v in (conn.extra_dejson.get("conf") or {}).items()}
+    return cfg.model_copy(update={"spark_master": master, "spark_conf": {**conf, **cfg.spark_conf}})
+
+
 def _context(ctx: dict[str, Any]):
     """Config (env defaults + the run's params) and the RunContext of this task."""
     from include.recsys.config.settings import load_config
     from include.recsys.core.run import RunContext
 
     params = ctx.get("params") or {}
-    cfg = load_config({k: params[k] for k in PARAM_FIELDS if k in params})
+    cfg = _spark_connection(load_config({k: params[k] for k in PARAM_FIELDS if k in params}))
     start = ctx.get("data_interval_start") or ctx.get("logical_date") or ctx["dag_run"].run_after
     end = ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
     rc = RunContext(

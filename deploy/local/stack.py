@@ -66,6 +66,8 @@ HOST_SETTINGS: tuple[str, ...] = (
     "MLFLOW_TRACKING_URI",
     "RECSYS_MLFLOW_UI_URL",
     "AIRFLOW_CONN_SLACK_ALERTS",
+    "AIRFLOW_CONN_SPARK_DEFAULT",
+    "RECSYS_BACKEND",
     "NUMBA_CACHE_DIR",
 )
 
@@ -334,6 +336,11 @@ class LocalStack:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "RECSYS_MLFLOW_UI_URL": self.mlflow_url,
             "AIRFLOW_CONN_SLACK_ALERTS": os.environ.get("AIRFLOW_CONN_SLACK_ALERTS", ""),
+            # backend=spark on one host: Spark in local mode inside each task's process
+            "AIRFLOW_CONN_SPARK_DEFAULT": os.environ.get(
+                "AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[*]"})
+            ),
+            "RECSYS_BACKEND": os.environ.get("RECSYS_BACKEND", "implicit"),
             # one cache for all workers on this host, warmed once (numba's cache is process-safe)
             "NUMBA_CACHE_DIR": str(self.state / "numba-cache"),
         }

@@ -169,3 +169,8 @@ class PublishBusy(TransientError):
 class IdRouteError(PermanentError):
     """A stage met a snapshot or split without the integer codes (``user_idx``/``item_idx``)
     into its id maps, or codes outside them: rerun the snapshot stage for this interval."""
+
+
+class EngineError(PermanentError):
+    """The configured compute engine cannot run here (``backend=spark`` without a Java runtime,
+    or an engine that failed in a way a retry will not fix)."""

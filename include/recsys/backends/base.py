@@ -4,8 +4,9 @@ A backend fits a model on the training split's integer codes and scores every us
 it; whatever engine does the work, its output is a :class:`ModelBundle` (factors + the
 snapshot's id maps + training popularity) and :class:`Recommendations` in the bundle's item
 space, so evaluation, the gate, the registry, the table and its readers never know which
-engine ran. ``implicit`` (CPU ALS) is the one backend today; a second engine (Spark, issue 20)
-implements the same two methods and registers its import path in :data:`BACKENDS`."""
+engine ran. ``implicit`` (CPU ALS and the item-item families, on this machine) and ``spark``
+(MLlib ALS, scoring per partition on a cluster) implement the same three methods and register
+their import paths in :data:`BACKENDS`."""
 
 from __future__ import annotations
 
@@ -22,13 +23,22 @@ if TYPE_CHECKING:
     from include.recsys.scoring.recommend import Recommendations
 
 #: backend name -> "module:attribute" of its instance (imported on first use only)
-BACKENDS = {"implicit": "include.recsys.backends.implicit:BACKEND"}
+BACKENDS = {
+    "implicit": "include.recsys.backends.implicit:BACKEND",
+    "spark": "include.recsys.backends.spark:BACKEND",
+}
 
 
 class Backend(Protocol):
-    """Fit and score-all-users; the stages call nothing else of an engine."""
+    """Read the training split, fit, score every user; the stages call nothing else of an engine."""
 
     name: str
+
+    def read_training(self, cfg: Any, path: str, *, cutoff: pd.Timestamp | None = None) -> Any:
+        """The training split's events (``user_idx``/``item_idx``, ``weight``, ``event_ts``) in the
+        engine's own frame (pandas for implicit, a Spark DataFrame for spark), read from its
+        Parquet file; events at or after ``cutoff`` fail the leak check (``TrainingError``)."""
+        ...
 
     def fit(
         self,
@@ -53,9 +63,11 @@ class Backend(Protocol):
         block_size: int = 1024,
         user_segments: pd.Series | None = None,
         allowed: np.ndarray | None = None,
+        cfg: Any = None,
     ) -> Recommendations:
         """Top-``n`` of every user in ``users`` with ``seen`` items filtered and the popularity
-        fallback for users the model does not know; ``allowed`` masks items out (rules)."""
+        fallback for users the model does not know; ``allowed`` masks items out (rules);
+        ``cfg`` tells an engine where it runs (spark: the master and its settings)."""
         ...
 
 

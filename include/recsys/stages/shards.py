@@ -114,7 +114,7 @@ def score_shard(
         recs = backend(cfg.backend).score(
             bundle, users, seen, cfg.top_n, block_size=cfg.score_block_size,
             user_segments=read_segments(cfg),
-            allowed=rules.allowed_mask(bundle.item_ids) if rules is not None else None,
+            allowed=rules.allowed_mask(bundle.item_ids) if rules is not None else None, cfg=cfg,
         )
         table = recs.to_frame(bundle).assign(
             model_name=reg["model_name"], model_version=str(reg["model_version"])

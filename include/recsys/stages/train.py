@@ -32,7 +32,6 @@ def train(
     from include.recsys.backends.implicit import model_config
     from include.recsys.core.ids import read_id_maps
     from include.recsys.data.source import read_segments
-    from include.recsys.data.split import read_training_events
     from include.recsys.tracking.runs import get_or_create_run, lineage_tags, log_to_run
 
     # MLflow first: an unreachable server fails (and is retried) before an expensive fit
@@ -47,10 +46,10 @@ def train(
     # the snapshot's id maps, which the split's user_idx / item_idx index
     id_maps = read_id_maps(parts.get("users"), parts.get("items"), parts["train"])
     cutoff = pd.Timestamp(parts["stats"]["cutoff"]) if parts.get("stats", {}).get("cutoff") else None
-    # only the columns training uses; the leak check runs while reading; event times are kept
-    # only for a recency decay
-    train_df = read_training_events(parts["train"], cutoff=cutoff, need_times=cfg.recency_half_life_days > 0)
-    bundle, stats = backend(cfg.backend).fit(train_df, cfg, read_segments(cfg), cutoff=cutoff, id_maps=id_maps)
+    # only the columns training uses, in the engine's frame; the leak check runs while reading
+    engine = backend(cfg.backend)
+    train_df = engine.read_training(cfg, parts["train"], cutoff=cutoff)
+    bundle, stats = engine.fit(train_df, cfg, read_segments(cfg), cutoff=cutoff, id_maps=id_maps)
     del train_df
     paths = rc.paths(cfg)
     bundle_dir = bundle.save(paths.model_bundle)

@@ -49,7 +49,7 @@ def test_implicit_backend_fits_and_scores_like_the_library() -> None:
 
 def test_unknown_backend_is_refused_by_config_and_registry() -> None:
     """A backend nobody registered -> the config refuses it, and get() names the known ones."""
-    assert set(BACKENDS) == {"implicit"}
+    assert set(BACKENDS) == {"implicit", "spark"}
     with pytest.raises(pydantic.ValidationError):
         load_config({"backend": "nosuch"})
     with pytest.raises(ValueError, match="implicit"):
