@@ -42,6 +42,7 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
             report_path=report_path,
             docs_dir=paths.data_docs / "input",
             codes=codes,
+            suite_frame=_spark_frame(cfg, snap["snapshot"]),
         )
     except DataValidationError:
         # a refused snapshot never reaches train: its reports and Data Docs go to MLflow now
@@ -55,3 +56,13 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
         "counts": report.counts(),
         "data_docs": report.data_docs,
     }
+
+
+def _spark_frame(cfg: PipelineConfig, path: str) -> Any:
+    """backend=spark: the snapshot as a Spark DataFrame, so the GX suite runs on the cluster
+    (GX's Spark datasource); the statistics and drift checks read the integer codes here."""
+    if cfg.backend != "spark":
+        return None
+    from include.recsys.backends.spark import session
+
+    return session(cfg).read.parquet(str(path))

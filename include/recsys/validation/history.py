@@ -266,6 +266,7 @@ def validate_snapshot(
     docs_dir: str | Path | None = None,
     bounds: dict[str, Any] | None = None,
     codes: tuple[np.ndarray, np.ndarray],
+    suite_frame: Any = None,
 ) -> tuple[ValidationReport, dict[str, Any]]:
     """The whole input contract: GX suite + source statistics + drift; history on success.
 
@@ -273,7 +274,8 @@ def validate_snapshot(
     ``window_end``, ``stats``); ``codes`` the integer id codes of ``df``'s rows
     (:func:`read_snapshot`, see :func:`snapshot_statistics`). Returns (report, statistics); raises
     :class:`~include.recsys.errors.DataValidationError` on any error-severity failure
-    (the history is then left untouched).
+    (the history is then left untouched). ``suite_frame``: the frame the GX suite runs on
+    instead of ``df`` (backend=spark: the snapshot as a Spark DataFrame, the suite on the cluster).
     """
     bounds = bounds or load_bounds()
     window_end = pd.Timestamp(snap["window_end"])
@@ -289,7 +291,7 @@ def validate_snapshot(
     inp = bounds["input"]
     stats["duplicate_rate"] = extra[0]["observed_value"]
     report = validate_interactions(
-        df,
+        df if suite_frame is None else suite_frame,
         window_start=pd.Timestamp(snap["window_start"]),
         window_end=window_end,
         parameters={

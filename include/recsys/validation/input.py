@@ -66,8 +66,9 @@ def validate_interactions(
         raise ValueError(
             f"window_start ({ws.isoformat()}) must be before window_end ({we.isoformat()})"
         )
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+    spark = type(df).__module__.startswith("pyspark.")
+    if not (spark or isinstance(df, pd.DataFrame)):
+        raise TypeError(f"df must be a pandas or Spark DataFrame, got {type(df).__name__}")
 
     definition = load_suite_definition(suite_path)
     suite_name: str = definition["name"]
@@ -84,7 +85,7 @@ def validate_interactions(
     results += list(extra_results or [])
     report = ValidationReport(
         success=not any(r["success"] is False and r["severity"] == ERROR for r in results),
-        n_rows=len(df),
+        n_rows=df.count() if spark else len(df),
         results=results,
         suite_name=suite_name,
         window_start=ws.isoformat(),

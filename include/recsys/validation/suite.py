@@ -74,6 +74,7 @@ from include.recsys.validation.report import (
     _empty_result,
     _jsonable,
 )
+from include.recsys.validation.spark_frames import SPARK_KINDS, SparkColumn, is_spark, naive_utc
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +156,22 @@ def _is_utc(tz: Any) -> bool:
     return str(tz) in {"UTC", "Etc/UTC", "tzutc()", "UTC+00:00", "Z", "Etc/Universal", "Universal"}
 
 
-def _dtype_matches(series: pd.Series, kind: str) -> bool:
+def _column(df: Any, name: str) -> Any:
+    return SparkColumn(df, name) if is_spark(df) else df[name]
+
+
+def _is_empty(df: Any) -> bool:
+    return df.isEmpty() if is_spark(df) else len(df) == 0
+
+
+def _dtype_matches(series: Any, kind: str) -> bool:
     import pandas as pd
     from pandas.api import types as ptypes
 
+    if isinstance(series, SparkColumn):
+        if kind not in SPARK_KINDS:
+            raise ValueError(f"unknown dtype kind {kind!r}")
+        return type(series.type).__name__ in SPARK_KINDS[kind]
     dtype = series.dtype
     if kind == "integer":
         return ptypes.is_integer_dtype(dtype)
@@ -184,9 +197,10 @@ def _check_dtypes(
         kinds = list(spec.get("kinds", []))
         severity = spec.get("severity", ERROR)
         res = _empty_result("dtype_in_kinds", column, severity, "dtype", {"kinds": kinds})
-        dtype_str = str(df[column].dtype)
+        col = _column(df, column)
+        dtype_str = str(col.dtype)
         res["observed_value"] = dtype_str
-        res["success"] = any(_dtype_matches(df[column], kind) for kind in kinds)
+        res["success"] = any(_dtype_matches(col, kind) for kind in kinds)
         if not res["success"]:
             expected = " or ".join(_DTYPE_KIND_LABELS[k] for k in kinds)
             res["message"] = f"{column}: dtype {dtype_str} is not accepted (expected {expected})"
@@ -298,6 +312,9 @@ def run_suite(
 ) -> tuple[list[dict[str, Any]], bool | None, str | None]:
     """Run a suite definition on ``df`` through a GX Checkpoint; return plain result dicts.
 
+    ``df`` is a pandas DataFrame or a Spark DataFrame (backend=spark): the same suite then runs
+    through GX's Spark datasource on the cluster, the dtype contract reads the Spark schema.
+
     Steps: the Python dtype contract (``meta.dtype_contract``); then every expectation whose
     column is present, whose column passed its dtype check, whose ``meta.requires_kind``
     matches the column's dtype and whose suite parameters are supplied runs through an
@@ -348,10 +365,10 @@ def _plan_expectations(
         elif (
             column is not None
             and exp_meta.get("requires_kind")
-            and not _dtype_matches(df[column], exp_meta["requires_kind"])
+            and not _dtype_matches(_column(df, column), exp_meta["requires_kind"])
         ):
             skip_reason[i] = f"not applicable: {column} is not of kind {exp_meta['requires_kind']}"
-        elif exp_meta.get("skip_if_empty") and len(df) == 0:
+        elif exp_meta.get("skip_if_empty") and _is_empty(df):
             skip_reason[i] = "table is empty"
         elif absent:
             skip_reason[i] = f"suite parameter(s) not supplied: {', '.join(absent)}"
@@ -386,9 +403,10 @@ def _run_gx(
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.core.run_identifier import RunIdentifier
 
+    spark = is_spark(df)
+    source = context.data_sources.add_spark(name="recsys_spark") if spark else context.data_sources.add_pandas(name="recsys_pandas")
     batch_definition = (
-        context.data_sources.add_pandas(name="recsys_pandas")
-        .add_dataframe_asset(name=asset_name)
+        source.add_dataframe_asset(name=asset_name)
         .add_batch_definition_whole_dataframe(name="whole_frame")
     )
     suite = context.suites.add(_build_gx_suite(suite_name, to_run, meta))
@@ -411,8 +429,8 @@ def _run_gx(
     )
     with _gx_fingerprint_limit(GX_FINGERPRINT_MAX_BYTES):
         checkpoint_result = checkpoint.run(
-            batch_parameters={"dataframe": _gx_frame(df)},
-            expectation_parameters=parameters,
+            batch_parameters={"dataframe": df if spark else _gx_frame(df)},
+            expectation_parameters=naive_utc(parameters) if spark else parameters,
             run_id=RunIdentifier(run_name=run_name, run_time=run_time),
         )
     gx_results: dict[int, Any] = {}
