@@ -44,7 +44,8 @@ def main(master: str, out: str) -> None:
     Path(out).write_text(json.dumps({
         "master": sc.master, "executors": executors, "app_id": sc.applicationId, "users": len(who), "nnz": stats.nnz,
         "items_equal": bool(np.array_equal(got.items, want.items)),
-        "scores_equal": bool(np.array_equal(got.scores, want.scores)),
+        # to float32 rounding (other GEMM blocks on the executors than on the driver)
+        "scores_equal": bool(np.allclose(got.scores, want.scores, rtol=1e-6, atol=0)),
         "fallback_rows": int((~got.from_model).sum()), "seen_recommended": leaked,
     }))
     SparkSession.getActiveSession().stop()

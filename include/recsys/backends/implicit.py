@@ -1,4 +1,8 @@
-"""Train implicit's ALS on the training split and return a :class:`ModelBundle`.
+"""Train implicit's ALS (or an item-item family) on the training split; return a :class:`ModelBundle`.
+
+``cfg.model_family`` picks the model: ``als`` (below) or the item-item families of
+:mod:`include.recsys.backends.families` (implicit's item-kNN, EASE), fitted on the same matrix
+and bundled with the same id maps, popularity, seen filter and segment fallback.
 
 The matrix ALS sees is built by :mod:`include.recsys.backends.weighting`: event-type weights (or
 ratings), an optional recency decay relative to the training cutoff, one summed entry per
@@ -31,7 +35,7 @@ import pandas as pd
 from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix
 from include.recsys.config.settings import PipelineConfig
 from include.recsys.core.ids import RERUN, IdMap, compact_codes, interaction_matrix
-from include.recsys.data.split import check_no_leak
+from include.recsys.data.split import check_no_leak, read_training_events
 from include.recsys.errors import IdRouteError, TrainingError
 from include.recsys.scoring.bundle import ModelBundle, id_maps_sha256
 from include.recsys.scoring.recommend import Recommendations, recommend
@@ -49,6 +53,12 @@ MODEL_FIELDS: tuple[str, ...] = (
     "bm25_k1",
     "bm25_b",
     "recency_half_life_days",
+    "model_family",
+    "knn_kind",
+    "knn_k",
+    "knn_bm25_k1",
+    "knn_bm25_b",
+    "ease_lambda",
 )
 
 
@@ -184,6 +194,8 @@ def train(
     del u, i
     # distinct users per item: entries per column of the canonical CSR (no CSC copy)
     popularity = np.bincount(seen.indices, minlength=len(items)).astype(np.int64)
+    if cfg.model_family != "als":
+        return _train_item_item(ui, seen, popularity, users, items, cfg, segments, t0)
     t1 = time.perf_counter()
     model = fit_als(ui, cfg)
     fit_s = time.perf_counter() - t1
@@ -215,6 +227,42 @@ def train(
     return bundle, stats
 
 
+def _train_item_item(ui, seen, popularity: np.ndarray, users: IdMap, items: IdMap, cfg: PipelineConfig,
+                     segments: pd.Series | None, t0: float) -> tuple[ModelBundle, TrainStats]:
+    """The item-item family's bundle: zero-width factors, the item x item matrix and the
+    training rows it multiplies (see :mod:`include.recsys.scoring.bundle`)."""
+    from include.recsys.backends.families import describe, fit_item_item
+
+    item_item, fit_s = fit_item_item(ui, cfg)
+    bundle = ModelBundle(
+        user_ids=users.ids,
+        item_ids=items.ids,
+        user_factors=np.zeros((len(users), 0), np.float32),
+        item_factors=np.zeros((len(items), 0), np.float32),
+        item_popularity=popularity,
+        seen=seen,
+        id_maps_hash=id_maps_sha256(users.ids, items.ids),
+        kind=cfg.model_family,
+        item_item=item_item,
+        user_items=ui.astype(np.float32, copy=False),
+    )
+    if segments is not None:
+        bundle.segment_ids, bundle.segment_popularity = segment_popularity(seen, users, segments)
+    stats = TrainStats(len(users), len(items), int(ui.nnz), fit_s, time.perf_counter() - t0, 0)
+    log.info(
+        "%s fit: %d users x %d items, %d non-zeros, weighting=%s, recency half-life=%s d, in %.2fs "
+        "(item-item matrix: %s, %.1f MiB); total with data preparation %.2fs; id maps %s",
+        describe(cfg), stats.users, stats.items, stats.nnz, cfg.weighting, cfg.recency_half_life_days or "off",
+        fit_s, "sparse" if hasattr(item_item, "nnz") else "dense", _nbytes(item_item) / 2**20,
+        stats.total_seconds, bundle.id_maps_hash[:12],
+    )
+    return bundle, stats
+
+
+def _nbytes(m) -> int:
+    return int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes) if hasattr(m, "nnz") else int(m.nbytes)
+
+
 def _needs_own_matrix(spec: ConfidenceSpec) -> bool:
     return spec.weighting != "none" or spec.recency_half_life_days > 0
 
@@ -226,13 +274,19 @@ class ImplicitBackend:
     name = "implicit"
 
     @staticmethod
+    def read_training(cfg: PipelineConfig, path: str, *, cutoff: pd.Timestamp | None = None) -> pd.DataFrame:
+        """The training split's codes, weights (and event times for a recency decay), leak-checked."""
+        return read_training_events(path, cutoff=cutoff, need_times=cfg.recency_half_life_days > 0)
+
+    @staticmethod
     def fit(train_df: pd.DataFrame, cfg: PipelineConfig, segments: pd.Series | None = None, *,
             id_maps: tuple[IdMap, IdMap], cutoff: pd.Timestamp | None = None) -> tuple[ModelBundle, TrainStats]:
         return train(train_df, cfg, segments, id_maps=id_maps, cutoff=cutoff)
 
     @staticmethod
-    def score(bundle: ModelBundle, users: pd.Index, seen, n: int, **kw) -> Recommendations:
-        return recommend(bundle, users, seen, n, **kw)
+    def score(bundle: ModelBundle, users: pd.Index, seen, n: int, *, cfg: PipelineConfig | None = None,
+              **kw) -> Recommendations:
+        return recommend(bundle, users, seen, n, **kw)  # in this process: nothing in cfg to use
 
 
 BACKEND = ImplicitBackend()

@@ -33,6 +33,7 @@ PARAM_FIELDS: tuple[str, ...] = (
     "allow_older_data",
     "tune",
     "require_approval",
+    "backend",
 )
 
 
@@ -98,9 +99,40 @@ class PipelineConfig(BaseSettings):
     )
 
     # --- model ---------------------------------------------------------------------------
-    backend: Literal["implicit"] = Field(
+    backend: Literal["implicit", "spark"] = Field(
         default="implicit",
-        description="Training and scoring engine (backends.base.BACKENDS): implicit (CPU ALS).",
+        description="Training and scoring engine (backends.base.BACKENDS): implicit (CPU ALS on "
+        "this machine) or spark (MLlib ALS and per-partition scoring on a Spark cluster).",
+    )
+    spark_master: str = Field(
+        default="",
+        description="Spark master for backend=spark: local[*], spark://host:7077, k8s://... "
+        "Empty: the Airflow connection spark_default (its host), else local[*].",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra Spark settings for backend=spark (e.g. spark.executor.memory), "
+        "as JSON in RECSYS_SPARK_CONF; the spark_default connection's extra adds to them.",
+    )
+    model_family: Literal["als", "item_knn", "ease"] = Field(
+        default="als",
+        description="Model family (backends.families): als (implicit ALS), item_knn (implicit's "
+        "BM25 / cosine / TF-IDF item-kNN) or ease (closed-form item-item, small catalogs only). "
+        "Tuning picks one on the validation split; item-item families ignore the ALS fields.",
+    )
+    knn_kind: Literal["bm25", "cosine", "tfidf"] = Field(
+        default="bm25", description="item_knn: the item similarity (implicit.nearest_neighbours)."
+    )
+    knn_k: PositiveInt = Field(default=100, le=5000, description="item_knn: neighbours kept per item.")
+    knn_bm25_k1: float = Field(default=1.2, gt=0.0, le=10000.0, description="item_knn bm25: K1.")
+    knn_bm25_b: float = Field(default=0.75, ge=0.0, le=1.0, description="item_knn bm25: B.")
+    ease_lambda: float = Field(
+        default=500.0, gt=0.0, le=1e7, description="ease: L2 penalty λ of (XᵀX + λI)⁻¹."
+    )
+    ease_max_items: PositiveInt = Field(
+        default=16000,
+        description="ease: refused above this many items (dense n² inverse: ~4 GiB and a few "
+        "minutes at 16k on 2 cores, n³ time; see backends.families.EASE_MEASURED).",
     )
     factors: PositiveInt = Field(default=32, le=1024, description="ALS latent factors.")
     regularization: float = Field(default=1.0, ge=0.0, le=100.0, description="ALS L2 penalty.")
@@ -147,6 +179,12 @@ class PipelineConfig(BaseSettings):
     )
     tune_trials: int = Field(
         default=8, ge=1, le=256, description="Random-search budget: trials (mapped tasks)."
+    )
+    tune_families: list[Literal["als", "item_knn", "ease"]] = Field(
+        default_factory=lambda: ["als", "item_knn", "ease"],
+        min_length=1,
+        description="Model families the search tries (trials after the incumbent go to them in "
+        "turn); ease is left out above ease_max_items items.",
     )
     tune_validation_days: PositiveInt = Field(
         default=7,
@@ -325,6 +363,11 @@ class PipelineConfig(BaseSettings):
             k = None
         if k not in self.ks:
             raise ValueError(f"gate_metric {self.gate_metric!r} must be '<metric>@k' with k in ks {self.ks}")
+        if self.model_family != "als" and self.backend != "implicit":
+            raise ValueError(
+                f"model_family={self.model_family} runs on the implicit backend only (backend={self.backend} "
+                "trains ALS): set backend=implicit or model_family=als"
+            )
         return self
 
     @model_validator(mode="after")
@@ -426,7 +469,7 @@ def param_specs() -> dict[str, dict[str, Any]]:
     """
     props = PipelineConfig.model_json_schema()["properties"]
     current = PipelineConfig()
-    keys = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "description")
+    keys = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "description")
     specs = {
         name: {
             "default": getattr(current, name),

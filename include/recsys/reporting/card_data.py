@@ -102,6 +102,7 @@ def collect(
     data["evaluation"] = ev
     data["gate"] = read_json_or_none(paths.gate)
     data.update(_model_part(old, ev, mlflow_run_id, mlflow_experiment, model_name, model_version))
+    data["model"].update(_family_part(paths, data["model"]))
     data["published"] = published or old.get("published")
     data["code_version"] = code_version or old.get("code_version")
     data["history_point"] = _history_point(data)
@@ -169,6 +170,37 @@ def _model_part(
             "champion_version_evaluated": (ev or {}).get("champion_version"),
         },
     }
+
+
+def _family_part(paths: RunPaths, old_model: dict[str, Any]) -> dict[str, Any]:
+    """The model family and configuration ``train`` refitted (``tuning/best.json``), the
+    families the search tried with each one's best validation NDCG@10 (the trial JSONs), and
+    the bundle's own ``kind`` when no tuning file exists; else what the previous card knew."""
+    out: dict[str, Any] = {}
+    best = read_json_or_none(paths.tuning / "best.json")
+    if best:
+        config = best.get("config") or {}
+        out.update(family=config.get("model_family", "als"), config=config, config_source=best.get("source"))
+        plan = read_json_or_none(paths.tuning / "plan.json") or {}
+        if plan.get("tune"):
+            tried: dict[str, float | None] = {f: None for f in plan.get("families") or []}
+            for p in sorted(paths.tuning.glob("trial-*.json")):
+                r = read_json_or_none(p) or {}
+                f = (r.get("params") or {}).get("model_family", "als")
+                if r.get("ok"):
+                    tried[f] = max(tried.get(f) or -1.0, float(r["best_metric"]))
+                else:
+                    tried.setdefault(f, None)
+            out["families_tried"] = tried
+            out["families_skipped"] = plan.get("families_skipped") or {}
+    else:
+        meta = read_json_or_none(paths.model_bundle / "bundle.json")
+        if meta is not None:
+            out["family"] = meta.get("kind", "als")
+    for key in ("family", "config", "config_source", "families_tried", "families_skipped"):
+        if key not in out and old_model.get(key) is not None:
+            out[key] = old_model[key]
+    return out
 
 
 def _history_point(data: dict[str, Any]) -> dict[str, Any]:

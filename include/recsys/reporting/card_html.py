@@ -322,6 +322,24 @@ def _section_gate(d: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _family(model: dict[str, Any]) -> str:
+    """The family train refitted, where its configuration came from, and the families the
+    search compared on validation (best NDCG@10 each; left out ones with the reason)."""
+    fam = model.get("family")
+    if not fam:
+        return "unknown"
+    text = f"<b>{_e(fam)}</b>"
+    if model.get("config_source"):
+        text += f" ({_e(model['config_source'])} configuration)"
+    tried = model.get("families_tried") or {}
+    if tried:
+        parts = [f"{_e(f)} {v:.4f}" if v is not None else f"{_e(f)} failed" for f, v in tried.items()]
+        text += "; validation ndcg@10 by family: " + ", ".join(parts)
+    for f, why in (model.get("families_skipped") or {}).items():
+        text += f"; {_e(f)} left out: {_e(why)}"
+    return text
+
+
 def _section_lineage(d: dict[str, Any]) -> str:
     snap = d.get("snapshot") or {}
     pub = d.get("published") or {}
@@ -335,6 +353,7 @@ def _section_lineage(d: dict[str, Any]) -> str:
         ["MLflow experiment / run", f"{_e(mlf.get('experiment'))} / <code>{_e(mlf.get('run_id'))}</code> (artifact run_card/{HTML_NAME})"],
         ["model / version", f"{_e(model.get('name'))} / {_e(model.get('version') or 'not registered')}"],
         ["champion evaluated against", _e(model.get("champion_version_evaluated") or "none")],
+        ["model family", _family(model)],
         ["published table version", _e(pub.get("version") or "not published")],
     ]
     if pub.get("not_served"):

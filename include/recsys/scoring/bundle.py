@@ -1,5 +1,12 @@
 """The model bundle: factors, the id maps they were trained with (bound by a content hash),
-item popularity, the seen filter and segment popularity; saved as ``.npz`` + Parquet (no pickle)."""
+item popularity, the seen filter and segment popularity; saved as ``.npz`` + Parquet (no pickle).
+
+``kind`` names the model family (:mod:`include.recsys.backends.families`). ``als`` (the default)
+scores ``user_factors @ item_factors.T``; the item-item families (``item_knn``, ``ease``) score
+``user_items @ item_item``: they carry the item x item matrix (sparse CSR for kNN, dense for
+EASE) and the training user x item matrix, and zero-width factors (``(n, 0)``) so that every
+shape check on factors still holds. An ALS bundle's files are exactly what they were before
+families existed; the other kinds add arrays to ``factors.npz`` and ``kind`` to ``bundle.json``."""
 
 from __future__ import annotations
 
@@ -47,6 +54,9 @@ class ModelBundle:
     # factors, checked on load and before scoring): factors are never read through another
     # run's id maps. None: not bound yet (a hand-made bundle); save() binds the current ids.
     id_maps_hash: str | None = None
+    kind: str = "als"  # model family: als | item_knn | ease
+    item_item: np.ndarray | sp.csr_matrix | None = None  # (n_items, n_items), item-item kinds
+    user_items: sp.csr_matrix | None = None  # (n_users, n_items) training matrix, item-item kinds
 
     def verify_id_maps(self) -> None:
         """Raise :class:`IdMapMismatch` unless ids, factor shapes and the bound hash agree."""
@@ -55,6 +65,8 @@ class ModelBundle:
                 f"factors ({self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items) "
                 f"do not match the id maps ({len(self.user_ids)} users, {len(self.item_ids)} items)"
             )
+        if self.kind != "als":
+            self._verify_item_item()
         if self.id_maps_hash is None:
             return
         actual = id_maps_sha256(self.user_ids, self.item_ids)
@@ -63,6 +75,23 @@ class ModelBundle:
                 f"the factors were trained with id maps {self.id_maps_hash[:12]}..., but the bundle's "
                 f"id maps hash to {actual[:12]}... (id maps of another run?)"
             )
+
+    def _verify_item_item(self) -> None:
+        """An item-item bundle needs its (n_items, n_items) matrix and the training rows of its
+        users (a bundle that knows no user, the popularity baseline, needs no rows)."""
+        n_items = len(self.item_ids)
+        if self.item_item is None or self.item_item.shape != (n_items, n_items):
+            got = None if self.item_item is None else self.item_item.shape
+            raise IdMapMismatch(f"{self.kind} bundle: item-item matrix {got}, expected ({n_items}, {n_items})")
+        rows = self.user_items.shape if self.user_items is not None else None
+        if len(self.user_ids) and (rows is None or rows != (len(self.user_ids), n_items)):
+            raise IdMapMismatch(
+                f"{self.kind} bundle: training matrix {rows}, expected ({len(self.user_ids)}, {n_items})"
+            )
+
+    @property
+    def is_item_item(self) -> bool:
+        return self.kind != "als"
 
     @property
     def popular_order(self) -> np.ndarray:
@@ -108,6 +137,8 @@ class ModelBundle:
         }
         if self.seen is not None:
             arrays.update(seen_indptr=self.seen.indptr, seen_indices=self.seen.indices)
+        if self.kind != "als":
+            arrays.update(_item_item_arrays(self))
         if self.segment_ids is not None:
             arrays.update(segment_popularity=self.segment_popularity)
             pd.DataFrame({"segment": self.segment_ids.astype(str)}).to_parquet(
@@ -124,14 +155,20 @@ class ModelBundle:
             "n_items": len(self.item_ids),
             "factors": int(self.user_factors.shape[1]),
         }
+        if self.kind != "als":  # an ALS bundle.json stays as it always was
+            meta["kind"] = self.kind
+            meta["item_item"] = "sparse" if sp.issparse(self.item_item) else "dense"
         (folder / "bundle.json").write_text(json.dumps(meta, indent=2))
         return folder
 
     @classmethod
     def load(cls, folder: Path | str) -> ModelBundle:
         folder = Path(folder)
+        meta = json.loads((folder / "bundle.json").read_text()) if (folder / "bundle.json").exists() else {}
+        kind = str(meta.get("kind", "als"))
         with np.load(folder / "factors.npz", allow_pickle=False) as z:
             uf, vf = z["user_factors"], z["item_factors"]
+            item_item, user_items = _load_item_item(z, kind, uf.shape[0], vf.shape[0])
             seen = None
             if "seen_indptr" in z.files:
                 indices = z["seen_indices"]
@@ -157,6 +194,9 @@ class ModelBundle:
             segment_ids=seg_ids,
             segment_popularity=seg_pop,
             id_maps_hash=stored_hash,  # None: a bundle saved before hashes existed
+            kind=kind,
+            item_item=item_item,
+            user_items=user_items,
         )
         try:
             bundle.verify_id_maps()
@@ -176,3 +216,37 @@ class ModelBundle:
                 "item_id": self.item_ids[sub.col],
             }
         )
+
+
+def _item_item_arrays(bundle: ModelBundle) -> dict[str, np.ndarray]:
+    """The arrays an item-item bundle adds to ``factors.npz`` (CSR parts or the dense matrix)."""
+    out: dict[str, np.ndarray] = {}
+    if sp.issparse(bundle.item_item):
+        s = sp.csr_matrix(bundle.item_item)
+        out.update(item_item_data=s.data, item_item_indices=s.indices, item_item_indptr=s.indptr)
+    else:
+        out["item_item"] = np.asarray(bundle.item_item)
+    if bundle.user_items is not None and len(bundle.user_ids):
+        u = sp.csr_matrix(bundle.user_items)
+        out.update(user_items_data=u.data, user_items_indices=u.indices, user_items_indptr=u.indptr)
+    return out
+
+
+def _load_item_item(z, kind: str, n_users: int, n_items: int) -> tuple[np.ndarray | sp.csr_matrix | None, sp.csr_matrix | None]:
+    """(item_item, user_items) of a saved item-item bundle; (None, None) for ALS."""
+    if kind == "als":
+        return None, None
+    if "item_item" in z.files:
+        item_item = np.ascontiguousarray(z["item_item"])
+    elif "item_item_data" in z.files:
+        item_item = sp.csr_matrix(
+            (z["item_item_data"], z["item_item_indices"], z["item_item_indptr"]), shape=(n_items, n_items)
+        )
+    else:
+        raise IdMapMismatch(f"a {kind} bundle without its item-item matrix in factors.npz (a partial save?)")
+    user_items = None
+    if "user_items_data" in z.files:
+        user_items = sp.csr_matrix(
+            (z["user_items_data"], z["user_items_indices"], z["user_items_indptr"]), shape=(n_users, n_items)
+        )
+    return item_item, user_items

@@ -8,6 +8,10 @@ Scoring is exact: blocks of users on all cores, each scored against cache-sized 
 (float32 GEMM, BLAS) fused with a thresholded top-N selection (seen items masked straight
 from the CSR arrays, no full sort; see :mod:`include.recsys.scoring.topk`). Memory beyond the
 output is one tile and one candidate buffer per worker, whatever the number of users.
+
+Item-item bundles (``kind`` item_knn / ease) go through :func:`topn_item_item` instead: blocks of
+users' training rows times the item x item matrix, the same seen filter, ``allowed`` mask and
+fallback, so every family reaches the table, the evaluation and the gate by one path.
 """
 
 from __future__ import annotations
@@ -105,6 +109,95 @@ def topn_dense(
             with ThreadPoolExecutor(workers, thread_name_prefix="topn") as pool:
                 list(pool.map(run, starts))
     return out_items, out_scores
+
+
+#: bytes of one dense score block of :func:`topn_item_item` (users x items float32)
+ITEM_ITEM_BLOCK_BYTES = 64 * 2**20
+
+
+def topn_item_item(
+    history: sp.csr_matrix,
+    item_item: np.ndarray | sp.spmatrix,
+    seen: sp.csr_matrix,
+    n: int,
+    block_size: int = 1024,
+    *,
+    allowed: np.ndarray | None = None,
+    popularity: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-n items per user by ``history @ item_item``, excluding ``seen``.
+
+    ``history`` (users x items): the users' training rows; ``item_item``: dense (EASE) or sparse
+    (item-kNN). Users go in blocks sized so that one dense score block stays under
+    :data:`ITEM_ITEM_BLOCK_BYTES`; the product is sparse x dense (or sparse x sparse), then
+    :func:`include.recsys.scoring.topk.topk_block` (seen and not-``allowed`` items set to -inf,
+    ties to the lower item index, the same order as :func:`topn_dense`). With a sparse
+    ``item_item`` an item with no stored product entry has no evidence at all: it is never a
+    model candidate (as in implicit's own ``recommend``), and when ``popularity`` is given such
+    users' lists are filled up with the most popular unseen allowed items (score 0).
+    Returns (items int32 (U, n), scores float32 (U, n)), -1 / -inf padded.
+    """
+    from include.recsys.scoring.topk import topk_block
+
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    n_users, n_items = history.shape
+    if item_item.shape != (n_items, n_items) or seen.shape != (n_users, n_items):
+        raise ValueError(
+            f"shapes do not agree: history {history.shape}, item_item {item_item.shape}, seen {seen.shape}"
+        )
+    out_items = np.full((n_users, n), -1, dtype=np.int32)
+    out_scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+    if n_users == 0 or n == 0 or n_items == 0:
+        return out_items, out_scores
+    history = sp.csr_matrix(history, dtype=np.float32)
+    seen = seen.tocsr()
+    sparse = sp.issparse(item_item)
+    s = sp.csr_matrix(item_item, dtype=np.float32) if sparse else np.asarray(item_item, dtype=np.float32)
+    blocked = None if allowed is None else ~np.asarray(allowed, dtype=bool)
+    rows = max(1, min(block_size, ITEM_ITEM_BLOCK_BYTES // (4 * n_items)))
+    for lo in range(0, n_users, rows):
+        hi = min(lo + rows, n_users)
+        prod = history[lo:hi] @ s
+        if sparse:
+            block = np.full((hi - lo, n_items), -np.inf, dtype=np.float32)
+            coo = prod.tocoo()
+            block[coo.row, coo.col] = coo.data
+        else:
+            block = np.ascontiguousarray(prod, dtype=np.float32)
+        if blocked is not None:
+            block[:, blocked] = -np.inf
+        sb = seen[lo:hi]
+        topk_block(block, sb.indptr.astype(np.int64), sb.indices.astype(np.int32), n,
+                   out_items[lo:hi], out_scores[lo:hi])
+    if sparse and popularity is not None:
+        _fill_popular(out_items, out_scores, seen, popularity, allowed)
+    return out_items, out_scores
+
+
+def _fill_popular(items: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, popularity: np.ndarray,
+                  allowed: np.ndarray | None) -> None:
+    """Fill the -1 tail of each row with the most popular items it has neither seen nor got
+    already (in place, score 0): a user whose history reaches fewer than n items."""
+    short = np.flatnonzero((items < 0).any(axis=1))
+    if short.size == 0:
+        return
+    got = items[short]
+    r, c = np.nonzero(got >= 0)
+    extra = sp.csr_matrix((np.ones(r.size, np.float32), (r, got[r, c])), shape=(short.size, seen.shape[1]))
+    exclude = (seen[short] + extra).tocsr()
+    order = np.argsort(-np.asarray(popularity), kind="stable")
+    if allowed is not None:
+        order = order[np.asarray(allowed, dtype=bool)[order]]
+    fill = ranked_filtered(order, exclude, items.shape[1])
+    missing = got < 0
+    pos = np.cumsum(missing, axis=1) - 1  # j-th missing slot takes the j-th fill item
+    take = np.where(missing, fill[np.arange(short.size)[:, None], np.maximum(pos, 0)], got)
+    ok = missing & (take >= 0)
+    items[short] = take
+    sc = scores[short]
+    sc[ok] = 0.0
+    scores[short] = sc
 
 
 def _scan_order(item_factors: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,7 +354,12 @@ def recommend(
     known = uidx >= 0
     items = np.full((len(users), n), -1, dtype=np.int32)
     scores = np.full((len(users), n), -np.inf, dtype=np.float32)
-    if known.any():
+    if known.any() and bundle.kind != "als":
+        items[known], scores[known] = topn_item_item(
+            bundle.user_items[uidx[known]], bundle.item_item, seen_csr[known], n, block_size,
+            allowed=allowed, popularity=bundle.item_popularity,
+        )
+    elif known.any():
         ki, ks = topn_dense(
             bundle.user_factors[uidx[known]], bundle.item_factors, seen_csr[known], n, block_size,
             allowed=allowed,

@@ -14,6 +14,14 @@ Business rules (:mod:`include.recsys.scoring.rules`) apply: an excluded item nev
 similar item (it still gets its own row, so an item page of a retired item can point to
 available ones). Items with an all-zero factor vector (never trained) have cosine 0 to all.
 
+Item-item model families (``bundle.kind`` item_knn / ease, see
+:mod:`include.recsys.scoring.bundle`) have no factors: :func:`compute_for_bundle` ranks each
+item's row of the family's item x item matrix instead (the family's own notion of "goes with";
+both engines give that exact result), with the same rules and self-exclusion; item-kNN rows
+with fewer than K stored neighbours are filled up by popularity (score 0). Scores are the row's
+weights divided by its largest absolute weight, so they keep the table's [-1, 1] contract and
+its order.
+
 The table (``item_id, rank, similar_item_id, score``) is published like the recommendations
 (:mod:`include.recsys.tables.versions`: versions, manifest, commit log, CURRENT) under
 ``similar_items/`` beside the recommendations root, or ``similar_items_dir``; its
@@ -106,6 +114,29 @@ def compute(
     fn = exact if engine == "exact" else approximate
     items, scores = fn(item_factors, k, allowed, **kw)
     log.info("similar items (%s): %d items, top %d, in %.2fs", engine, len(items), k, time.perf_counter() - t0)
+    return items, scores
+
+
+def compute_for_bundle(
+    bundle: Any, k: int, allowed: np.ndarray | None = None, *, engine: str = "exact", **kw: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k similar items of every item of ``bundle``, whatever its family: the cosine of the
+    item factors (:func:`compute`) for ALS, the item-item matrix's rows otherwise."""
+    if not getattr(bundle, "is_item_item", False):
+        return compute(bundle.item_factors, k, allowed, engine=engine, **kw)
+    from include.recsys.scoring.recommend import topn_item_item
+
+    if engine not in ENGINES:
+        raise ValueError(f"similar_items_engine must be one of {ENGINES}, got {engine!r}")
+    t0 = time.perf_counter()
+    n = len(bundle.item_ids)
+    eye = sp.identity(n, dtype=np.float32, format="csr")  # history = one item; never itself
+    items, scores = topn_item_item(eye, bundle.item_item, eye, k, kw.get("block_size", 1024), allowed=allowed,
+                                   popularity=bundle.item_popularity)
+    scale = np.max(np.where(np.isfinite(scores), np.abs(scores), 0.0), axis=1, keepdims=True)
+    scores = np.where(np.isfinite(scores), scores / np.where(scale > 0, scale, 1.0), -np.inf).astype(np.float32)
+    log.info("similar items (%s rows of the item-item matrix): %d items, top %d, in %.2fs", bundle.kind, n, k,
+             time.perf_counter() - t0)
     return items, scores
 
 

@@ -54,7 +54,7 @@ def similar_items(
     allowed = rules.allowed_mask(bundle.item_ids) if rules is not None else None
     k = cfg.similar_items_k
     kw = {"block_size": cfg.score_block_size} if cfg.similar_items_engine == "exact" else {}
-    items, scores = sim.compute(bundle.item_factors, k, allowed, engine=cfg.similar_items_engine, **kw)
+    items, scores = sim.compute_for_bundle(bundle, k, allowed, engine=cfg.similar_items_engine, **kw)
     fallback = sim.fallback_frame(bundle.item_ids, bundle.item_popularity, k, allowed)
     manifest = {
         "table": "similar_items", "model_name": reg["model_name"], "model_version": str(reg["model_version"]),

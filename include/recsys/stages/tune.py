@@ -39,7 +39,7 @@ def plan_trials(
     from include.recsys.core.io import write_parquet
     from include.recsys.tracking.runs import get_or_create_run, log_to_run
     from include.recsys.tracking.tuning import last_best_config, last_gate_verdict
-    from include.recsys.tuning.search import decide, sample_trials, validation_split
+    from include.recsys.tuning.search import decide, eligible_families, sample_trials, validation_split
 
     run_id = get_or_create_run(cfg, rc.run_id, rc.mlflow_tags())
     last = last_best_config(cfg, exclude_run_id=run_id)
@@ -51,6 +51,7 @@ def plan_trials(
         incumbent, source = model_config(cfg), "defaults"
     folder = _tuning_dir(cfg, rc)
     trials: list[dict[str, Any]] = []
+    families, skipped = tuple(cfg.tune_families), {}
     if do_tune:
         cutoff = pd.Timestamp(parts["stats"]["cutoff"])
         train_df = pd.read_parquet(parts["train"])
@@ -64,7 +65,10 @@ def plan_trials(
     if do_tune:
         fit_path = write_parquet(fit_df, folder / "fit.parquet")
         valid_path = write_parquet(valid, folder / "valid.parquet")
-        configs = sample_trials(cfg.tune_trials, cfg.seed, incumbent, cfg.tune_max_iterations)
+        families, skipped = eligible_families(
+            cfg.tune_families, int(fit_df["item_id"].nunique()), cfg.ease_max_items, cfg.backend
+        )
+        configs = sample_trials(cfg.tune_trials, cfg.seed, incumbent, cfg.tune_max_iterations, families=families)
         trials = [
             {
                 "trial": i,
@@ -86,10 +90,13 @@ def plan_trials(
         "incumbent_source": source,
         "incumbent_run_id": last["run_id"] if last else None,
         "previous_gate": list(verdict) if verdict else None,
+        "families": list(families),
+        "families_skipped": skipped,
     }
     write_json(folder / "plan.json", plan)
     log_to_run(cfg, run_id, tags={"tuning_decision": ("tune: " if do_tune else "no tuning: ") + reason[:4000]})
-    log.info("tuning %s: %s (%d trials; incumbent: %s)", "ON" if do_tune else "OFF", reason, len(trials), source)
+    log.info("tuning %s: %s (%d trials over %s%s; incumbent: %s)", "ON" if do_tune else "OFF", reason, len(trials),
+             "/".join(families), f", left out: {skipped}" if skipped else "", source)
     return trials
 
 
@@ -170,15 +177,20 @@ def select_best(cfg: PipelineConfig, rc: RunContext, trials: list[dict[str, Any]
         incumbent = next((r for r in results if r["trial"] == 0 and r.get("ok")), None)
         if incumbent:
             metrics["tune_incumbent_valid_ndcg_at_10"] = incumbent["best_metric"]
+        metrics.update(search.best_by_family(results))
     else:
         config = plan["incumbent"]
         source = "reused" if plan["incumbent_run_id"] else "defaults"
         detail = plan["incumbent_source"] + (" (every trial failed)" if plan["tune"] else "")
-    tags.update({"config_source": source, "config_source_detail": detail[:4000]})
+    family = str(config.get("model_family", "als"))
+    tags.update({"config_source": source, "config_source_detail": detail[:4000], "model_family": family})
+    if plan.get("families_skipped"):
+        tags["tune_families_skipped"] = json.dumps(plan["families_skipped"])[:4000]
     if plan["incumbent_run_id"] and source == "reused":
         tags["config_source_run_id"] = plan["incumbent_run_id"]
     log_to_run(cfg, run_id, tags=tags, metrics=metrics or None)
     out = {"config": config, "source": source, "detail": detail, "reason": plan["reason"]}
     write_json(folder / "best.json", out)
-    log.info("configuration for the refit: %s (%s): %s", source, detail, json.dumps(config, sort_keys=True))
+    log.info("configuration for the refit: %s family %s (%s): %s", source, family, detail,
+             json.dumps(config, sort_keys=True))
     return {**out, "path": str(folder / "best.json")}

@@ -1,10 +1,13 @@
-"""MLflow "models from code" definition of the ALS recommender (no pickled Python objects).
+"""MLflow "models from code" definition of the recommender (no pickled Python objects).
 
 The model's artifact ``bundle`` is a :class:`~include.recsys.scoring.bundle.ModelBundle` folder:
-factors, the external user / item ids (index order), item popularity and the seen-items matrix
-(every snapshot interaction of the model's users), as ``.npz`` (``allow_pickle=False``) and
-Parquet. ``predict`` takes a DataFrame with a ``user_id`` column (external ids; a list or
-Series works too) and the param ``n`` (default: the pipeline's ``top_n``); it returns one row
+factors (ALS) or the item x item matrix and training rows (item-kNN, EASE: ``kind`` in its
+``bundle.json``), the external user / item ids (index order), item popularity and the
+seen-items matrix (every snapshot interaction of the model's users), as ``.npz``
+(``allow_pickle=False``) and Parquet. Every family is served by the same ``recommend`` as the
+batch table, so the registered model returns the table's lists. (The class keeps its historic
+name ``ALSRecommenderModel``: registered versions refer to this file, not to the name.)
+``predict`` takes a DataFrame with a ``user_id`` column (external ids; a list or Series works too) and the param ``n`` (default: the pipeline's ``top_n``); it returns one row
 per (user, rank): user_id, rank (1..n), item_id, score, source ("model", or "fallback" for
 users the model does not know: items by training popularity). Seen items are never returned.
 

@@ -7,10 +7,16 @@ Validation split
     uses a per-user temporal split instead; :func:`prepare` takes any fit/validation pair.)
 
 Search
-    Seeded random search (:func:`sample_trials`) over factors, regularization and alpha
-    (log-uniform), the weighting (none / BM25 with K1, B / TF-IDF) and the recency half-life.
-    Trial 0 is always the incumbent (the configuration the run would use without tuning), so
-    the result is never worse than it on validation. Iterations are the budget: every trial
+    Seeded random search (:func:`sample_trials`) over the model families
+    (:mod:`include.recsys.backends.families`), each with its own small space: ALS over factors,
+    regularization and alpha (log-uniform), the weighting (none / BM25 with K1, B / TF-IDF) and
+    the recency half-life; item-kNN over the similarity (BM25 with K1, B / cosine) and the
+    neighbours K; EASE over λ (log-uniform) and the weighting. Trials after the first go to the
+    families in turn (``tune_families``; EASE is left out, with the reason logged, when the
+    catalog is above ``ease_max_items``). Trial 0 is always the incumbent (the configuration
+    the run would use without tuning), so the result is never worse than it on validation, and
+    the family that wins is the one with the best validation NDCG@10: the gate's holdout never
+    takes part in the choice. For ALS, iterations are the budget: every trial
     runs up to ``tune_max_iterations`` sweeps and stops early when validation NDCG@10 has not
     improved for ``tune_patience`` sweeps (implicit's fit callback); the best sweep count is
     what the trial reports. Trials are independent: in Airflow each is one mapped task and one
@@ -43,6 +49,7 @@ from include.recsys.backends.implicit import (
     fit_als,
     model_config,
 )
+from include.recsys.backends.families import FAMILIES, eligible_families, family_defaults
 from include.recsys.config.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,14 @@ class SearchSpace:
     bm25_b: tuple[float, float] = (0.2, 1.0)
     # "off" twice: most trials leave recency alone
     recency_half_life_days: tuple[float, ...] = (0.0, 0.0, 14.0, 56.0, 180.0)
+    # item-kNN: implicit re-weights the summed matrix itself (BM25 / cosine normalisation)
+    knn_kind: tuple[str, ...] = ("bm25", "bm25", "cosine")
+    knn_k: tuple[int, ...] = (20, 50, 100, 200, 400)
+    knn_bm25_k1: tuple[float, float] = (0.3, 5.0)
+    knn_bm25_b: tuple[float, float] = (0.2, 1.0)
+    # EASE: λ scales with the Gram matrix (summed weights squared), hence the wide range
+    ease_lambda: tuple[float, float] = (20.0, 20000.0)
+    ease_weighting: tuple[str, ...] = ("none", "none", "tfidf")
 
 
 def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -75,28 +90,74 @@ def sample_trials(
     incumbent: dict[str, Any],
     max_iterations: int,
     space: SearchSpace | None = None,
+    families: tuple[str, ...] | list[str] = ("als",),
 ) -> list[dict[str, Any]]:
-    """``n`` trial configurations (model fields), trial 0 the incumbent; seeded, reproducible."""
+    """``n`` trial configurations (model fields), trial 0 the incumbent; seeded, reproducible.
+
+    Trials 1.. go to ``families`` in turn (a fair share each, whatever ``n``). The first trial
+    of a family that is not the incumbent's is that family at its config defaults (so a tuned
+    family is never worse than its defaults on validation); the others draw from the family's
+    own seeded stream, so the ALS trials of ``families=("als",)`` are the ones this search
+    always drew. A trial of one family carries the incumbent's fields of the others (unused by
+    it) and ``iterations=max_iterations`` (ALS's budget; item-item fits have none).
+    """
     if n < 1:
         raise ValueError(f"the trial budget must be >= 1, got {n}")
+    families = tuple(families) or ("als",)
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown model families {sorted(unknown)}; known: {FAMILIES}")
     space = space or SearchSpace()
-    rng = np.random.default_rng([seed, 0x7E11])
-    trials = [{**{k: incumbent[k] for k in MODEL_FIELDS}, "iterations": max_iterations}]
-    for _ in range(n - 1):
-        weighting = str(rng.choice(space.weighting))
-        trials.append(
-            {
-                "factors": int(rng.choice(space.factors)),
-                "regularization": round(_loguniform(rng, *space.regularization), 5),
-                "alpha": round(_loguniform(rng, *space.alpha), 4),
-                "iterations": max_iterations,
-                "weighting": weighting,
-                "bm25_k1": round(_loguniform(rng, *space.bm25_k1), 3) if weighting == "bm25" else 100.0,
-                "bm25_b": round(float(rng.uniform(*space.bm25_b)), 3) if weighting == "bm25" else 0.8,
-                "recency_half_life_days": float(rng.choice(space.recency_half_life_days)),
-            }
-        )
+    base = {**{k: incumbent[k] for k in MODEL_FIELDS}, "iterations": max_iterations}
+    rngs = {f: np.random.default_rng([seed, 0x7E11] + ([FAMILIES.index(f)] if f != "als" else [])) for f in families}
+    trials = [dict(base)]
+    started = {base.get("model_family", "als")}
+    for t in range(n - 1):
+        family = families[t % len(families)]
+        if family not in started:
+            started.add(family)
+            trials.append({**base, **family_defaults(family), "iterations": max_iterations})
+            continue
+        draw = _draw_als if family == "als" else _draw_knn if family == "item_knn" else _draw_ease
+        trials.append({**base, **draw(rngs[family], space, max_iterations)})
     return trials
+
+
+def _draw_knn(rng: np.random.Generator, space: SearchSpace, _max_iterations: int) -> dict[str, Any]:
+    kind = str(rng.choice(space.knn_kind))
+    return {
+        "model_family": "item_knn",
+        "knn_kind": kind,
+        "knn_k": int(rng.choice(space.knn_k)),
+        "knn_bm25_k1": round(_loguniform(rng, *space.knn_bm25_k1), 3) if kind == "bm25" else 1.2,
+        "knn_bm25_b": round(float(rng.uniform(*space.knn_bm25_b)), 3) if kind == "bm25" else 0.75,
+        "weighting": "none",
+        "recency_half_life_days": float(rng.choice(space.recency_half_life_days)),
+    }
+
+
+def _draw_ease(rng: np.random.Generator, space: SearchSpace, _max_iterations: int) -> dict[str, Any]:
+    return {
+        "model_family": "ease",
+        "ease_lambda": round(_loguniform(rng, *space.ease_lambda), 3),
+        "weighting": str(rng.choice(space.ease_weighting)),
+        "recency_half_life_days": float(rng.choice(space.recency_half_life_days)),
+    }
+
+
+def _draw_als(rng: np.random.Generator, space: SearchSpace, max_iterations: int) -> dict[str, Any]:
+    weighting = str(rng.choice(space.weighting))
+    return {
+        "model_family": "als",
+        "factors": int(rng.choice(space.factors)),
+        "regularization": round(_loguniform(rng, *space.regularization), 5),
+        "alpha": round(_loguniform(rng, *space.alpha), 4),
+        "iterations": max_iterations,
+        "weighting": weighting,
+        "bm25_k1": round(_loguniform(rng, *space.bm25_k1), 3) if weighting == "bm25" else 100.0,
+        "bm25_b": round(float(rng.uniform(*space.bm25_b)), 3) if weighting == "bm25" else 0.8,
+        "recency_half_life_days": float(rng.choice(space.recency_half_life_days)),
+    }
 
 
 def validation_split(
@@ -198,7 +259,10 @@ class TrialResult:
         return self.error is None and math.isfinite(self.best_metric)
 
     def config(self) -> dict[str, Any]:
-        """The model fields of this trial with the early-stopped iteration count."""
+        """The model fields of this trial with the early-stopped iteration count (ALS; an
+        item-item family has no iterations: its fields are returned as sampled)."""
+        if self.params.get("model_family", "als") != "als":
+            return dict(self.params)
         return {**self.params, "iterations": int(self.best_iteration)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,7 +292,8 @@ def run_trial(
     max_iterations: int | None = None,
     patience: int | None = None,
 ) -> TrialResult:
-    """Fit ALS with ``params`` on ``data`` and early-stop on validation NDCG@10.
+    """Fit ALS with ``params`` on ``data`` and early-stop on validation NDCG@10 (an item-item
+    family's ``params`` are fitted once instead: :func:`_run_item_item_trial`).
 
     The callback evaluates after every sweep, remembers the best sweep count,
     and stops the fit after ``patience`` sweeps without improvement. A trial whose factors
@@ -236,6 +301,8 @@ def run_trial(
     """
     from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix
 
+    if params.get("model_family", "als") != "als":
+        return _run_item_item_trial(data, cfg, params, trial)
     t0 = time.perf_counter()
     max_iterations = int(max_iterations or params.get("iterations") or cfg.tune_max_iterations)
     patience = int(patience or cfg.tune_patience)
@@ -285,6 +352,49 @@ def run_trial(
     return result
 
 
+def validation_ndcg_item_item(data: TuningData, user_items, item_item, k: int = 10) -> float:
+    """Mean NDCG@k of the evaluated users for an item-item family, through the scorer's own
+    :func:`topn_item_item` (seen filtered, lists filled up by popularity as served)."""
+    from include.recsys.metrics.ranking import ranking_metrics
+    from include.recsys.scoring.recommend import topn_item_item
+
+    if data.n_eval_users == 0:
+        return float("nan")
+    popularity = np.bincount(data.seen.indices, minlength=data.seen.shape[1])
+    top, _ = topn_item_item(user_items[data.eval_rows], item_item, data.seen[data.eval_rows], k,
+                            popularity=popularity)
+    return float(ranking_metrics(top, data.relevant, [k]).summary[f"ndcg@{k}"])
+
+
+def _run_item_item_trial(data: TuningData, cfg: PipelineConfig, params: dict[str, Any], trial: int) -> TrialResult:
+    """Fit an item-item family once (no sweeps to stop early) and score it on validation."""
+    from include.recsys.backends.families import describe, fit_item_item
+    from include.recsys.backends.weighting import ConfidenceSpec, confidence_matrix
+
+    t0 = time.perf_counter()
+    metric, error = float("nan"), None
+    tparams = {k: params[k] for k in MODEL_FIELDS if k in params}
+    try:
+        tcfg = cfg.with_overrides(tparams)
+        ui = confidence_matrix(data.fit_df, data.users, data.items, ConfidenceSpec.from_config(tcfg), data.cutoff)
+        item_item, _ = fit_item_item(ui, tcfg)
+        metric = validation_ndcg_item_item(data, ui, item_item)
+        if not math.isfinite(metric):
+            error = "validation metric not finite"
+    except Exception as exc:  # one bad trial (e.g. EASE over its budget) must not end the search
+        error = f"{type(exc).__name__}: {exc}"
+    result = TrialResult(
+        trial=trial, params=tparams, best_iteration=0, best_metric=metric,
+        history=[round(metric, 6)] if math.isfinite(metric) else [], seconds=time.perf_counter() - t0,
+        error=error,
+    )
+    log.info(
+        "trial %d %s: %s=%.4f in %.2fs%s", trial, describe(tcfg) if error is None else json.dumps(tparams),
+        METRIC, metric, result.seconds, f" ERROR {error}" if error else "",
+    )
+    return result
+
+
 def select_best(results: list[TrialResult | dict[str, Any]]) -> dict[str, Any] | None:
     """The best successful trial (highest validation metric; ties: lowest trial number)."""
     rows = [r.to_dict() if isinstance(r, TrialResult) else r for r in results]
@@ -294,6 +404,17 @@ def select_best(results: list[TrialResult | dict[str, Any]]) -> dict[str, Any] |
     return max(ok, key=lambda r: (r["best_metric"], -r["trial"]))
 
 
+def best_by_family(results: list[TrialResult | dict[str, Any]]) -> dict[str, float]:
+    """Best validation NDCG@10 of each family's successful trials, as MLflow metric names
+    (``tune_best_valid_ndcg_at_10_<family>``): how far the winner is ahead of the others."""
+    out: dict[str, float] = {}
+    for r in (x.to_dict() if isinstance(x, TrialResult) else x for x in results):
+        if r.get("ok"):
+            key = f"tune_best_valid_ndcg_at_10_{r['params'].get('model_family', 'als')}"
+            out[key] = max(out.get(key, -math.inf), float(r["best_metric"]))
+    return out
+
+
 def search(
     data: TuningData,
     cfg: PipelineConfig,
@@ -301,10 +422,13 @@ def search(
     n_trials: int | None = None,
     incumbent: dict[str, Any] | None = None,
     space: SearchSpace | None = None,
+    families: tuple[str, ...] | list[str] | None = None,
 ) -> tuple[dict[str, Any] | None, list[TrialResult]]:
     """In-process random search (the benchmark's path; Airflow runs trials as mapped tasks)."""
+    families, _ = eligible_families(families or cfg.tune_families, len(data.items), cfg.ease_max_items, cfg.backend)
     trials = sample_trials(
-        n_trials or cfg.tune_trials, cfg.seed, incumbent or model_config(cfg), cfg.tune_max_iterations, space
+        n_trials or cfg.tune_trials, cfg.seed, incumbent or model_config(cfg), cfg.tune_max_iterations, space,
+        families,
     )
     results = [run_trial(data, cfg, p, trial=i) for i, p in enumerate(trials)]
     return select_best(results), results

@@ -145,7 +145,9 @@ def test_param_specs(clean_env) -> None:
         "allow_older_data": {},
         "tune": {},
         "require_approval": {},  # issue 18
+        "backend": {},  # issue 20: a choice, not a range
     }
+    assert specs["backend"]["enum"] == ["implicit", "spark"] and specs["backend"]["default"] == "implicit"
     assert specs["dry_run"]["type"] == "boolean"
     assert specs["allow_older_data"]["type"] == "boolean" and specs["allow_older_data"]["default"] is False
     # empty source_path = the default lake: optional in the trigger form (nullable), or the

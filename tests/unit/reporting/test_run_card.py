@@ -288,3 +288,36 @@ def test_card_of_an_older_run_that_served_nothing(tmp_path) -> None:
     older = _card(_work(runs, "20261117T000000Z", "manual__backfill"), runs,
                   published={"version": "v1", "older_data": "OLDER DATA allowed by allow_older_data: x"})
     assert '<p class="banner" id="older-data">OLDER DATA allowed by allow_older_data: x</p>' in older.read_text()
+
+
+def test_the_card_names_the_chosen_family_and_the_families_compared(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    work = _work(runs, "20261121T000000Z", "manual__1")
+    tuning = work / "tuning"
+    tuning.mkdir()
+    (tuning / "plan.json").write_text(json.dumps({
+        "tune": True, "families": ["als", "item_knn"],
+        "families_skipped": {"ease": "40000 items > ease_max_items=16000 (dense n² inverse)"}}))
+    trials = [("als", True, 0.11), ("als", True, 0.12), ("item_knn", True, 0.15), ("item_knn", False, 0.9)]
+    for i, (fam, ok, metric) in enumerate(trials):
+        (tuning / f"trial-{i:03d}.json").write_text(json.dumps(
+            {"trial": i, "ok": ok, "best_metric": metric, "params": {"model_family": fam}}))
+    (tuning / "best.json").write_text(json.dumps(
+        {"config": {"model_family": "item_knn", "knn_kind": "bm25", "knn_k": 50}, "source": "tuned"}))
+    page = _parse(_card(work, runs, snap=SNAP, parts=PARTS))
+    lineage = dict(tuple(r) for r in page.tables["lineage-table"])
+    assert lineage["model family"] == (
+        "item_knn (tuned configuration); validation ndcg@10 by family: als 0.1200, item_knn 0.1500; "
+        "ease left out: 40000 items > ease_max_items=16000 (dense n² inverse)"
+    )
+    data = json.loads((work / DATA_NAME).read_text())
+    assert data["model"]["family"] == "item_knn" and data["model"]["config"]["knn_k"] == 50
+
+
+def test_without_tuning_files_the_bundle_names_the_family(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    work = _work(runs, "20261121T000000Z", "manual__1")
+    (work / "model" / "bundle").mkdir(parents=True)
+    (work / "model" / "bundle" / "bundle.json").write_text(json.dumps({"format": 1, "kind": "ease"}))
+    page = _parse(_card(work, runs, snap=SNAP, parts=PARTS))
+    assert dict(tuple(r) for r in page.tables["lineage-table"])["model family"] == "ease"

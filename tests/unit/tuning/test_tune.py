@@ -150,7 +150,12 @@ def test_apply_config_keeps_explicit_form_values(tmp_path) -> None:
     best = {"factors": 64, "regularization": 0.5, "alpha": 7.0, "iterations": 9, "weighting": "bm25",
             "bm25_k1": 20.0, "bm25_b": 0.5, "recency_half_life_days": 0.0}
     cfg, kept = apply_config(_cfg(tmp_path), best)
-    assert kept == [] and model_config(cfg) == best
+    # a best config stored before model families existed holds no family fields: ALS, defaults
+    assert kept == [] and model_config(cfg) == {**model_config(_cfg(tmp_path)), **best}
+    assert cfg.model_family == "als"
+    knn = {**best, "model_family": "item_knn", "knn_kind": "cosine", "knn_k": 40}
+    cfg, kept = apply_config(_cfg(tmp_path), knn)
+    assert kept == [] and model_config(cfg) == {**model_config(_cfg(tmp_path)), **knn}
     cfg, kept = apply_config(_cfg(tmp_path, factors=8), best)
     assert kept == ["factors"] and cfg.factors == 8 and cfg.alpha == 7.0
 
