@@ -174,3 +174,7 @@ class IdRouteError(PermanentError):
 class EngineError(PermanentError):
     """The configured compute engine cannot run here (``backend=spark`` without a Java runtime,
     or an engine that failed in a way a retry will not fix)."""
+
+
+class FamilyTooLarge(TrainingError):
+    """The catalog is beyond the memory/time budget of a model family (EASE's dense inverse)."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from include.recsys.errors import TrainingError
+from include.recsys.errors import FamilyTooLarge, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ EASE_MEASURED: dict[int, tuple[float, float, float]] = {
     4000: (2.48, 2.71, 0.98),
     8000: (11.18, 19.13, 3.51),
 }
-
-
-class FamilyTooLarge(TrainingError):
-    """The catalog is beyond the memory/time budget of the family (e.g. EASE's dense inverse)."""
 
 
 def ease_peak_bytes(n_items: int) -> int:

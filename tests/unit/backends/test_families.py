@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.recsys.backends.families import FamilyTooLarge
+from include.recsys.errors import FamilyTooLarge
 from include.recsys.backends.implicit import train
 from include.recsys.config.settings import load_config
 from include.recsys.core.ids import encode
