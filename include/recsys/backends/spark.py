@@ -96,6 +96,9 @@ def session(cfg: PipelineConfig):
         )
     from pyspark.sql import SparkSession
 
+    # py4j logs every gateway connection at INFO (and once more at interpreter exit, after the
+    # log handlers are closed): keep its warnings only
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     master = master_of(cfg)
     active = SparkSession.getActiveSession()
     if active is not None:
