@@ -57,8 +57,9 @@ STAGES = (
     "snapshot", "validate_input", "split", "train", "evaluate", "gate", "register",
     "plan_shards", "score_shard", "assemble_version", "validate_output", "publish",
 )
-# targets of issue #9 (checked in the benchmark, never as timed assertions in unit tests)
-TARGET_WALL_RATIO = 1.5
+# targets of issues #9 and #21 (checked in the benchmark, never as timed assertions in unit
+# tests); the wall target is issue 21's step (<= 2.5x on l), 1.5x stays the long-term aim
+TARGET_WALL_RATIO = 2.5
 TARGET_PEAK_MB = 3 * 1024
 TARGET_TRAIN_RATIO = 1.10
 TARGET_PARSE_S = 0.5

@@ -44,7 +44,9 @@ def test_spark_backend_publishes_a_validated_version_and_moves_the_champion(tmp_
     assert (per_user["count"] == n).all() and (per_user["nunique"] == n).all()
     assert manifest["rows"] == len(table)
     assert r["tasks"]["validate_output"] == "success"  # the version passed output validation
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{env['data'] / 'mlflow' / 'mlflow.db'}")
+    uri = f"sqlite:///{env['data'] / 'mlflow' / 'mlflow.db'}"
+    # registry named too: an earlier test in this process may have set a global registry URI
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("recsys_als", "champion")
     assert str(champion.version) == manifest["model_version"] == "1"
     params = client.get_run(manifest["mlflow_run_id"]).data.params

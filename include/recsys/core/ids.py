@@ -213,6 +213,41 @@ def csr_from_codes(u: np.ndarray, i: np.ndarray, data: np.ndarray | None, shape:
     return m
 
 
+def reindex_csr(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, col_lookup: np.ndarray,
+                n_cols: int) -> sp.csr_matrix:
+    """Binary canonical CSR (float32 ones, sorted indices) whose row ``r`` is row ``rows[r]`` of
+    the CSR pattern (``indptr``, ``indices``) (-1: an empty row), each column code ``c`` mapped to
+    ``col_lookup[c]`` (-1: dropped).
+
+    Re-indexes a pattern built once into other id maps (a model's users and items) with
+    integer gathers only: no COO -> CSR conversion, no duplicate summing (a lookup that is
+    one-to-one, as id maps are, cannot create duplicates). ``indptr`` / ``indices`` may be
+    memory-mapped; only the rows asked for are read.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    ok = rows >= 0
+    safe = np.where(ok, rows, 0)
+    starts = np.where(ok, np.asarray(indptr[safe], dtype=np.int64), 0)
+    lengths = np.where(ok, np.asarray(indptr[safe + 1], dtype=np.int64) - starts, 0)
+    ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=ptr[1:])
+    total = int(ptr[-1])
+    if len(rows) and total and ok.all() and (np.diff(rows) == 1).all():  # a contiguous range: one slice
+        codes = np.asarray(indices[int(starts[0]) : int(starts[0]) + total])
+    else:
+        codes = np.asarray(indices)[np.repeat(starts - ptr[:-1], lengths) + np.arange(total, dtype=np.int64)]
+    cols = np.asarray(col_lookup)[codes]
+    keep = cols >= 0
+    if not keep.all():
+        ptr = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))[ptr]
+        cols = cols[keep]
+    index = np.int32 if max(len(cols), n_cols) < np.iinfo(np.int32).max else np.int64
+    m = sp.csr_matrix((np.ones(len(cols), np.float32), cols.astype(index), ptr.astype(index)),
+                      shape=(len(rows), n_cols))
+    m.sort_indices()  # the target item order may differ from the source's
+    return m
+
+
 def _binary_csr(matrix: sp.spmatrix | sp.sparray, name: str) -> sp.csr_matrix:
     """Copy ``matrix`` to a canonical CSR (sorted, no duplicates, no explicit zeros)."""
     if not sp.issparse(matrix):

@@ -179,14 +179,18 @@ def write_snapshot_parquet(df: pd.DataFrame, path: Path | str) -> Path:
 
     The categoricals go to Parquet as Arrow dictionaries (Parquet's own dictionary pages, no
     string per row materialised) and the Arrow schema is not stored, so every reader gets the
-    plain string columns back, exactly as if the frame had held strings.
+    plain string columns back, exactly as if the frame had held strings. Statistics and
+    dictionary pages only where a reader uses them (:func:`~include.recsys.core.io.work_parquet_options`).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from include.recsys.core.io import work_parquet_options
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, store_schema=False)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    pq.write_table(table, tmp, store_schema=False, **work_parquet_options(table.schema))
     tmp.replace(path)
     return path

@@ -15,6 +15,7 @@ unparsable ``event_ts``, a fractional id, ids changing kind between files) raise
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,9 @@ REQUIRED_COLUMNS = ("user_id", "item_id", "event_ts")
 DICTIONARY_COLUMNS = ("user_id", "item_id", "event_type")
 
 SNAPSHOT_COLUMNS = ["user_id", "item_id", "event_ts", "event_type", "weight"]
+
+#: The snapshot's ``event_ts`` dtype (microseconds, UTC), whatever the source stores.
+SNAPSHOT_TS_DTYPE = "datetime64[us, UTC]"
 
 #: What each typed contract column must hold (the ids: string or integer, checked apart).
 EXPECTED = {
@@ -81,18 +85,23 @@ def _read_parquet_window(root: Path, window: Window, categorical: bool = False) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = []
-    id_kinds: dict[str, tuple[str, Path]] = {}  # id column -> (string | integer, first file)
-    for f in files:
+    def read(f: Path) -> Any:
         try:
             # string ids and types come as Parquet dictionaries (pandas categoricals): each
             # distinct string is decoded once per row group instead of once per row
             schema = pq.read_schema(f)
             as_dict = string_columns(schema, DICTIONARY_COLUMNS) if categorical else []
-            table = pq.read_table(f, read_dictionary=as_dict)
+            return pq.read_table(f, read_dictionary=as_dict)
         except (pa.ArrowException, OSError) as exc:  # truncated / corrupted / not Parquet
             raise SourceError(f"cannot read Parquet file {f}: {exc}") from exc
-        tables.append(_check_parquet_types(table, f, id_kinds))
+
+    tables = []
+    id_kinds: dict[str, tuple[str, Path]] = {}  # id column -> (string | integer, first file)
+    # a few files decode at once (pyarrow releases the GIL; one daily file is too small to keep
+    # every core busy on its own); results and errors come in file order, checked in order
+    with ThreadPoolExecutor(max_workers=min(4, len(files))) as pool:
+        for f, table in zip(files, pool.map(read, files)):
+            tables.append(_check_parquet_types(table, f, id_kinds))
 
     try:
         # permissive: float32 and float64 weights (or timestamp units) of two files unify
@@ -296,22 +305,29 @@ def read_source(cfg: PipelineConfig, window: Window, *, categorical: bool = Fals
         raise SourceError(
             f"source {path} lacks required column(s) {missing}; it has {list(df.columns)}"
         )
-    try:
-        ts = pd.to_datetime(df["event_ts"], utc=True)
-    except (ValueError, TypeError):
-        try:  # every value parsed alone (the per-file checks found none unparsable): mixed formats
-            ts = pd.to_datetime(df["event_ts"], utc=True, format="mixed")
-        except (ValueError, TypeError) as exc:
-            raise SourceError(f"column event_ts of {path} is not a timestamp: {exc}") from exc
-    df["event_ts"] = ts.astype("datetime64[us, UTC]")
-    in_window = (df["event_ts"] >= window.start) & (df["event_ts"] < window.end)
+    if df["event_ts"].dtype != SNAPSHOT_TS_DTYPE:  # Parquet timestamps already are (no copy)
+        try:
+            ts = pd.to_datetime(df["event_ts"], utc=True)
+        except (ValueError, TypeError):
+            try:  # every value parsed alone (the per-file checks found none unparsable): mixed formats
+                ts = pd.to_datetime(df["event_ts"], utc=True, format="mixed")
+            except (ValueError, TypeError) as exc:
+                raise SourceError(f"column event_ts of {path} is not a timestamp: {exc}") from exc
+        df["event_ts"] = ts.astype(SNAPSHOT_TS_DTYPE)
+    future = (df["event_ts"] >= window.end).to_numpy()
+    early = (df["event_ts"] < window.start).to_numpy()
+    in_window = ~(future | early) & df["event_ts"].notna().to_numpy()
     # what the window filter drops, for the input validation (clock skew, misfiled rows)
     source_stats = {
-        "future_rows": int((df["event_ts"] >= window.end).sum()),
-        "outside_window_rows": int((df["event_ts"] < window.start).sum()),
+        "future_rows": int(future.sum()),
+        "outside_window_rows": int(early.sum()),
         "extra_columns": sorted(str(c) for c in df.columns if c not in (*SNAPSHOT_COLUMNS, "rating")),
     }
-    df = df.loc[in_window].reset_index(drop=True)
+    del future, early
+    if not in_window.all():  # the partitions read overlap the window: usually every row is in it
+        df = df.loc[in_window].reset_index(drop=True)
+    elif not isinstance(df.index, pd.RangeIndex) or df.index.start != 0 or df.index.step != 1:
+        df = df.reset_index(drop=True)
     source_stats["null_id_rows"] = int((df["user_id"].isna() | df["item_id"].isna()).sum())
     df.attrs["source_stats"] = source_stats
     if df.empty:

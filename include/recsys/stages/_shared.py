@@ -141,6 +141,57 @@ def _score_variants(cfg: PipelineConfig, rc: RunContext, model: dict[str, Any], 
     )
 
 
+def run_seen(cfg: PipelineConfig, rc: RunContext, snapshot: Path | str, users: Path | str | None,
+             items: Path | str | None) -> Path:
+    """Folder of the run's seen pattern: every snapshot (user_idx, item_idx) pair as one binary
+    canonical CSR (snapshot users x snapshot items), ``indptr.npy`` / ``indices.npy``.
+
+    Built once per run by whichever of ``register`` / ``plan_shards`` comes first and reused by
+    the other and by every shard (:func:`include.recsys.core.ids.reindex_csr` slices and maps
+    it into a model's users and items), instead of each of them sorting the 17M pairs again.
+    It is keyed by the snapshot file (inode, size, mtime): a rerun snapshot rebuilds it.
+    A snapshot without codes or maps raises :class:`~include.recsys.errors.IdRouteError`.
+    """
+    import os
+    import shutil
+
+    import numpy as np
+
+    from include.recsys.core.ids import csr_from_codes, read_codes, read_id_maps
+    from include.recsys.core.io import read_json_or_none
+
+    folder = rc.paths(cfg).precompute / "seen"
+    st = os.stat(snapshot)
+    key = {"snapshot": str(snapshot), "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if read_json_or_none(folder / "key.json") == key:
+        return folder
+    user_map, item_map = read_id_maps(users, items, snapshot)
+    u, i = read_codes(snapshot, (len(user_map), len(item_map)), allow_missing=True)
+    seen = csr_from_codes(u, i, None, (len(user_map), len(item_map)))  # pairs with a missing id dropped
+    del u, i
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".seen.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    np.save(tmp / "indptr.npy", seen.indptr)
+    np.save(tmp / "indices.npy", seen.indices)
+    (tmp / "key.json").write_text(json.dumps(key))  # last: a folder with a key is complete
+    shutil.rmtree(folder, ignore_errors=True)  # built from an earlier snapshot of this run
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another task put the same pattern there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_seen(folder: Path | str) -> tuple[Any, Any]:
+    """(indptr, indices) of a :func:`run_seen` folder, memory-mapped (read as sliced)."""
+    import numpy as np
+
+    folder = Path(folder)
+    return np.load(folder / "indptr.npy", mmap_mode="r"), np.load(folder / "indices.npy", mmap_mode="r")
+
+
 def _log_validation_to_mlflow(cfg: PipelineConfig, rc: RunContext) -> None:
     """Validation counts (input + output) as metrics and ``<work>/validation`` (reports, Data
     Docs) as artifacts of this DAG run's MLflow run. Best effort: never changes a verdict."""

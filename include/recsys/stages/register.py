@@ -19,22 +19,33 @@ from include.recsys.reporting.run_card import RUN_CARD, write_run_card
 log = logging.getLogger(__name__)
 
 
-def _serving_seen(bundle: Any, snapshot: Path, users: Path | str | None, items: Path | str | None) -> Any:
+def _serving_seen(bundle: Any, snapshot: Path, users: Path | str | None, items: Path | str | None,
+                  seen: Path | str | None = None) -> Any:
     """The serving bundle's seen CSR: every snapshot (user, item) pair of the bundle's users and
     items, from the snapshot's ``user_idx`` / ``item_idx`` and the id maps ``users`` / ``items``.
 
-    The bundle's ids are looked up once per distinct id (the maps), the rows are two integer
-    gathers; a snapshot without codes or maps raises :class:`~include.recsys.errors.IdRouteError`.
+    ``seen``: the run's seen pattern folder (:func:`~include.recsys.stages._shared.run_seen`,
+    built once per run and reused by the shards); without it the pattern is built here. It is
+    re-indexed into the bundle's id maps: the bundle's ids are looked up once per distinct id
+    (the maps), the rows are integer gathers. A snapshot without codes or maps raises
+    :class:`~include.recsys.errors.IdRouteError`.
     """
-    from include.recsys.core.ids import csr_from_codes, read_codes, read_id_maps, translate_codes
+    from include.recsys.core.ids import csr_from_codes, read_codes, read_id_maps, reindex_csr, translate_codes
+    from include.recsys.stages._shared import load_seen
 
     user_map, item_map = read_id_maps(users, items, snapshot)
-    u, i = read_codes(snapshot, (len(user_map), len(item_map)), allow_missing=True)
-    # snapshot code -> bundle index (-1: not in the model, dropped)
-    rows = translate_codes(u, user_map.ids, bundle.user_ids, np.int32)
-    cols = translate_codes(i, item_map.ids, bundle.item_ids, np.int32)
-    del u, i
-    return csr_from_codes(rows, cols, None, (len(bundle.user_ids), len(bundle.item_ids)))
+    if seen is None:
+        u, i = read_codes(snapshot, (len(user_map), len(item_map)), allow_missing=True)
+        pattern = csr_from_codes(u, i, None, (len(user_map), len(item_map)))
+        del u, i
+        indptr, indices = pattern.indptr, pattern.indices
+    else:
+        indptr, indices = load_seen(seen)
+    # bundle user -> its snapshot row (-1: not in the snapshot, an empty row); snapshot item ->
+    # bundle item (-1: not in the model, dropped)
+    rows = pd.Index(user_map.ids).get_indexer(pd.Index(bundle.user_ids))
+    lookup = translate_codes(np.arange(len(item_map.ids)), item_map.ids, bundle.item_ids)
+    return reindex_csr(indptr, indices, rows, lookup, len(bundle.item_ids))
 
 
 def register(
@@ -52,6 +63,7 @@ def register(
     from include.recsys.core.memory import release_memory
     from include.recsys.scoring.bundle import ModelBundle
     from include.recsys.scoring.recommend import seen_matrix
+    from include.recsys.stages._shared import run_seen
     from include.recsys.tracking import runs
     from include.recsys.tracking.registry import (
         CHALLENGER,
@@ -65,7 +77,7 @@ def register(
     bundle = ModelBundle.load(model["bundle"])
     snapshot = ((Path(snap["snapshot"]), snap.get("users"), snap.get("items")) if snap
                 else (paths.snapshot, paths.snapshot_users, paths.snapshot_items))
-    seen = _serving_seen(bundle, *snapshot)
+    seen = _serving_seen(bundle, *snapshot, seen=run_seen(cfg, rc, *snapshot))
     serving_dir = replace(bundle, seen=seen_matrix(bundle, bundle.user_ids, seen)).save(paths.serving_bundle)
     del seen, bundle
     release_memory()  # the seen CSR's build buffers go back before the upload to MLflow and the run card

@@ -1,5 +1,6 @@
 """The scoring stages: ``plan_shards`` splits the snapshot's users into contiguous code ranges
-(one seen file each), ``score_shard`` writes one part of the unpublished version per range."""
+(each a row range of the run's seen pattern, built once), ``score_shard`` writes one part of
+the unpublished version per range."""
 
 from __future__ import annotations
 
@@ -16,36 +17,11 @@ from include.recsys.stages._shared import (
     _score_variants,
     _table_columns,
     item_rules,
+    load_seen,
+    run_seen,
 )
 
 log = logging.getLogger(__name__)
-
-
-def _write_seen_shards(
-    cfg: PipelineConfig, rc: RunContext, n_users: int, rows_of: Any, fields: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """``cfg.shards`` contiguous ranges of the ``n_users`` sorted users; each range's seen pairs
-    (``rows_of(lo, hi)``, an Arrow table) go to ``precompute/seen-<shard>.parquet``. Starts
-    from an empty staging folder unless the run's version is already served."""
-    import pyarrow.parquet as pq
-
-    from include.recsys.tables.versions import discard_staged
-
-    folder = rc.paths(cfg).precompute
-    folder.mkdir(parents=True, exist_ok=True)
-    if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
-        discard_staged(cfg.recommendations_root, rc.version)
-    n = max(1, min(cfg.shards, n_users))
-    bounds = np.linspace(0, n_users, n + 1).astype(int)
-    shards = []
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        seen = folder / f"seen-{i:05d}.parquet"
-        tmp = seen.with_name(f".{seen.name}.tmp")
-        pq.write_table(rows_of(lo, hi), tmp)
-        tmp.replace(seen)
-        shards.append({"index": i, "lo": int(lo), "hi": int(hi), **fields, "seen": str(seen)})
-    log.info("%d users in %d shard(s) of ~%d users", n_users, n, n_users // n)
-    return shards
 
 
 def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,36 +29,39 @@ def plan_shards(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> li
 
     Each range becomes one mapped ``score_shard`` task writing one part file, so the part
     files are globally sorted by user_id and workers score shards in parallel. The user map is
-    the snapshot's (``user_idx`` indexes it), so a range is a contiguous code range; the
-    snapshot's ``user_idx`` / ``item_idx`` pairs are read once here and split into one
-    ``seen-<shard>.parquet`` per shard, so a shard reads only its own users' pairs (no string
-    column is read or written). A snapshot without codes or maps raises
-    :class:`~include.recsys.errors.IdRouteError`.
+    the snapshot's (``user_idx`` indexes it), so a range is a contiguous code range of the
+    run's seen pattern (:func:`~include.recsys.stages._shared.run_seen`: every snapshot pair,
+    built once per run, usually already by ``register``); a shard slices its rows out of it
+    (no string column read or written, no per-shard sort). Starts from an empty staging
+    folder unless the run's version is already served. A snapshot without codes or maps
+    raises :class:`~include.recsys.errors.IdRouteError`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from include.recsys.tables.versions import discard_staged
 
-    from include.recsys.core.ids import CODE_COLUMNS, read_id_maps, require_codes
-
-    users, _ = read_id_maps(snap.get("users"), snap.get("items"), snap["snapshot"])
-    require_codes(snap["snapshot"])
-    pairs = pq.read_table(snap["snapshot"], columns=list(CODE_COLUMNS))
-    codes = pairs["user_idx"].to_numpy()
-    return _write_seen_shards(
-        cfg, rc, len(users), lambda lo, hi: pairs.filter(pa.array((codes >= lo) & (codes < hi))),
-        {"users": snap["users"], "items": snap["items"]},
-    )
+    folder = run_seen(cfg, rc, snap["snapshot"], snap.get("users"), snap.get("items"))
+    n_users = len(load_seen(folder)[0]) - 1
+    if not _already_served(cfg, rc):  # a fresh plan starts from an empty staging folder
+        discard_staged(cfg.recommendations_root, rc.version)
+    n = max(1, min(cfg.shards, n_users))
+    bounds = np.linspace(0, n_users, n + 1).astype(int)
+    log.info("%d users in %d shard(s) of ~%d users", n_users, n, n_users // n)
+    return [{"index": i, "lo": int(lo), "hi": int(hi), "users": snap["users"], "items": snap["items"],
+             "seen": str(folder)} for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
 
 def _shard_seen(shard: dict[str, Any], users: pd.Index, bundle: Any):
-    """The shard's seen CSR (its users x the model's items) from its ``user_idx`` / ``item_idx``."""
-    from include.recsys.core.ids import IdMap, csr_from_codes, translate_codes
+    """The shard's seen CSR (its users x the model's items): rows ``lo:hi`` of the run's seen
+    pattern (memory-mapped: only the shard's slice is read), its columns mapped from snapshot
+    item codes to the model's items (an item the model was not trained on is dropped)."""
+    from include.recsys.core.ids import IdMap, reindex_csr, translate_codes
 
-    pairs = pd.read_parquet(shard["seen"])
-    rows = pairs["user_idx"].to_numpy().astype(np.int64) - shard["lo"]
-    # snapshot item code -> model item index (-1: an item the model was not trained on)
-    cols = translate_codes(pairs["item_idx"].to_numpy(), IdMap.read(shard["items"], "item").ids, bundle.item_ids)
-    return csr_from_codes(rows, cols, None, (len(users), len(bundle.item_ids)))
+    indptr, indices = load_seen(shard["seen"])
+    items = IdMap.read(shard["items"], "item").ids
+    lookup = translate_codes(np.arange(len(items)), items, bundle.item_ids)
+    rows = np.arange(int(shard["lo"]), int(shard["hi"]))
+    if len(rows) != len(users):
+        raise ValueError(f"shard {shard['index']}: {len(users)} users for rows {shard['lo']}:{shard['hi']}")
+    return reindex_csr(indptr, indices, rows, lookup, len(bundle.item_ids))
 
 
 def score_shard(
