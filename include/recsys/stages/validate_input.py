@@ -26,7 +26,7 @@ def validate_input(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) ->
         validate_snapshot,
     )
 
-    df, codes = read_snapshot(snap["snapshot"])  # codes: user_idx/item_idx (IdRouteError without)
+    df, codes = read_snapshot(snap["snapshot"], snap.get("users"), snap.get("items"))  # ids: categoricals
     paths = rc.paths(cfg)
     paths.validation.mkdir(parents=True, exist_ok=True)
     report_path = paths.input_report

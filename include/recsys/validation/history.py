@@ -53,23 +53,32 @@ def load_bounds(path: str | Path | None = None) -> dict[str, Any]:
     return bounds
 
 
-def read_snapshot(path: str | Path) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray]]:
+def read_snapshot(
+    path: str | Path, users: str | Path | None, items: str | Path | None
+) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray]]:
     """The snapshot frame the suite validates, and its integer id codes.
 
     The int32 ``user_idx`` / ``item_idx`` columns (:data:`include.recsys.core.ids.CODE_COLUMNS`,
-    written by the snapshot stage) are read separately as numpy arrays (nulls -> -1) for
-    :func:`snapshot_statistics`; the frame gets every other column, exactly as
-    ``pd.read_parquet`` reads them, so the suite sees the snapshot's own columns only (no
-    "unknown column" note for the codes). A snapshot without codes raises
-    :class:`~include.recsys.errors.IdRouteError`.
+    written by the snapshot stage) are read as numpy arrays (nulls -> -1) for
+    :func:`snapshot_statistics`. The frame gets every other column as ``pd.read_parquet`` reads
+    it, except ``user_id`` / ``item_id``: those are rebuilt as categoricals from the codes and the
+    snapshot's id maps (``users`` / ``items``), so no id string is read or held per row (17M rows
+    on preset l); a code of -1 is a null id, for the suite to report. A snapshot without codes or
+    maps raises :class:`~include.recsys.errors.IdRouteError`.
     """
     import pyarrow.parquet as pq
 
-    from include.recsys.core.ids import CODE_COLUMNS, read_codes
+    from include.recsys.core.ids import CODE_COLUMNS, read_codes, read_id_maps
 
-    codes = read_codes(path)  # missing ids (-1) are the suite's to report, not refused here
-    columns = [c for c in pq.read_schema(path).names if c not in CODE_COLUMNS and not c.startswith("__index_level_")]
-    return pd.read_parquet(path, columns=columns), codes
+    user_map, item_map = read_id_maps(users, items, path)
+    codes = read_codes(path, (len(user_map), len(item_map)), allow_missing=True)
+    names = pq.read_schema(path).names
+    columns = [c for c in names if c not in CODE_COLUMNS and not c.startswith("__index_level_")]
+    df = pd.read_parquet(path, columns=[c for c in columns if c not in ("user_id", "item_id")])
+    for column, id_map, code in (("user_id", user_map, codes[0]), ("item_id", item_map, codes[1])):
+        if column in columns:
+            df[column] = pd.Categorical.from_codes(code, dtype=pd.CategoricalDtype(id_map.ids))
+    return df[columns], codes
 
 
 def _epoch_us(ts: pd.Series) -> np.ndarray:
@@ -303,8 +312,9 @@ def validate_snapshot(
         },
         extra_results=extra + drift,
         notes=notes + [
-            f"unknown source column(s) {snap['stats']['extra_columns']} present (allowed; not used)"
-        ] * bool((snap.get("stats") or {}).get("extra_columns")),
+            f"unknown source column(s) {extra_columns} present (allowed; not used)"
+            for extra_columns in [(snap.get("stats") or {}).get("extra_columns")] if extra_columns
+        ],
         report_path=report_path,
         docs_dir=docs_dir,
     )  # raises DataValidationError before the history is touched

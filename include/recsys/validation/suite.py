@@ -31,7 +31,9 @@ How a run works (:func:`validate_interactions`):
 2. The remaining expectations run through real GX objects: an ephemeral context
    (``gx.get_context(mode="ephemeral")`` with progress bars and analytics disabled), a
    pandas datasource, a dataframe asset, a whole-dataframe batch definition, a
-   ``ValidationDefinition`` and a ``Checkpoint`` (``checkpoint.run(...)``).
+   ``ValidationDefinition`` and a ``Checkpoint`` (``checkpoint.run(...)``) per batch: the
+   rows, and for expectations with ``meta.domain: "distinct"`` the distinct values of their
+   column (:data:`DISTINCT`); Data Docs are built once, after every batch.
 
 Suite parameters: the training window bounds are GX suite parameters,
 ``{"$PARAMETER": "window_start"}`` / ``{"$PARAMETER": "window_end"}`` in the JSON, bound at
@@ -61,20 +63,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from include.recsys.core.fmt import fmt_num
-from include.recsys.validation.gx import (
-    GX_FINGERPRINT_MAX_BYTES,
-    _build_gx_suite,
-    _gx_context,
-    _gx_fingerprint_limit,
-    _gx_frame,
-)
+from include.recsys.validation.gx import _DOMAINS, DISTINCT, ROWS, _run_gx
 from include.recsys.validation.report import (
     _SEVERITIES,
     ERROR,
     _empty_result,
     _jsonable,
 )
-from include.recsys.validation.spark_frames import SPARK_KINDS, SparkColumn, is_spark, naive_utc
+from include.recsys.validation.spark_frames import SPARK_KINDS, SparkColumn, is_spark
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +88,7 @@ _DTYPE_KIND_LABELS = {
 }
 
 _MAX_SAMPLE_VALUES = 5
+
 
 _FLOAT32_MAX = 3.4028234663852886e38  # the upper bound a float32 column's range check names
 
@@ -125,6 +122,12 @@ def load_suite_definition(path: str | Path | None = None) -> dict[str, Any]:
             raise ValueError(
                 f"{suite_path}: expectation #{i} ({exp['type']}) has meta.severity "
                 f"{severity!r}; expected one of {_SEVERITIES}"
+            )
+        domain = (exp.get("meta") or {}).get("domain", ROWS)
+        if domain not in _DOMAINS or (domain == DISTINCT and "column" not in exp["kwargs"]):
+            raise ValueError(
+                f"{suite_path}: expectation #{i} ({exp['type']}) has meta.domain {domain!r}; expected "
+                f"one of {_DOMAINS} ({DISTINCT!r} only for a column expectation)"
             )
     for column, spec in _dtype_contract(definition).items():
         unknown = set(spec.get("kinds", [])) - set(_DTYPE_KIND_LABELS)
@@ -172,6 +175,8 @@ def _dtype_matches(series: Any, kind: str) -> bool:
         if kind not in SPARK_KINDS:
             raise ValueError(f"unknown dtype kind {kind!r}")
         return type(series.type).__name__ in SPARK_KINDS[kind]
+    if isinstance(series.dtype, pd.CategoricalDtype):  # dictionary-encoded: the kind of its values
+        series = series.dtype.categories
     dtype = series.dtype
     if kind == "integer":
         return ptypes.is_integer_dtype(dtype)
@@ -199,6 +204,8 @@ def _check_dtypes(
         res = _empty_result("dtype_in_kinds", column, severity, "dtype", {"kinds": kinds})
         col = _column(df, column)
         dtype_str = str(col.dtype)
+        if dtype_str == "category":  # dictionary-encoded (read_snapshot's ids): name the values' dtype
+            dtype_str = f"category of {col.dtype.categories.dtype}"
         res["observed_value"] = dtype_str
         res["success"] = any(_dtype_matches(col, kind) for kind in kinds)
         if not res["success"]:
@@ -261,25 +268,26 @@ def _failure_message(res: dict[str, Any], gx_result: dict[str, Any], missing: li
     pct = fmt_num(res["unexpected_percent"], "pct")
     rule = res.get("_rule")
     suffix = f" ({rule})" if rule else ""
+    unit = "distinct values" if res.get("_domain") == DISTINCT else "rows"
     if etype == "expect_column_values_to_not_be_null" and count is not None:
-        return f"{column}: {count:,} of {total:,} rows ({pct}) are null"
+        return f"{column}: {count:,} of {total:,} {unit} ({pct}) are null"
     if etype == "expect_column_values_to_be_between" and count is not None:
-        return f"{column}: {count:,} of {total:,} rows ({pct}) outside {_interval(kwargs)}{suffix}"
+        return f"{column}: {count:,} of {total:,} {unit} ({pct}) outside {_interval(kwargs)}{suffix}"
     sample = res.get("partial_unexpected_list")
     sample_txt = f", e.g. {sample}" if sample else ""
     if etype == "expect_column_values_to_be_in_set" and count is not None:
         allowed = sorted(str(v) for v in (kwargs.get("value_set") or []))
         return (
-            f"{column}: {count:,} of {total:,} rows ({pct}) not in the allowed set "
+            f"{column}: {count:,} of {total:,} {unit} ({pct}) not in the allowed set "
             f"{allowed}{sample_txt}{suffix}"
         )
     if etype == "expect_column_values_to_match_regex" and count is not None:
         return (
-            f"{column}: {count:,} of {total:,} rows ({pct}) do not match "
+            f"{column}: {count:,} of {total:,} {unit} ({pct}) do not match "
             f"{kwargs.get('regex')!r}{sample_txt}{suffix}"
         )
     if count is not None:
-        return f"{etype}({column}): {count:,} of {total:,} rows ({pct}) unexpected{sample_txt}"
+        return f"{etype}({column}): {count:,} of {total:,} {unit} ({pct}) unexpected{sample_txt}"
     if "min_value" in kwargs or "max_value" in kwargs:
         what = res.get("check") or etype
         return (
@@ -319,13 +327,13 @@ def run_suite(
     column is present, whose column passed its dtype check, whose ``meta.requires_kind``
     matches the column's dtype and whose suite parameters are supplied runs through an
     ephemeral context (pandas datasource -> dataframe asset -> whole-dataframe batch
-    definition -> ValidationDefinition -> Checkpoint); the others are reported as skipped
-    with a reason. ``meta.skip_if_empty`` skips aggregate expectations on an empty frame
+    definition -> ValidationDefinition -> Checkpoint, one per domain batch: see
+    :data:`DISTINCT`); the others are reported as skipped with a reason. ``meta.skip_if_empty`` skips aggregate expectations on an empty frame
     (the row-count check already fails it).
 
     Returns:
-        (results in order: dtype checks, then suite order), ``CheckpointResult.success``
-        (None when GX did not run), and the Data Docs ``index.html`` path (None without
+        (results in order: dtype checks, then suite order), whether every
+        ``CheckpointResult`` succeeded (None when GX did not run), and the Data Docs ``index.html`` path (None without
         ``docs_dir``).
     """
     meta: dict[str, Any] = definition.get("meta") or {}
@@ -375,78 +383,6 @@ def _plan_expectations(
     return skip_reason
 
 
-def _run_gx(
-    df: pd.DataFrame,
-    definition: dict[str, Any],
-    skip_reason: dict[int, str],
-    *,
-    parameters: dict[str, Any],
-    run_name: str,
-    run_time: datetime,
-    asset_name: str,
-    docs_dir: str | Path | None,
-) -> tuple[dict[int, Any], bool | None, str | None]:
-    """The expectations not skipped, through one GX Checkpoint: (suite index -> GX result,
-    ``CheckpointResult.success``, Data Docs ``index.html``); nothing to run: ({}, None, None)."""
-    meta: dict[str, Any] = definition.get("meta") or {}
-    suite_name: str = definition["name"]
-    to_run = [
-        {**exp, "meta": {**(exp.get("meta") or {}), "_idx": i}}
-        for i, exp in enumerate(definition["expectations"])
-        if i not in skip_reason
-    ]
-    if not to_run:
-        return {}, None, None
-    context = _gx_context(docs_dir)  # first: quietens GX logging before its (slow) import
-
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.core.run_identifier import RunIdentifier
-
-    spark = is_spark(df)
-    source = context.data_sources.add_spark(name="recsys_spark") if spark else context.data_sources.add_pandas(name="recsys_pandas")
-    batch_definition = (
-        source.add_dataframe_asset(name=asset_name)
-        .add_batch_definition_whole_dataframe(name="whole_frame")
-    )
-    suite = context.suites.add(_build_gx_suite(suite_name, to_run, meta))
-    if len(suite.expectations) != len(to_run):
-        raise RuntimeError(
-            f"GX built {len(suite.expectations)} of {len(to_run)} expectations "
-            f"of suite {suite_name}"
-        )
-    validation_definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite_name}_vd", data=batch_definition, suite=suite)
-    )
-    actions = [] if docs_dir is None else [UpdateDataDocsAction(name="data_docs", site_names=["local"])]
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=f"{suite_name}_checkpoint",
-            validation_definitions=[validation_definition],
-            actions=actions,
-            result_format={"result_format": "BASIC"},
-        )
-    )
-    with _gx_fingerprint_limit(GX_FINGERPRINT_MAX_BYTES):
-        checkpoint_result = checkpoint.run(
-            batch_parameters={"dataframe": df if spark else _gx_frame(df)},
-            expectation_parameters=naive_utc(parameters) if spark else parameters,
-            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
-        )
-    gx_results: dict[int, Any] = {}
-    for suite_result in checkpoint_result.run_results.values():
-        for exp_result in suite_result.results:
-            gx_results[int(exp_result.expectation_config.meta["_idx"])] = exp_result
-    if len(gx_results) != len(to_run):
-        raise RuntimeError(
-            f"GX returned {len(gx_results)} results for {len(to_run)} expectations"
-        )
-    docs_index = None
-    if docs_dir is not None and (Path(docs_dir) / "index.html").exists():
-        docs_index = str((Path(docs_dir) / "index.html").resolve())
-    return gx_results, bool(checkpoint_result.success), docs_index
-
-
 def _to_results(
     definition: dict[str, Any], skip_reason: dict[int, str], gx_results: dict[int, Any], missing_required: list[str]
 ) -> list[dict[str, Any]]:
@@ -491,5 +427,6 @@ def _fill_from_gx(res: dict[str, Any], exp_result: Any, exp_meta: dict[str, Any]
     if not res["success"]:
         res["_raw_kwargs"] = evaluated_kwargs
         res["_rule"] = exp_meta.get("rule")
+        res["_domain"] = exp_meta.get("domain", ROWS)
         res["message"] = _failure_message(res, raw, missing_required)
-        del res["_raw_kwargs"], res["_rule"]
+        del res["_raw_kwargs"], res["_rule"], res["_domain"]

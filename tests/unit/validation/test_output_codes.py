@@ -129,16 +129,29 @@ def test_snapshot_statistics_from_codes(previous_end: str | None) -> None:
     assert snapshot_statistics(seen, prev, wider) == pytest.approx(want)
 
 
-def test_read_snapshot_splits_off_the_codes(tmp_path) -> None:
+def test_read_snapshot_rebuilds_the_ids_from_codes_and_maps(tmp_path) -> None:
+    """The ids come back as categoricals over the snapshot's maps (no string per row): the same
+    values as the file's own columns, a -1 code as a null id; codes and maps are required."""
     seen = _seen(np.random.default_rng(7))
-    path = tmp_path / "snap.parquet"
-    seen.assign(user_idx=np.arange(len(seen), dtype=np.int32), item_idx=np.zeros(len(seen), np.int32)).to_parquet(path)
-    df, codes = read_snapshot(path)
+    coded, users, items = encode(seen)
+    coded.loc[[4, 9], "user_idx"] = -1  # null user ids in the file
+    coded.loc[[4, 9], "user_id"] = None
+    path, users_path, items_path = (tmp_path / f"{n}.parquet" for n in ("snap", "users", "items"))
+    coded.to_parquet(path)
+    users.to_frame("user").to_parquet(users_path)
+    items.to_frame("item").to_parquet(items_path)
+    df, codes = read_snapshot(path, users_path, items_path)
     assert list(df.columns) == list(seen.columns)
-    assert (codes[0] == np.arange(len(seen))).all() and (codes[1] == 0).all()
+    assert isinstance(df["user_id"].dtype, pd.CategoricalDtype)
+    assert df["user_id"].isna().sum() == 2
+    pd.testing.assert_series_equal(df["user_id"].astype("str"), coded["user_id"].astype("str"))
+    pd.testing.assert_series_equal(df["item_id"].astype("str"), seen["item_id"])
+    assert (codes[0] == coded["user_idx"].to_numpy()).all() and (codes[1] == coded["item_idx"].to_numpy()).all()
+    with pytest.raises(IdRouteError, match="no user id map"):
+        read_snapshot(path, tmp_path / "gone.parquet", items_path)
     seen.to_parquet(path)
     with pytest.raises(IdRouteError, match="snap.parquet has no user_idx/item_idx codes.*rerun the snapshot stage"):
-        read_snapshot(path)
+        read_snapshot(path, users_path, items_path)
 
 
 def test_gx_fingerprint_limit_is_temporary() -> None:

@@ -52,11 +52,16 @@ def test_broken_snapshot_fails_on_spark_with_the_same_checks(spark, tmp_path) ->
     df.loc[:4, "user_id"] = None
     df.loc[5:9, "event_ts"] = pd.Timestamp(WINDOW_END) + pd.Timedelta(days=2)
     df.loc[10:14, "weight"] = np.float32(-1.0)
+    df.loc[20:22, "item_id"] = "bad id"  # one bad value: the format check runs on distinct values
     pandas_report, spark_report = _both(spark, tmp_path, df)
     assert not pandas_report.success and not spark_report.success
     assert _verdicts(spark_report) == _verdicts(pandas_report)
     failed = {(r["expectation_type"], r["column"]) for r in spark_report.results if r["success"] is False}
     assert {c for _, c in failed} >= {"user_id", "event_ts", "weight"}, failed
+    for report in (pandas_report, spark_report):
+        fmt = next(r for r in report.results
+                   if r["expectation_type"] == "expect_column_values_to_match_regex" and r["column"] == "item_id")
+        assert (fmt["success"], fmt["unexpected_count"], fmt["element_count"]) == (False, 1, df["item_id"].nunique())
 
 
 def test_naive_timestamps_fail_the_dtype_contract_on_spark(spark, tmp_path) -> None:

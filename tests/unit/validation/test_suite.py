@@ -98,6 +98,64 @@ def test_clean_frame_passes_for_int_and_string_ids(id_kind: str) -> None:
     assert f"{N_ROWS:,} rows" in report.summary()
 
 
+def _as_categoricals(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its ids dictionary-encoded over their sorted distinct values, as
+    :func:`include.recsys.validation.history.read_snapshot` gives them (plus an unused id)."""
+    out = df.copy()
+    for column in ("user_id", "item_id"):
+        categories = pd.Index(sorted(set(df[column].dropna()) | {"zz_unused"}), dtype="str")
+        out[column] = pd.Categorical(df[column], categories=categories)
+    return out
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["str", "categorical"])
+def test_id_checks_run_on_distinct_values(encoded: bool, tmp_path: Path) -> None:
+    """The id format and the distinct counts run on each id column's distinct values (one GX
+    batch per column, in the same Data Docs site): the verdict of the rows, counted in values;
+    a categorical column (the snapshot's ids) gives the same report as its strings."""
+    df = make_frame(id_kind="str")
+    df.loc[[3, 17], "user_id"] = "=cmd"  # one bad value on two rows
+    df.loc[[5], "item_id"] = "has space"
+    df = _as_categoricals(df) if encoded else df
+    err = failing_error(df, docs_dir=tmp_path / "docs", parameters={"min_items": 10_000})
+    n_users = df["user_id"].nunique()
+    fmt = result_for(err.report, "expect_column_values_to_match_regex", "user_id")
+    assert (fmt["element_count"], fmt["unexpected_count"]) == (n_users, 1)
+    assert fmt["partial_unexpected_list"] == ["=cmd"]
+    assert f"user_id: 1 of {n_users:,} distinct values" in fmt["message"]
+    assert "do not match" in fmt["message"] and "e.g. ['=cmd']" in fmt["message"]
+    item_fmt = result_for(err.report, "expect_column_values_to_match_regex", "item_id")
+    assert (item_fmt["unexpected_count"], item_fmt["partial_unexpected_list"]) == (1, ["has space"])
+    items = result_for(err.report, "expect_column_unique_value_count_to_be_between", "item_id")
+    assert (items["success"], items["observed_value"]) == (False, df["item_id"].nunique())
+    users = result_for(err.report, "expect_column_unique_value_count_to_be_between", "user_id")
+    assert (users["success"], users["observed_value"]) == (True, n_users)  # the unused id is no id
+    assert sorted(r["column"] for r in err.report.errors) == ["item_id", "item_id", "user_id"]
+    dtype = result_for(err.report, "dtype_in_kinds", "user_id")
+    assert dtype["success"] is True
+    assert dtype["observed_value"] == ("category of str" if encoded else "str")
+    html = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "docs").rglob("*.html"))
+    for asset in ("interactions", "interactions_user_id_distinct", "interactions_item_id_distinct"):
+        assert asset in html
+
+
+def test_null_ids_in_a_categorical_are_counted_in_rows() -> None:
+    df = _as_categoricals(make_frame(id_kind="str"))
+    df.loc[[1, 2, 3], "item_id"] = None
+    err = failing_error(df)
+    assert "item_id: 3 of 5,000 rows (0.06%) are null" in str(err)
+    assert [r["column"] for r in err.report.errors] == ["item_id"]
+
+
+def test_unknown_domain_is_rejected(tmp_path: Path) -> None:
+    definition = json.loads(DEFAULT_SUITE_PATH.read_text(encoding="utf-8"))
+    definition["expectations"][1]["meta"]["domain"] = "distinct"  # a table expectation
+    bad = tmp_path / "suite.json"
+    bad.write_text(json.dumps(definition), encoding="utf-8")
+    with pytest.raises(ValueError, match="meta.domain 'distinct'.*only for a column expectation"):
+        load_suite_definition(bad)
+
+
 def test_ns_timestamps_and_non_utc_window_bounds_are_accepted() -> None:
     df = make_frame()
     df["event_ts"] = df["event_ts"].astype("datetime64[ns, UTC]")
