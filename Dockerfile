@@ -33,6 +33,8 @@ RUN pip install --no-cache-dir "apache-airflow==3.3.2" \
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
+# numba's on-disk cache of the scoring kernels, so no task compiles them (~8 s) on a new image
+RUN cd /opt/airflow && python -c "from include.recsys.scoring.topk import warm_up; warm_up()"
 
 # Mount points of the shared data volume and the MLflow artifact volume: a new named volume
 # takes this ownership, so the airflow user (uid 50000, gid 0) can write to it.
