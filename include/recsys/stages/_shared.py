@@ -167,6 +167,7 @@ def run_seen(cfg: PipelineConfig, rc: RunContext, snapshot: Path | str, users: P
         return folder
     user_map, item_map = read_id_maps(users, items, snapshot)
     u, i = read_codes(snapshot, (len(user_map), len(item_map)), allow_missing=True)
+    missing = int(np.count_nonzero((u < 0) | (i < 0)))  # rows with a missing id: no pair
     seen = csr_from_codes(u, i, None, (len(user_map), len(item_map)))  # pairs with a missing id dropped
     del u, i
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +176,7 @@ def run_seen(cfg: PipelineConfig, rc: RunContext, snapshot: Path | str, users: P
     tmp.mkdir()
     np.save(tmp / "indptr.npy", seen.indptr)
     np.save(tmp / "indices.npy", seen.indices)
+    (tmp / "missing.json").write_text(json.dumps({"rows_with_a_missing_id": missing}))
     (tmp / "key.json").write_text(json.dumps(key))  # last: a folder with a key is complete
     shutil.rmtree(folder, ignore_errors=True)  # built from an earlier snapshot of this run
     try:
@@ -190,6 +192,11 @@ def load_seen(folder: Path | str) -> tuple[Any, Any]:
 
     folder = Path(folder)
     return np.load(folder / "indptr.npy", mmap_mode="r"), np.load(folder / "indices.npy", mmap_mode="r")
+
+
+def seen_missing_rows(folder: Path | str) -> int:
+    """Snapshot rows with a missing id (code -1) that a :func:`run_seen` folder left out."""
+    return int(read_json(Path(folder) / "missing.json")["rows_with_a_missing_id"])
 
 
 def _log_validation_to_mlflow(cfg: PipelineConfig, rc: RunContext) -> None:

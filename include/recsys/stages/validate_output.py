@@ -20,18 +20,30 @@ from include.recsys.stages._shared import (
 log = logging.getLogger(__name__)
 
 
-def _privacy_seen(snap: dict[str, Any]) -> Any:
-    """The snapshot's (user, item) pairs as :class:`~include.recsys.validation.output.SeenPairs`
-    (two int32 columns plus the id maps), user ids tokenised as the table's are: only the
-    distinct user ids are tokenised, never one string per row."""
-    from include.recsys.core.ids import read_codes, read_id_maps
+def _privacy_seen(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any]) -> Any:
+    """The snapshot's distinct (user, item) pairs as
+    :class:`~include.recsys.validation.output.SeenPairs`, from the run's seen pattern
+    (:func:`~include.recsys.stages._shared.run_seen`: built once per run, already sorted by user
+    and item), with user ids tokenised as the table's are: only the distinct user ids are
+    tokenised, never one string per row. A snapshot row with a missing id, or maps that do not
+    fit the pattern, raise :class:`~include.recsys.errors.IdRouteError`."""
+    from include.recsys.core.ids import RERUN, read_id_maps
     from include.recsys.core.privacy import enabled, load_key, pseudonymize_ids
+    from include.recsys.errors import IdRouteError
+    from include.recsys.stages._shared import load_seen, run_seen, seen_missing_rows
     from include.recsys.validation.output import SeenPairs
 
     users, items = read_id_maps(snap.get("users"), snap.get("items"), snap["snapshot"])
-    u, i = read_codes(snap["snapshot"], (len(users), len(items)))  # a missing id (-1) is refused
+    folder = run_seen(cfg, rc, snap["snapshot"], snap.get("users"), snap.get("items"))
+    missing = seen_missing_rows(folder)
+    if missing:  # the input suite fails such a snapshot first
+        raise IdRouteError(f"{snap['snapshot']}: {missing:,} row(s) with a missing user or item id: {RERUN}")
+    indptr, indices = load_seen(folder)
+    if len(indptr) != len(users) + 1 or (len(indices) and int(indices.max()) >= len(items)):
+        raise IdRouteError(f"{snap['snapshot']}: the id maps beside it ({len(users):,} users, {len(items):,} items) "
+                           f"do not fit the run's seen pattern ({folder}; maps of another snapshot?): {RERUN}")
     ids = pd.Index(pseudonymize_ids(users.ids, load_key())) if enabled() else users.ids
-    return SeenPairs.from_codes(ids, items.ids, u, i)
+    return SeenPairs.from_csr(ids, items.ids, indptr, indices)
 
 
 def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], pre: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +70,7 @@ def validate_output(cfg: PipelineConfig, rc: RunContext, snap: dict[str, Any], p
         report = validate_table(
             read_version_table(pre["path"]),
             top_n=cfg.top_n,
-            seen=_privacy_seen(snap),
+            seen=_privacy_seen(cfg, rc, snap),
             current=current,
             excluded=rules.excluded if rules is not None else None,
             fallback=_read_fallback(root, pre["version"]) if rules is not None else None,

@@ -90,6 +90,16 @@ class SeenPairs:
             out += [pd.Index(ids if used.all() else ids[used]), codes]
         return cls(users=out[0], items=out[2], user_codes=out[1], item_codes=out[3])
 
+    @classmethod
+    def from_csr(cls, users: pd.Index, items: pd.Index, indptr: np.ndarray, indices: np.ndarray) -> SeenPairs:
+        """Pairs from a users x items CSR pattern (the run's seen pattern: one entry per distinct
+        pair, sorted by user, then item), so the pairs stay distinct and sorted."""
+        if len(indptr) != len(users) + 1:
+            raise ValueError(f"SeenPairs: a pattern of {len(indptr) - 1} rows for {len(users)} user ids")
+        indptr = np.asarray(indptr, dtype=np.int64)
+        user_codes = np.repeat(np.arange(len(users), dtype=np.int32), np.diff(indptr))
+        return cls.from_codes(users, items, user_codes, np.asarray(indices))
+
 
 @dataclass
 class _Indexed:
@@ -200,12 +210,15 @@ def _seen_check(ix: _Indexed, su: np.ndarray, si: np.ndarray) -> tuple[np.ndarra
     ``su`` / ``si``: each seen pair's table user (-1: no list) and catalog item."""
     ok = su >= 0
     keys, outside, t = ix.keys, ix.outside, ix.t
-    # distinct seen pairs by sorting (numpy's vectorised sort of 17M int64 keys: ~0.3 s; a hash
-    # pd.unique + isin over them took ~3.5 s), then a binary search per table row
+    # distinct seen pairs by sorting (numpy's vectorised sort of 17M int64 keys: ~0.3-1.3 s; a
+    # hash pd.unique + isin over them took ~3.5 s), then a binary search per table row. Pairs
+    # from the run's seen pattern (SeenPairs.from_csr) whose table users come in the snapshot's
+    # user order are already distinct and sorted: no sort (one pass to make sure).
     seen_keys = su[ok].astype(np.int64) * ix.n_cat + si[ok]
-    seen_keys.sort()
-    if len(seen_keys):
+    if len(seen_keys) and not (seen_keys[1:] > seen_keys[:-1]).all():
+        seen_keys.sort()
         seen_keys = seen_keys[np.r_[True, seen_keys[1:] != seen_keys[:-1]]]
+    if len(seen_keys):
         pos = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
         is_seen = (seen_keys[pos] == keys) & ~outside
     else:

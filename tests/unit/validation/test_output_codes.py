@@ -176,10 +176,19 @@ def _coded_snapshot(tmp_path, seen: pd.DataFrame) -> dict[str, str]:
     return snap
 
 
+def _run(tmp_path):
+    from include.recsys.config.settings import load_config
+    from include.recsys.core.run import RunContext
+
+    cfg = load_config({"data_dir": str(tmp_path / "data")})
+    return cfg, RunContext("d", "r1", pd.Timestamp("2026-11-20", tz="UTC"), pd.Timestamp("2026-11-21", tz="UTC"))
+
+
 @pytest.mark.parametrize("pseudonymize", [False, True])
-def test_privacy_seen_gives_the_coded_pairs_with_the_tables_user_ids(tmp_path, monkeypatch, pseudonymize: bool) -> None:
-    """The validate_output stage's snapshot pairs: user ids tokenised as the table's are (per
-    distinct id), and the same check results as the plain pairs above."""
+def test_privacy_seen_gives_the_distinct_pairs_with_the_tables_user_ids(tmp_path, monkeypatch, pseudonymize: bool) -> None:
+    """The validate_output stage's snapshot pairs, from the run's seen pattern: each distinct
+    (user, item) once, user ids tokenised as the table's are (per distinct id), and the same
+    check results as the plain pairs above."""
     from include.recsys.core.privacy import load_key, pseudonymize_ids, pseudonymize_table
     from include.recsys.stages.validate_output import _privacy_seen
 
@@ -188,27 +197,50 @@ def test_privacy_seen_gives_the_coded_pairs_with_the_tables_user_ids(tmp_path, m
         monkeypatch.setenv("RECSYS_PSEUDONYMIZE_KEY", "k" * 32)
     else:
         monkeypatch.delenv("RECSYS_PSEUDONYMIZE_USER_IDS", raising=False)
-    pairs = _privacy_seen(_coded_snapshot(tmp_path, SEEN))
+    pairs = _privacy_seen(*_run(tmp_path), _coded_snapshot(tmp_path, SEEN))
     assert isinstance(pairs, SeenPairs)
     users = pd.Index(pseudonymize_ids(SEEN["user_id"], load_key())) if pseudonymize else SEEN["user_id"]
-    np.testing.assert_array_equal(pairs.users[pairs.user_codes], np.asarray(users))
-    np.testing.assert_array_equal(pairs.items[pairs.item_codes], SEEN["item_id"].to_numpy())
+    got_pairs = pd.DataFrame({"u": pairs.users[pairs.user_codes], "i": pairs.items[pairs.item_codes]})
+    want = pd.DataFrame({"u": np.asarray(users), "i": SEEN["item_id"].to_numpy()}).drop_duplicates()
+    assert len(got_pairs) == len(want) < len(SEEN)  # SEEN repeats pairs; the pattern holds each once
+    assert set(map(tuple, got_pairs.to_numpy())) == set(map(tuple, want.to_numpy()))
     results, _, _ = set_checks(pseudonymize_table(_table()), top_n=3, seen=pairs, current=None, bounds=load_bounds())
     got = _by_check(results)
     assert {k: got[k] for k in EXPECTED} == EXPECTED
 
 
+def test_pairs_from_the_pattern_give_the_checks_of_the_rows(tmp_path, monkeypatch) -> None:
+    """Pairs from the run's pattern (distinct, sorted: no sort in the seen check) give the same
+    results as the per-row codes (repeats, snapshot order: sorted there) on a table with a seen
+    item, an unknown item, a repeated rank and a user without a list."""
+    from include.recsys.stages.validate_output import _privacy_seen
+
+    monkeypatch.delenv("RECSYS_PSEUDONYMIZE_USER_IDS", raising=False)
+    from_pattern = _privacy_seen(*_run(tmp_path), _coded_snapshot(tmp_path, SEEN.sample(frac=1, random_state=3)))
+    for seen in (from_pattern, _pairs(SEEN)):
+        results, _, _ = set_checks(_table(), top_n=3, seen=seen, current=None, bounds=load_bounds())
+        assert {k: v for k, v in _by_check(results).items() if k in EXPECTED} == EXPECTED
+
+
 def test_privacy_seen_refuses_a_snapshot_without_maps_or_with_missing_ids(tmp_path) -> None:
     from include.recsys.stages.validate_output import _privacy_seen
 
+    cfg, rc = _run(tmp_path)
     snap = _coded_snapshot(tmp_path, SEEN)
     with pytest.raises(IdRouteError, match="no item id map"):
-        _privacy_seen({**snap, "items": None})
+        _privacy_seen(cfg, rc, {**snap, "items": None})
     df = pd.read_parquet(snap["snapshot"])
     df.loc[3, "item_idx"] = -1  # a missing item id: the input suite fails such a run first
     df.to_parquet(snap["snapshot"])
-    with pytest.raises(IdRouteError, match=r"item_idx outside \[0, 7\)"):
-        _privacy_seen(snap)
+    with pytest.raises(IdRouteError, match="s.parquet: 1 row.* with a missing user or item id"):
+        _privacy_seen(cfg, rc, snap)
+    df.loc[3, "item_idx"] = 70  # outside the item map
+    df.to_parquet(snap["snapshot"])
+    with pytest.raises(IdRouteError, match=r"item_idx outside \[-1, 7\)"):
+        _privacy_seen(cfg, rc, snap)
+    df.loc[3, "item_idx"] = 0
+    df.to_parquet(snap["snapshot"])
+    _privacy_seen(cfg, rc, snap)  # the pattern of this snapshot
     IdMap(pd.Index(["a"])).to_frame("user").to_parquet(snap["users"])  # another snapshot's map
-    with pytest.raises(IdRouteError, match="user_idx outside"):
-        _privacy_seen(snap)
+    with pytest.raises(IdRouteError, match=r"the id maps beside it \(1 users, 7 items\) do not fit the run's seen pattern"):
+        _privacy_seen(cfg, rc, snap)
