@@ -1,7 +1,8 @@
 """Great Expectations 1.x plumbing shared by the suites: building a suite from JSON, a quiet
 ephemeral context with a local Data Docs site, the frame GX sees (widened dtypes, no
 fingerprint of big frames) and the run of a suite's batches (the rows, and the distinct values
-of the columns whose expectations ask for them) through Checkpoints. GX is imported lazily: importing it takes seconds."""
+of the columns whose expectations ask for them) through Checkpoints. GX is imported lazily:
+importing it takes seconds."""
 
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ def _run_gx(
     context = _gx_context(docs_dir)  # first: quietens GX logging before its (slow) import
     spark = is_spark(df)
     source = context.data_sources.add_spark(name="recsys_spark") if spark else context.data_sources.add_pandas(name="recsys_pandas")
+    expectation_parameters = naive_utc(parameters) if spark else parameters
     gx_results: dict[int, Any] = {}
     success = True
     for name, (column, expectations) in batches.items():
@@ -186,8 +188,7 @@ def _run_gx(
         checkpoint_result = _run_checkpoint(
             context, source, name, suite_name, expectations, definition.get("meta") or {},
             frame=frame if spark else _gx_frame(frame),
-            expectation_parameters=naive_utc(parameters) if spark else parameters,
-            run_name=run_name, run_time=run_time,
+            expectation_parameters=expectation_parameters, run_name=run_name, run_time=run_time,
         )
         success = success and bool(checkpoint_result.success)
         for suite_result in checkpoint_result.run_results.values():

@@ -77,7 +77,8 @@ def read_snapshot(
     df = pd.read_parquet(path, columns=[c for c in columns if c not in ("user_id", "item_id")])
     for column, id_map, code in (("user_id", user_map, codes[0]), ("item_id", item_map, codes[1])):
         if column in columns:
-            df[column] = pd.Categorical.from_codes(code, dtype=pd.CategoricalDtype(id_map.ids))
+            # read_codes checked every code against the map: no second pass over the rows
+            df[column] = pd.Categorical.from_codes(code, dtype=pd.CategoricalDtype(id_map.ids), validate=False)
     return df[columns], codes
 
 

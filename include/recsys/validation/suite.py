@@ -89,7 +89,6 @@ _DTYPE_KIND_LABELS = {
 
 _MAX_SAMPLE_VALUES = 5
 
-
 _FLOAT32_MAX = 3.4028234663852886e38  # the upper bound a float32 column's range check names
 
 
@@ -328,13 +327,14 @@ def run_suite(
     matches the column's dtype and whose suite parameters are supplied runs through an
     ephemeral context (pandas datasource -> dataframe asset -> whole-dataframe batch
     definition -> ValidationDefinition -> Checkpoint, one per domain batch: see
-    :data:`DISTINCT`); the others are reported as skipped with a reason. ``meta.skip_if_empty`` skips aggregate expectations on an empty frame
-    (the row-count check already fails it).
+    :data:`DISTINCT`); the others are reported as skipped with a reason.
+    ``meta.skip_if_empty`` skips aggregate expectations on an empty frame (the row-count check
+    already fails it).
 
     Returns:
         (results in order: dtype checks, then suite order), whether every
-        ``CheckpointResult`` succeeded (None when GX did not run), and the Data Docs ``index.html`` path (None without
-        ``docs_dir``).
+        ``CheckpointResult`` succeeded (None when GX did not run), and the Data Docs
+        ``index.html`` path (None without ``docs_dir``).
     """
     meta: dict[str, Any] = definition.get("meta") or {}
     present = {str(c) for c in df.columns}
