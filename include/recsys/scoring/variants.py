@@ -117,8 +117,7 @@ def score(
         recs = recommend(bundle, users[rows], _seen_rows(seen, rows, baseline_of[0].item_ids, bundle), n,
                          allowed=allowed, **kw)
         by_model += int(recs.from_model.sum())
-        frames.append(recs.to_frame(bundle).assign(model_name=model_name, model_version=str(version),
-                                                   **{COLUMN: arm}))
+        frames.append(recs.to_frame(bundle, model_name=model_name, model_version=str(version), **{COLUMN: arm}))
     if plan.holdout_share == 0:
         counts.pop(HOLDOUT)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

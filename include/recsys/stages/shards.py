@@ -95,9 +95,7 @@ def score_shard(
             user_segments=read_segments(cfg),
             allowed=rules.allowed_mask(bundle.item_ids) if rules is not None else None, cfg=cfg,
         )
-        table = recs.to_frame(bundle).assign(
-            model_name=reg["model_name"], model_version=str(reg["model_version"])
-        )
+        table = recs.to_frame(bundle, model_name=reg["model_name"], model_version=str(reg["model_version"]))
         by_model = int(recs.from_model.sum())
         del recs
     from include.recsys.core.privacy import pseudonymize_table

@@ -135,11 +135,20 @@ def _sorted_by_user_rank(table: pd.DataFrame, key: str = KEY) -> pd.DataFrame:
     """``table`` sorted by (user_id, rank); a shard's rows usually are already (users in id
     order, ranks ascending), and then the string sort is skipped. ``key``: another table's
     list column instead of user_id."""
-    users = table[key]
-    if users.is_monotonic_increasing:
-        u = users.to_numpy()
-        same = u[1:] == u[:-1]
-        if (np.diff(table["rank"].to_numpy())[same] > 0).all():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(table)
+    if n < 2:
+        return table.reset_index(drop=True)
+    users = pa.array(table[key])  # zero-copy for Arrow-backed strings
+    if users.null_count == 0:
+        ranks = pa.array(table["rank"])
+        u0, u1 = users.slice(0, n - 1), users.slice(1)
+        # each next row: a greater key, or the same key with a greater rank (Arrow compute:
+        # no Python string per row)
+        step = pc.or_(pc.less(u0, u1), pc.and_(pc.equal(u0, u1), pc.less(ranks.slice(0, n - 1), ranks.slice(1))))
+        if pc.all(step).as_py():
             return table.reset_index(drop=True)
     return table.sort_values([key, "rank"], kind="stable", ignore_index=True)
 
