@@ -7,19 +7,38 @@ stage's freed buffers must not stay in the process for the next stage to stack i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+#: a stage that leaves the process less than this much larger than it found it has nothing
+#: worth handing back: the release (a full ``gc.collect`` over Airflow, MLflow and GX's
+#: objects, ~0.2-0.5 s) is skipped
+RELEASE_MIN_GROWTH = 64 * 2**20
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size now (``/proc/self/statm``; None where it does not exist)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextmanager
 def stage_memory() -> Iterator[None]:
-    """Release freed memory when the stage ends (even when it fails). Once per stage, at its
-    end: the previous stage in the same process has released already, and a release costs
-    about 0.2 s (a full ``gc.collect`` over Airflow, MLflow and GX's objects)."""
+    """Release freed memory when the stage ends (even when it fails), if the stage left the
+    process at least :data:`RELEASE_MIN_GROWTH` larger than it found it (or the size cannot be
+    read). Once per stage, at its end: the previous stage in the same process has released
+    already; small stages (the gate, planning, publish) skip the ~0.2-0.5 s a release costs."""
+    before = resident_bytes()
     try:
         yield
     finally:
-        release_memory()
+        after = resident_bytes()
+        if before is None or after is None or after - before >= RELEASE_MIN_GROWTH:
+            release_memory()
 
 
 def release_memory() -> None:
@@ -28,7 +47,8 @@ def release_memory() -> None:
     pyarrow's allocator (mimalloc) keeps freed pages for reuse: after a stage has dropped a
     20M-row frame the process still holds hundreds of MB, which the next stage run in the same
     process (``dag.test``, a reused worker) stacks its own peak on. Great Expectations' global
-    context (which keeps the last validated frame alive) is dropped first. Called by :func:`stage_memory` at the end of every stage.
+    context (which keeps the last validated frame alive) is dropped first. Called by
+    :func:`stage_memory` at the end of every stage that grew the process.
     """
     import gc
     import sys

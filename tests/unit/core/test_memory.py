@@ -1,0 +1,59 @@
+"""stage_memory hands memory back only after stages that grew the process."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.recsys.core import memory
+
+
+def _fake_rss(monkeypatch, sizes):
+    it = iter(sizes)
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(it))
+    calls = []
+    monkeypatch.setattr(memory, "release_memory", lambda: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("sizes", "released"),
+    [
+        ((1_000 * 2**20, 1_000 * 2**20 + memory.RELEASE_MIN_GROWTH), True),  # grew by the bound
+        ((1_000 * 2**20, 3_000 * 2**20), True),
+        ((1_000 * 2**20, 1_000 * 2**20 + memory.RELEASE_MIN_GROWTH - 1), False),  # small stage
+        ((1_000 * 2**20, 500 * 2**20), False),  # the process shrank
+        ((None, 1_000 * 2**20), True),  # size unknown: release to be safe
+        ((1_000 * 2**20, None), True),
+    ],
+)
+def test_release_only_after_growth(monkeypatch, sizes, released) -> None:
+    calls = _fake_rss(monkeypatch, sizes)
+    with memory.stage_memory():
+        pass
+    assert calls == ([1] if released else [])
+
+
+def test_a_failing_stage_still_releases(monkeypatch) -> None:
+    calls = _fake_rss(monkeypatch, (100 * 2**20, 900 * 2**20))
+    with pytest.raises(RuntimeError, match="boom"), memory.stage_memory():
+        raise RuntimeError("boom")
+    assert calls == [1]
+
+
+def test_resident_bytes_reads_this_process() -> None:
+    import numpy as np
+
+    before = memory.resident_bytes()
+    assert before is not None and before > 10 * 2**20
+    block = np.ones(64 * 2**20, np.uint8)  # touched pages count
+    assert memory.resident_bytes() >= before + 32 * 2**20
+    del block
+
+
+def test_release_memory_runs() -> None:
+    import pyarrow as pa
+
+    buf = pa.allocate_buffer(32 * 2**20)
+    del buf
+    memory.release_memory()  # no error whatever the allocator; frees what the pool held
+    assert pa.default_memory_pool().bytes_allocated() < 32 * 2**20
