@@ -64,11 +64,10 @@ def release_memory() -> None:
     20M-row frame the process still holds hundreds of MB, which the next stage run in the same
     process (``dag.test``, a reused worker) stacks its own peak on. Great Expectations' global
     context (which keeps the last validated frame alive) is dropped first. The first call in a
-    process freezes the survivors of its full collection (:func:`_freeze_survivors`): on l
-    this took the nightly run's orchestration overhead from 12.3 to 9.6 s (the per-stage
-    release ~0.5 -> ~0.25 s, and GX's validation, which triggers many automatic collections,
-    5.5 -> 4.3 s). Called by :func:`stage_memory` at the end of every stage that grew the
-    process.
+    process freezes the survivors of its full collection (:func:`_freeze_survivors`): in two
+    back-to-back preset-l runs this took the nightly run's orchestration overhead from 12.3 to
+    9.6 s (a big stage's release ~0.5 -> ~0.25 s). Called by :func:`stage_memory` at the end
+    of every stage that grew the process.
     """
     import gc
     import sys
