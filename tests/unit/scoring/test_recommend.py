@@ -374,6 +374,31 @@ def test_recommendations_to_frame_direct() -> None:
     }
 
 
+def test_recommendations_to_frame_constants_int_ids_and_empty() -> None:
+    b = _toy_bundle()
+    recs = Recommendations(
+        pd.Index(["p", "q"]),
+        np.array([[4, -1], [0, 1]], dtype=np.int32),
+        np.array([[0.5, -np.inf], [2.0, 1.0]], dtype=np.float32),
+        np.array([True, False]),
+    )
+    frame = recs.to_frame(b, model_name="m", model_version="7")
+    assert list(frame.columns) == ["user_id", "rank", "item_id", "score", "source", "model_name", "model_version"]
+    assert frame["model_name"].tolist() == ["m"] * 3 and frame["model_version"].tolist() == ["7"] * 3
+    # the string columns are the same pandas string dtype a plain pandas build gives
+    plain = pd.DataFrame({"user_id": ["p"], "item_id": ["e"], "source": ["model"], "model_name": ["m"]})
+    for col in plain.columns:
+        assert frame[col].dtype == plain[col].dtype, col
+    assert frame["rank"].dtype == np.int16 and frame["score"].dtype == np.float32
+    # integer user ids stay integers
+    ints = Recommendations(pd.Index([10, 20]), recs.items, recs.scores, recs.from_model).to_frame(b)
+    assert ints["user_id"].tolist() == [10, 20, 20] and ints["user_id"].dtype == np.int64
+    # no users: an empty frame with the same columns
+    empty = Recommendations(pd.Index([], dtype=str), np.empty((0, 2), np.int32), np.empty((0, 2), np.float32),
+                            np.empty(0, bool)).to_frame(b, model_name="m")
+    assert len(empty) == 0 and list(empty.columns)[-1] == "model_name"
+
+
 def test_bundle_save_load_round_trip(tmp_path) -> None:
     b = _toy_bundle()
     folder = b.save(tmp_path / "bundle")
