@@ -199,17 +199,16 @@ def csr_from_codes(u: np.ndarray, i: np.ndarray, data: np.ndarray | None, shape:
     """
     import scipy.sparse as sp
 
+    if data is None:  # the pattern: two counting sorts, compiled (core.csr_kernel)
+        from include.recsys.core.csr_kernel import pattern_csr
+
+        return pattern_csr(u, i, shape)
     ok = (u >= 0) & (i >= 0)
     if not ok.all():
-        u, i = u[ok], i[ok]
-        data = data[ok] if data is not None else None
-    binary = data is None
-    data = np.ones(len(u), np.float32) if binary else data
+        u, i, data = u[ok], i[ok], data[ok]
     m = sp.csr_matrix((data, (u, i)), shape=shape, dtype=np.float32)
     m.sum_duplicates()
     m.sort_indices()
-    if binary:
-        m.data[:] = 1.0
     return m
 
 

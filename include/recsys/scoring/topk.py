@@ -473,7 +473,11 @@ def gemm_block(user_factors, item_factors, tile_items):
 
 
 def warm_up() -> None:
-    """Compile (or load from cache) the kernels on tiny inputs."""
+    """Compile (or load from cache) the kernels on tiny inputs (the seen-pattern kernel of
+    :mod:`include.recsys.core.csr_kernel` too: the image build and the benchmarks call this)."""
+    from include.recsys.core.csr_kernel import warm_up as pattern_warm_up
+
+    pattern_warm_up()
     s = np.zeros((2, 3), dtype=np.float32)
     topk_block(s, np.zeros(3, np.int64), np.zeros(0, np.int32), 2, np.empty((2, 2), np.int32),
                np.empty((2, 2), np.float32))

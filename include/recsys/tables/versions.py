@@ -60,7 +60,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from include.recsys.core.crashpoints import crashpoint
