@@ -13,13 +13,15 @@ Two kernels:
   into column numbers four at a time without a data-dependent branch (at the 1-10% pass rates
   of later tiles, "does this chunk have a hit" is a coin flip the CPU cannot predict); the
   keys are made from those columns once per tile. When the buffer is full a quickselect keeps
-  the k best and raises ``thr`` to the k-th best key's score. The first tile seeds ``thr`` with the k-th largest of the maxima of
-  2k disjoint (strided) item groups -- k distinct unseen items score at least that much, so no
-  top-k item is below it -- and is then compacted once. Seen items are set to -inf in each
-  tile right after its GEMM (the CSR entries are remapped to scan positions and bucketed by
-  tile with one counting sort per block: no per-user sort) and can never pass ``thr``
-  (always > -inf). Quickselect and the final sort use branch-free
-  partitions. Results equal a full stable sort by (-score, original item id).
+  the k best and raises ``thr`` to the k-th best key's score. The first tile is
+  ``FIRST_TILES`` tiles wide and seeds ``thr`` with the k-th largest of the maxima of 2k
+  disjoint (strided) item groups -- k distinct unseen items score at least that much, so no
+  top-k item is below it -- and is then compacted once: the exact k-th best of its 4096 scores
+  is the threshold every later tile starts from. Seen items are set to -inf in each tile right
+  after its GEMM (the CSR entries are remapped to scan positions and bucketed by tile with one
+  counting sort per block: no per-user sort) and can never pass ``thr`` (always > -inf).
+  Quickselect and the final sort use branch-free partitions. Results equal a full stable sort
+  by (-score, original item id).
 - :func:`topk_block`: the previous kernel (a size-k heap per row of a full score block), kept
   as a second reference.
 
@@ -40,7 +42,7 @@ NEG_MAX = np.float32(-np.finfo(np.float32).max)  # initial threshold: every fini
 
 FIRST_TILES = 4  # the first tile is this many tiles wide: a tighter threshold from the start
 
-UNROLL = 4  # set bits of a chunk's mask decoded without a data-dependent branch
+UNROLL = 4  # set bits of a chunk's mask decoded without a branch (= the explicit decodes in _scan_tile)
 
 
 @intrinsic
