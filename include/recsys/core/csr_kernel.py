@@ -3,8 +3,9 @@
 :func:`pattern_csr` is the binary case of :func:`include.recsys.core.ids.csr_from_codes` (the
 run's seen pattern: every snapshot pair, 17M rows on preset l): two stable counting sorts (by
 item, then by user) leave every row's items ascending, so duplicates are adjacent and one pass
-drops them; no per-row sort, no COO -> CSR conversion, no data array. ~4x faster than scipy's
-``csr_matrix((ones, (u, i))) + sum_duplicates + sort_indices`` on l's snapshot codes. The
+drops them; no per-row sort, no COO -> CSR conversion, no data array. On preset l's 17.1M
+snapshot pairs (11.2M distinct) 0.38 s against 0.80 s for scipy's ``csr_matrix((ones, (u, i)))``
++ ``sum_duplicates`` + ``sort_indices``, the same CSR (alternated in one process, best of 5). The
 weighted case stays with scipy: summing duplicates in another order could move float sums by
 an ulp.
 
