@@ -356,14 +356,19 @@ def test_recommendations_to_frame() -> None:
     assert u2 == recs.item_ids(b)[1].tolist() == ["c", "d", "e", "b"]
 
 
-def test_recommendations_to_frame_direct() -> None:
-    b = _toy_bundle()
-    recs = Recommendations(
+def _two_users() -> Recommendations:
+    """p: item 4 then padding (model); q: items 0, 1 (fallback)."""
+    return Recommendations(
         pd.Index(["p", "q"]),
         np.array([[4, -1], [0, 1]], dtype=np.int32),
         np.array([[0.5, -np.inf], [2.0, 1.0]], dtype=np.float32),
         np.array([True, False]),
     )
+
+
+def test_recommendations_to_frame_direct() -> None:
+    b = _toy_bundle()
+    recs = _two_users()
     frame = recs.to_frame(b)
     assert frame.to_dict("list") == {
         "user_id": ["p", "q", "q"],
@@ -376,12 +381,7 @@ def test_recommendations_to_frame_direct() -> None:
 
 def test_recommendations_to_frame_constants_int_ids_and_empty() -> None:
     b = _toy_bundle()
-    recs = Recommendations(
-        pd.Index(["p", "q"]),
-        np.array([[4, -1], [0, 1]], dtype=np.int32),
-        np.array([[0.5, -np.inf], [2.0, 1.0]], dtype=np.float32),
-        np.array([True, False]),
-    )
+    recs = _two_users()
     frame = recs.to_frame(b, model_name="m", model_version="7")
     assert list(frame.columns) == ["user_id", "rank", "item_id", "score", "source", "model_name", "model_version"]
     assert frame["model_name"].tolist() == ["m"] * 3 and frame["model_version"].tolist() == ["7"] * 3
