@@ -1,9 +1,9 @@
 """The (user, item) pattern of integer code pairs as a canonical CSR, compiled with numba.
 
-:func:`pattern_csr` is the binary case of :func:`include.recsys.core.ids.csr_from_codes` (the
-run's seen pattern: every snapshot pair, 17M rows on preset l): two stable counting sorts (by
-item, then by user) leave every row's items ascending, so duplicates are adjacent and one pass
-drops them; no per-row sort, no COO -> CSR conversion, no data array. On preset l's 17.1M
+:func:`pattern_arrays` is the kernel of :func:`include.recsys.core.ids.pattern_csr`, the binary
+case of :func:`include.recsys.core.ids.csr_from_codes` (the run's seen pattern: every snapshot
+pair, 17M rows on preset l): two stable counting sorts (by item, then by user) leave every
+row's items ascending, so duplicates are adjacent and one pass drops them; no per-row sort, no COO -> CSR conversion, no data array. On preset l's 17.1M
 snapshot pairs (11.2M distinct) 0.38 s against 0.80 s for scipy's ``csr_matrix((ones, (u, i)))``
 + ``sum_duplicates`` + ``sort_indices``, the same CSR (alternated in one process, best of 5). The
 weighted case stays with scipy: summing duplicates in another order could move float sums by
@@ -20,7 +20,7 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _pattern(u, i, n_rows, n_cols):
+def pattern_arrays(u, i, n_rows, n_cols):
     """(indptr int64 (n_rows + 1), indices int32): the distinct pairs with both codes >= 0,
     rows in order, each row's items ascending."""
     n = len(u)
@@ -65,30 +65,8 @@ def _pattern(u, i, n_rows, n_cols):
     return indptr, cols[:w].copy()
 
 
-def pattern_csr(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]):
-    """Binary canonical CSR (float32 ones, sorted indices, one entry per distinct pair) of the
-    code pairs ``(u, i)``; pairs with a -1 (or any negative code) are dropped. Codes must be
-    below ``shape``: out-of-range codes raise ``ValueError`` (the kernel does not check)."""
-    import scipy.sparse as sp
-
-    n_rows, n_cols = int(shape[0]), int(shape[1])
-    u = np.ascontiguousarray(u)
-    i = np.ascontiguousarray(i)
-    if len(u) != len(i):
-        raise ValueError(f"{len(u)} user codes but {len(i)} item codes")
-    if len(u) and (int(u.max()) >= n_rows or int(i.max()) >= n_cols):
-        raise ValueError(f"codes outside the shape {shape}: max user {int(u.max())}, max item {int(i.max())}")
-    indptr, indices = _pattern(u, i, n_rows, n_cols)
-    index = np.int32 if max(len(indices), n_rows, n_cols) < np.iinfo(np.int32).max else np.int64
-    m = sp.csr_matrix((np.ones(len(indices), np.float32), indices.astype(index, copy=False),
-                       indptr.astype(index)), shape=(n_rows, n_cols))
-    m.has_sorted_indices = True
-    m.has_canonical_format = True
-    return m
-
-
 def warm_up() -> None:
     """Compile (or load from cache) the kernel for the code dtypes the stages pass."""
     for dtype in (np.int32, np.int64):
         codes = np.zeros(2, dtype)
-        _pattern(codes, codes, 1, 1)
+        pattern_arrays(codes, codes, 1, 1)

@@ -197,11 +197,7 @@ def csr_from_codes(u: np.ndarray, i: np.ndarray, data: np.ndarray | None, shape:
 
     Canonical: sorted indices, one entry per pair (what implicit's ALS expects).
     """
-    import scipy.sparse as sp
-
     if data is None:  # the pattern: two counting sorts, compiled (core.csr_kernel)
-        from include.recsys.core.csr_kernel import pattern_csr
-
         return pattern_csr(u, i, shape)
     ok = (u >= 0) & (i >= 0)
     if not ok.all():
@@ -209,6 +205,27 @@ def csr_from_codes(u: np.ndarray, i: np.ndarray, data: np.ndarray | None, shape:
     m = sp.csr_matrix((data, (u, i)), shape=shape, dtype=np.float32)
     m.sum_duplicates()
     m.sort_indices()
+    return m
+
+
+def pattern_csr(u: np.ndarray, i: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Binary canonical CSR (float32 ones, sorted indices, one entry per distinct pair) of the
+    code pairs ``(u, i)``; pairs with a -1 (or any negative code) are dropped. Codes must be
+    below ``shape``: out-of-range codes raise ``ValueError`` (the compiled kernel,
+    :func:`include.recsys.core.csr_kernel.pattern_arrays`, does not check)."""
+    from include.recsys.core.csr_kernel import pattern_arrays
+
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    u = np.ascontiguousarray(u)
+    i = np.ascontiguousarray(i)
+    if len(u) != len(i):
+        raise ValueError(f"{len(u)} user codes but {len(i)} item codes")
+    if len(u) and (int(u.max()) >= n_rows or int(i.max()) >= n_cols):
+        raise ValueError(f"codes outside the shape {shape}: max user {int(u.max())}, max item {int(i.max())}")
+    indptr, indices = pattern_arrays(u, i, n_rows, n_cols)
+    m = pattern_matrix(indptr, indices, (n_rows, n_cols))
+    m.has_sorted_indices = True
+    m.has_canonical_format = True
     return m
 
 
@@ -240,11 +257,17 @@ def reindex_csr(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, col_l
     if not keep.all():
         ptr = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))[ptr]
         cols = cols[keep]
-    index = np.int32 if max(len(cols), n_cols) < np.iinfo(np.int32).max else np.int64
-    m = sp.csr_matrix((np.ones(len(cols), np.float32), cols.astype(index), ptr.astype(index)),
-                      shape=(len(rows), n_cols))
+    m = pattern_matrix(ptr, cols, (len(rows), n_cols))
     m.sort_indices()  # the target item order may differ from the source's
     return m
+
+
+def pattern_matrix(indptr: np.ndarray, indices: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Binary CSR (float32 ones) over ``indptr`` / ``indices``, with int32 index arrays when
+    the sizes allow (as scipy picks them). Sorting is the caller's business."""
+    index = np.int32 if max(len(indices), *shape) < np.iinfo(np.int32).max else np.int64
+    return sp.csr_matrix((np.ones(len(indices), np.float32), np.asarray(indices).astype(index, copy=False),
+                          np.asarray(indptr).astype(index, copy=False)), shape=shape)
 
 
 def _binary_csr(matrix: sp.spmatrix | sp.sparray, name: str) -> sp.csr_matrix:

@@ -41,9 +41,6 @@ def stage_memory() -> Iterator[None]:
             release_memory()
 
 
-_frozen = False
-
-
 def _freeze_survivors() -> None:
     """Move every object alive now (after the first full collection: the imported modules of
     Airflow, pandas, pyarrow, GX and the like) out of the cycle collector's sight, once per
@@ -52,9 +49,7 @@ def _freeze_survivors() -> None:
     that later fall into unreachable cycles are never collected: a bounded cost, paid once."""
     import gc
 
-    global _frozen
     gc.freeze()
-    _frozen = True
 
 
 def release_memory() -> None:
@@ -80,7 +75,7 @@ def release_memory() -> None:
         # pandas datasource, whose batch holds the whole validated frame (GB on the snapshot)
         gx_factory.project_manager.set_project(None)
     gc.collect()
-    if not _frozen:
+    if not gc.get_freeze_count():
         _freeze_survivors()
     pa.default_memory_pool().release_unused()
     try:  # glibc keeps freed numpy/pandas heap in its arenas until trimmed

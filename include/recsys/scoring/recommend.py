@@ -291,8 +291,8 @@ class Recommendations:
         ``constants`` entry (e.g. ``model_name=...``); padded slots dropped.
 
         The id columns are Arrow ``take``s of the users' and items' id arrays (no Python string
-        per row: the same string columns as a pandas build, ~3x faster at a shard's millions
-        of rows)."""
+        per row: the same string columns as a pandas build; 0.39 -> 0.08 s with the constant
+        columns for a 70k-user x 20 shard)."""
         import pyarrow as pa
 
         n = self.items.shape[1]

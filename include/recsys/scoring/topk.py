@@ -463,7 +463,8 @@ def score_block(user_factors, item_factors, item_of, position, indptr, indices, 
 
 @njit(nogil=True, cache=True)
 def gemm_block(user_factors, item_factors, tile_items):
-    """The bare products of :func:`score_block` (same tiles, no selection): a floor probe."""
+    """The bare products of :func:`score_block` in its regular tiles (no wide first tile, no
+    selection): a floor probe."""
     n = user_factors.shape[0]
     n_items = item_factors.shape[0]
     width = max(min(tile_items, n_items), 1)

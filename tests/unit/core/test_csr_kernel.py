@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from include.recsys.core.csr_kernel import pattern_csr
-from include.recsys.core.ids import csr_from_codes
+from include.recsys.core.ids import csr_from_codes, pattern_csr
 
 
 def _scipy_pattern(u, i, shape):
