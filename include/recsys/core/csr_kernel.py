@@ -1,4 +1,5 @@
-"""The (user, item) pattern of integer code pairs as a canonical CSR, compiled with numba.
+"""Compiled (numba) kernels over (user, item) integer code pairs: the pattern as a canonical
+CSR, and the split's new holdout pairs.
 
 :func:`pattern_arrays` is the kernel of :func:`include.recsys.core.ids.pattern_csr`, the binary
 case of :func:`include.recsys.core.ids.csr_from_codes` (the run's seen pattern: every snapshot
@@ -9,7 +10,14 @@ snapshot pairs (11.2M distinct) 0.38 s against 0.80 s for scipy's ``csr_matrix((
 weighted case stays with scipy: summing duplicates in another order could move float sums by
 an ulp.
 
-The first call compiles the kernel (~1 s); ``cache=True`` keeps the machine code in
+:func:`new_pairs` is the kernel of the split (:mod:`include.recsys.data.split`): which later
+events start a (user, item) pair the user had neither in training nor earlier after the cutoff.
+One stable counting sort groups the rows by user (each user's rows stay in time order); per
+user, a stamp per item marks the training pairs, then the first later occurrence of each
+other pair. On preset l's 17.1M snapshot rows 0.22 s against 0.8-0.9 s for integer keys with
+pandas' ``duplicated`` + ``isin`` (the same mask and counts; back to back, best of 3).
+
+The first call compiles a kernel (~1 s); ``cache=True`` keeps the machine code in
 ``__pycache__`` for later processes (:func:`warm_up`, run by the image build).
 """
 
@@ -65,8 +73,70 @@ def pattern_arrays(u, i, n_rows, n_cols):
     return indptr, cols[:w].copy()
 
 
+@njit(cache=True, nogil=True)
+def new_pairs(u, i, n_users, n_items, is_train):
+    """(new bool per row, warm users, cold users) for codes ``u`` in [-1, n_users) and ``i`` in
+    [-1, n_items) (-1, a missing id, is a value of its own). ``new[r]``: row ``r`` is after the
+    cutoff (``is_train[r]`` False), its pair is not among the training rows, and no earlier
+    later row has it. Warm / cold: the users with a new pair who do / do not have a training
+    row. Needs fewer than 2**31 rows and 2**30 items (int32 positions and keys)."""
+    n = len(u)
+    # stable counting sort of the rows by user (+1: code -1 is slot 0); each sorted slot keeps
+    # its row and a key (item + 1) * 2 + in-training, so the per-user passes read sequentially
+    ptr = np.zeros(n_users + 2, np.int64)
+    for r in range(n):
+        ptr[u[r] + 2] += 1
+    for k in range(n_users + 1):
+        ptr[k + 1] += ptr[k]
+    row = np.empty(n, np.int32)
+    key = np.empty(n, np.int32)
+    for r in range(n):
+        k = u[r] + 1
+        p = ptr[k]
+        row[p] = r
+        key[p] = (i[r] + 1) * 2 + (1 if is_train[r] else 0)
+        ptr[k] = p + 1
+    # ptr[k] is now the end of user slot k (its start: the previous slot's end, or 0)
+    stamp = np.zeros(n_items + 1, np.int64)  # per item: 2k + 1 in training, 2k + 2 seen later
+    new = np.zeros(n, np.bool_)
+    warm = 0
+    cold = 0
+    start = 0
+    for k in range(n_users + 1):
+        end = ptr[k]
+        in_train = 2 * k + 1
+        later = 2 * k + 2
+        trained = False
+        for p in range(start, end):
+            v = key[p]
+            if v & 1:
+                stamp[v >> 1] = in_train
+                trained = True
+        any_new = False
+        for p in range(start, end):
+            v = key[p]
+            if not v & 1:
+                s = stamp[v >> 1]
+                if s != in_train and s != later:
+                    new[row[p]] = True
+                    stamp[v >> 1] = later
+                    any_new = True
+        if any_new:
+            if trained:
+                warm += 1
+            else:
+                cold += 1
+        start = end
+    return new, warm, cold
+
+
 def warm_up() -> None:
-    """Compile (or load from cache) the kernel for the code dtypes the stages pass."""
+    """Compile (or load from cache) the kernels for the code dtypes the stages pass, writable
+    and read-only (codes straight from an Arrow column are read-only numpy views: numba
+    compiles those separately)."""
     for dtype in (np.int32, np.int64):
-        codes = np.zeros(2, dtype)
-        pattern_arrays(codes, codes, 1, 1)
+        for writeable in (True, False):
+            codes = np.zeros(2, dtype)
+            codes.flags.writeable = writeable
+            pattern_arrays(codes, codes, 1, 1)
+            new_pairs(codes, codes, 1, 1, np.zeros(2, np.bool_))

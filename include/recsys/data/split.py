@@ -41,7 +41,7 @@ def time_split(df: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd
     later = df.loc[~is_train, ["user_id", "item_id", "event_ts"]]
     u_codes, users = pd.factorize(df["user_id"])
     i_codes, items = pd.factorize(df["item_id"])
-    new, warm, cold = _new_pairs(u_codes.astype(np.int64), i_codes, len(users), len(items), is_train)
+    new, warm, cold = _new_pairs(u_codes, i_codes, len(users), len(items), is_train)
     holdout = later.loc[new].reset_index(drop=True)
     return train, holdout, _stats(cutoff, is_train, len(holdout), warm, cold)
 
@@ -52,16 +52,23 @@ def _new_pairs(
     """Which later events start a new (user, item) pair: the first time a pair shows up after the
     cutoff, minus pairs seen in training. Returns (mask over the later events, warm, cold users).
 
-    Pairs are integer keys (one hash pass, not MultiIndexes); +1 so a missing id (code -1) gets
-    its own key.
+    A missing id (code -1) is a value of its own. Compiled
+    (:func:`include.recsys.core.csr_kernel.new_pairs`): rows grouped by user, one stamp per item.
     """
-    keys = (u_codes + 1) * (n_items + 1) + (i_codes + 1)
-    later_keys = pd.Series(keys[~is_train])
-    new = ~later_keys.duplicated().to_numpy() & ~later_keys.isin(keys[is_train]).to_numpy()
-    in_train = np.bincount(u_codes[is_train] + 1, minlength=n_users + 1) > 0
-    hold_users = np.unique(u_codes[~is_train][new])
-    warm = int(in_train[hold_users + 1].sum())
-    return new, warm, len(hold_users) - warm
+    from include.recsys.core.csr_kernel import new_pairs
+
+    u_codes, i_codes = np.ascontiguousarray(u_codes), np.ascontiguousarray(i_codes)
+    is_train = np.ascontiguousarray(is_train, dtype=bool)
+    for name, codes, n in (("user", u_codes, n_users), ("item", i_codes, n_items)):
+        if codes.dtype.kind not in "iu" or (len(codes) and (codes.min() < -1 or codes.max() >= n)):
+            # the kernel does not check its indices
+            raise ValueError(f"{name} codes must be integers in [-1, {n}), got {codes.dtype} "
+                             f"in [{codes.min() if len(codes) else None}, {codes.max() if len(codes) else None}]")
+    if len(u_codes) >= 2**31 or n_items >= 2**30:
+        raise ValueError(f"the split's kernel takes < 2**31 rows and < 2**30 items, got {len(u_codes):,} rows "
+                         f"and {n_items:,} items: split data this large with backend=spark")
+    new, warm, cold = new_pairs(u_codes, i_codes, n_users, n_items, is_train)
+    return new[~is_train], int(warm), int(cold)
 
 
 def _stats(cutoff: pd.Timestamp, is_train: np.ndarray, new_pairs: int, warm: int, cold: int) -> SplitStats:
@@ -100,8 +107,8 @@ def time_split_file(
     path, train_path = Path(path), Path(train_path)
     require_codes(path)
     ids = pq.read_table(path, columns=["event_ts", *CODE_COLUMNS])
-    u_codes = ids["user_idx"].to_numpy().astype(np.int64)
-    i_codes = ids["item_idx"].to_numpy().astype(np.int64)
+    u_codes = ids["user_idx"].to_numpy()
+    i_codes = ids["item_idx"].to_numpy()
     n_users = int(u_codes.max(initial=-1)) + 1
     n_items = int(i_codes.max(initial=-1)) + 1
     is_train = _before(ids["event_ts"], cutoff)
