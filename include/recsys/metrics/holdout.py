@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from include.recsys.core.ids import RERUN, read_codes, read_id_maps, require_codes, translate_codes
+from include.recsys.core.ids import RERUN, pattern_csr, read_codes, read_id_maps, require_codes, translate_codes
 from include.recsys.errors import IdRouteError
 from include.recsys.metrics.ranking import _row_ids
 
@@ -31,7 +31,8 @@ class HoldoutInputs:
         eval_items: the eval item space: the candidate's items (its index order), then the
             holdout items the candidate does not know (sorted); one more dummy column follows.
         relevant: ``(len(users), len(eval_items) + 1)`` holdout matrix (entries: event counts).
-        seen: ``(len(users), candidate items)`` training pairs of each user (the seen filter).
+        seen: ``(len(users), candidate items)`` distinct training pairs of each user (the seen
+            filter; a binary pattern: 1.0 per pair).
         recent: per candidate item, the distinct users with a training event in the
             ``recent_days`` before the cutoff (the recent-popularity baseline).
         train_counts: distinct training items of every training user (heavy threshold).
@@ -176,9 +177,8 @@ def _relevant_and_seen(codes: _SplitCodes, bundle: Any) -> tuple[np.ndarray, dic
     relevant.sum_duplicates()
     del row_of, eval_col
 
-    # distinct training (user, item) pairs of every snapshot user: one canonical CSR
-    pairs = sp.csr_matrix((np.ones(codes.train_u.size, np.float32), (codes.train_u, codes.train_i)), shape=(n_u, n_i))
-    pairs.sum_duplicates()
+    # distinct training (user, item) pairs of every snapshot user: one canonical binary CSR
+    pairs = pattern_csr(codes.train_u, codes.train_i, (n_u, n_i))
     counts = np.diff(pairs.indptr).astype(np.int64)
     held = pairs[users_codes]
     del pairs

@@ -138,11 +138,11 @@ def test_inputs_from_codes_are_the_figures_of_the_string_ids(world: dict) -> Non
     assert len(got.eval_items) > len(cand.item_ids)  # holdout-only items
     # relevant: event counts (repeated events counted), one never-relevant dummy column
     np.testing.assert_array_equal(got.relevant.toarray(), _dense(holdout, users, eval_items, len(eval_items) + 1))
-    # seen: each holdout user's training pairs (event counts), in the candidate's and the
-    # champion's item space
+    # seen: each holdout user's distinct training pairs (a binary pattern: one entry of 1.0
+    # per pair, whatever its event count), in the candidate's and the champion's item space
     for model, seen in ((cand, got.seen), (champ, got.seen_for(champ))):
         assert seen.has_canonical_format
-        np.testing.assert_array_equal(seen.toarray(), _dense(train, users, model.item_ids))
+        np.testing.assert_array_equal(seen.toarray(), (_dense(train, users, model.item_ids) > 0).astype(np.float32))
     # recent: distinct users per candidate item in [cutoff - 7 days, cutoff)
     distinct = train[["user_id", "item_id"]].drop_duplicates()
     ts = pd.to_datetime(train["event_ts"], utc=True)
