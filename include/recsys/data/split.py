@@ -65,8 +65,8 @@ def _new_pairs(
             raise ValueError(f"{name} codes must be integers in [-1, {n}), got {codes.dtype} "
                              f"in [{codes.min() if len(codes) else None}, {codes.max() if len(codes) else None}]")
     if len(u_codes) >= 2**31 or n_items >= 2**30:
-        raise ValueError(f"the split's kernel takes < 2**31 rows and < 2**30 items, got {len(u_codes):,} rows "
-                         f"and {n_items:,} items: split data this large with backend=spark")
+        raise ValueError(f"the split's kernel takes < 2**31 rows and < 2**30 items (int32 positions and keys), "
+                         f"got {len(u_codes):,} rows and {n_items:,} items: shorten the window (window_days)")
     new, warm, cold = new_pairs(u_codes, i_codes, n_users, n_items, is_train)
     return new[~is_train], int(warm), int(cold)
 
