@@ -351,19 +351,27 @@ def read_segments(cfg: PipelineConfig) -> pd.Series | None:
 
 
 def add_weights(df: pd.DataFrame, event_weights: dict[str, float]) -> pd.DataFrame:
-    """Confidence weight per row: an explicit ``weight`` or ``rating`` column, else per event type."""
+    """Confidence weight per row: an explicit ``weight`` or ``rating`` column, else per event type.
+
+    The frame returned shares the input's column buffers (no copy of 17M-row columns) and a
+    categorical ``event_type`` is weighted through its codes (no hashing of the rows)."""
     if "weight" in df.columns:
         w = df["weight"].astype("float32")
     elif "rating" in df.columns:
         w = df["rating"].astype("float32")
     elif "event_type" in df.columns:
         # map the few distinct types, not every row (Series.map on strings is slow at 20M rows)
-        codes, types = pd.factorize(df["event_type"])
+        types_col = df["event_type"]
+        if isinstance(types_col.dtype, pd.CategoricalDtype):
+            codes, types = types_col.cat.codes.to_numpy(), types_col.cat.categories
+        else:
+            codes, types = pd.factorize(types_col)
         per_type = np.array([event_weights.get(t, 1.0) for t in types] + [1.0], dtype=np.float32)
         w = pd.Series(per_type[codes], index=df.index)  # code -1 (missing type) -> 1.0
     else:
         w = pd.Series(np.ones(len(df), dtype=np.float32), index=df.index)
-    out = df.assign(weight=w)
-    if "event_type" not in out.columns:
-        out["event_type"] = "event"
-    return out[SNAPSHOT_COLUMNS]
+    columns = {c: df[c] for c in SNAPSHOT_COLUMNS if c != "weight" and c in df.columns}
+    if "event_type" not in columns:
+        columns["event_type"] = pd.Series("event", index=df.index)
+    columns["weight"] = w
+    return pd.DataFrame(columns, copy=False)[SNAPSHOT_COLUMNS]
