@@ -14,7 +14,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from include.recsys.core.ids import RERUN, pattern_csr, read_codes, read_id_maps, require_codes, translate_codes
+from include.recsys.core.ids import (
+    RERUN,
+    pattern_csr,
+    read_codes,
+    read_id_maps,
+    require_codes,
+    translate_codes,
+)
 from include.recsys.errors import IdRouteError
 from include.recsys.metrics.ranking import _row_ids
 
