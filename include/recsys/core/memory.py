@@ -41,31 +41,24 @@ def stage_memory() -> Iterator[None]:
             release_memory()
 
 
-def _freeze_survivors() -> None:
-    """Move every object alive now (right after a full collection: the imported modules of
-    Airflow, pandas, pyarrow, GX, MLflow and what the stages keep) out of the cycle collector's
-    sight. Later collections, ours and CPython's automatic ones, then walk only what was created
-    since. Done after every release, not once: GX and MLflow are imported by the stages after
-    the first release, and a full collection over their objects cost ~0.25 s per stage (preset l,
-    15 stages in one process: 0.16-0.29 s per release frozen once, 0.002-0.14 s frozen each time,
-    the process's resident size after the run 825 -> 683 MB). What a release freezes was alive at
-    that moment; should it later become unreachable in a reference cycle it is never collected:
-    a bounded cost (one stage's survivors), paid once per process."""
-    import gc
-
-    gc.freeze()
-
-
 def release_memory() -> None:
     """Give freed Arrow buffers back to the OS.
 
     pyarrow's allocator (mimalloc) keeps freed pages for reuse: after a stage has dropped a
     20M-row frame the process still holds hundreds of MB, which the next stage run in the same
     process (``dag.test``, a reused worker) stacks its own peak on. Great Expectations' global
-    context (which keeps the last validated frame alive) is dropped first. Each call freezes the
-    survivors of its full collection (:func:`_freeze_survivors`), so the next one walks only the
-    objects created since. Called by :func:`stage_memory` at the end of every stage that grew
-    the process.
+    context (which keeps the last validated frame alive) is dropped first. Called by
+    :func:`stage_memory` at the end of every stage that grew the process.
+
+    Each call freezes the survivors of its full collection (``gc.freeze``: the imported modules
+    of Airflow, pandas, pyarrow, GX, MLflow and what the stages keep), so later collections, ours
+    and CPython's automatic ones, walk only the objects created since. Every release, not only
+    the first: GX and MLflow are imported by stages after the first release, and a full
+    collection over their objects cost ~0.25 s per stage (preset l, 15 stages in one process:
+    0.16-0.29 s per release frozen once, 0.002-0.14 s frozen each time, the process's resident
+    size after the run 825 -> 683 MB). What a release freezes was alive at that moment; should
+    it later become unreachable in a reference cycle it is never collected: a cost bounded by
+    what the process held at its releases.
     """
     import gc
     import sys
@@ -78,7 +71,7 @@ def release_memory() -> None:
         # pandas datasource, whose batch holds the whole validated frame (GB on the snapshot)
         gx_factory.project_manager.set_project(None)
     gc.collect()
-    _freeze_survivors()
+    gc.freeze()
     pa.default_memory_pool().release_unused()
     try:  # glibc keeps freed numpy/pandas heap in its arenas until trimmed
         import ctypes
